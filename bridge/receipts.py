@@ -1,0 +1,65 @@
+"""Receipts devices publish on their ``r`` topic: parsed (pure), stored, and the inbox cleared."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
+
+from bridge.publisher import Publisher
+from mqttpush import ids, topics
+from mqttpush.models import ReceiptEvent
+from mqttpush.store import Store
+
+log = logging.getLogger("mqttpush.receipts")
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    app_key: str
+    device_id: str
+    msg_id: str
+    event: ReceiptEvent
+
+
+def parse_receipt(topic: str, payload: bytes) -> Receipt | None:
+    """``{"id": msg_id, "event": "arrived"|"opened"|"dismissed"}`` on ``mqttpush/{app}/d/{device}/r``."""
+    parsed = topics.parse_topic(topic)
+    if parsed is None or parsed.kind is not topics.TopicKind.RECEIPT or parsed.device is None:
+        return None
+    try:
+        obj = json.loads(payload)
+        event = ReceiptEvent(obj["event"])
+        msg_id = obj["id"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(msg_id, str) or not ids.is_valid_id(msg_id):
+        return None
+    return Receipt(parsed.app, parsed.device, msg_id, event)
+
+
+class Receipts:
+    """Applies receipts in arrival order on one task, so the event loop never waits on SQLite."""
+
+    def __init__(self, store: Store, publisher: Publisher) -> None:
+        self._store = store
+        self._publisher = publisher
+        self._queue: asyncio.Queue[Receipt] = asyncio.Queue()
+
+    def feed(self, topic: str, payload: bytes) -> None:
+        receipt = parse_receipt(topic, payload)
+        if receipt is None:
+            log.info("ignored malformed receipt topic=%s bytes=%d", topic, len(payload))
+            return
+        self._queue.put_nowait(receipt)
+
+    async def run(self) -> None:
+        while True:
+            r = await self._queue.get()
+            known = await self._store.run(self._store.apply_receipt, r.app_key, r.device_id, r.msg_id, r.event)
+            if known:
+                # Any receipt proves the device has the message: it must not come back on reconnect.
+                await self._publisher.clear_retained(topics.inbox_topic(r.app_key, r.device_id, r.msg_id))
+            else:
+                log.info("receipt for unknown delivery device_id=%s msg_id=%s", r.device_id, r.msg_id)

@@ -1,0 +1,1 @@
+"""The HTTP API (DESIGN §3.1): FastAPI routes and request signing."""

@@ -1,0 +1,76 @@
+"""Request signing of DESIGN §3.1, shared by the server and every client. Pure: no I/O.
+
+``S = METHOD \\n PATH_WITH_QUERY \\n TIMESTAMP \\n NONCE \\n hex(SHA-256(body))`` and the
+signature is lowercase hex HMAC-SHA256(app_secret, S).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+
+from mqttpush.errors import AuthError
+
+KEY_HEADER = "X-MQTTPush-Key"
+TIMESTAMP_HEADER = "X-MQTTPush-Timestamp"
+NONCE_HEADER = "X-MQTTPush-Nonce"
+SIGNATURE_HEADER = "X-MQTTPush-Signature"
+WINDOW_SECONDS = 300
+NONCE_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+
+
+def string_to_sign(method: str, path_with_query: str, timestamp: str, nonce: str, body: bytes) -> bytes:
+    return "\n".join(
+        [method.upper(), path_with_query, timestamp, nonce, hashlib.sha256(body).hexdigest()]
+    ).encode()
+
+
+def sign(secret: str, method: str, path_with_query: str, timestamp: str, nonce: str, body: bytes) -> str:
+    message = string_to_sign(method, path_with_query, timestamp, nonce, body)
+    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+
+
+def signed_headers(
+    app_key: str, secret: str, method: str, path_with_query: str, body: bytes, now: float
+) -> dict[str, str]:
+    """The four headers of a signed request made at ``now``."""
+    timestamp = str(int(now))
+    nonce = secrets.token_urlsafe(18)
+    return {
+        KEY_HEADER: app_key,
+        TIMESTAMP_HEADER: timestamp,
+        NONCE_HEADER: nonce,
+        SIGNATURE_HEADER: sign(secret, method, path_with_query, timestamp, nonce, body),
+    }
+
+
+def check_request(
+    secret: str,
+    method: str,
+    path_with_query: str,
+    timestamp: str | None,
+    nonce: str | None,
+    signature: str | None,
+    body: bytes,
+    now: float,
+) -> None:
+    """Raise :class:`AuthError` unless the request is fresh and correctly signed (nonce reuse is checked by the caller)."""
+    if not timestamp or not nonce or not signature:
+        raise AuthError(
+            f"signed requests need {TIMESTAMP_HEADER}, {NONCE_HEADER} and {SIGNATURE_HEADER}", code="missing_signature"
+        )
+    try:
+        ts = int(timestamp)
+    except ValueError:
+        raise AuthError(f"{TIMESTAMP_HEADER} must be unix seconds", code="stale_timestamp") from None
+    if abs(now - ts) > WINDOW_SECONDS:
+        raise AuthError(
+            f"timestamp is {int(now - ts)}s away from server time (allowed ±{WINDOW_SECONDS}s)", code="stale_timestamp"
+        )
+    if not NONCE_RE.match(nonce):
+        raise AuthError(f"{NONCE_HEADER} must be 16-64 URL-safe characters", code="bad_nonce")
+    expected = sign(secret, method, path_with_query, timestamp, nonce, body)
+    if not hmac.compare_digest(expected, signature.lower()):
+        raise AuthError("signature does not match", code="bad_signature")

@@ -1,0 +1,328 @@
+"""``PushBroker``: an amqtt 0.12.1 ``Broker`` subclass that behaves as a push broker must.
+
+What we replace, and why (see shared/notes/amqtt-0.12.1.md):
+
+* **Authentication before any session change.** amqtt deletes or rewrites the session of a
+  client id *before* it checks the password, so a CONNECT with a victim's id and a wrong
+  token wiped the victim's subscriptions. We authenticate right after reading CONNECT and
+  refuse with CONNACK 5 without touching any session.
+* **Retained replay on CONNECT** covers only the connecting session's own subscriptions
+  (amqtt replayed the retained messages of *every* filter in the broker to every client,
+  and awaited while iterating the subscriptions dict, which raised ``RuntimeError:
+  dictionary changed size during iteration`` under concurrent connects).
+* **ACL** (DESIGN §2) on SUBSCRIBE, PUBLISH, live delivery and retained delivery alike.
+* **Queued messages of a persistent session** go out with retain=0 (MQTT-3.3.1-9), not 1.
+* **Keepalive** enforced: a client silent for 1.5 × its keepalive is disconnected and its
+  Will published (amqtt's read-timeout handler was a no-op).
+* **Takeover** by the same client id closes the old connection without letting it mark the
+  new one offline.
+* A CONNECT must arrive within ``connect_timeout`` seconds of the socket opening.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from amqtt.adapters import ReaderAdapter, WriterAdapter
+from amqtt.broker import Broker, RetainedApplicationMessage
+from amqtt.contexts import Action
+from amqtt.errors import AMQTTError, MQTTError, NoDataError
+from amqtt.mqtt.connack import NOT_AUTHORIZED, ConnackPacket
+from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
+from amqtt.session import Session
+
+from mqttpush.topics import (
+    DeviceIdentity,
+    Identity,
+    may_publish,
+    may_receive,
+    may_subscribe,
+    topic_matches,
+)
+
+log = logging.getLogger("mqttpush.broker")
+
+Authenticator = Callable[[str, str | None, str | None], Awaitable[Identity | None]]
+"""``(client_id, username, password) -> Identity`` or None to refuse with CONNACK 5."""
+
+PresenceHook = Callable[[DeviceIdentity, bool], None]
+"""Called with ``(device, online)`` when a device's connection starts or ends."""
+
+Tap = Callable[[str, bytes, Identity], None]
+"""Called for each client PUBLISH matching a tapped filter: ``(topic, payload, publisher)``."""
+
+KEEPALIVE_GRACE = 1.5  # MQTT-3.1.2-24
+
+
+class _PushProtocolHandler(BrokerProtocolHandler):
+    def handle_read_timeout(self) -> None:
+        # The reader waited 1.5 × keepalive for a packet: the client is gone (half-open socket).
+        log.info("keepalive expired client_id=%s", self.session.client_id if self.session else None)
+        asyncio.get_running_loop().create_task(self.handle_connection_closed())
+
+
+class PushBroker(Broker):  # type: ignore[misc]
+    """The embedded broker. Start with ``await broker.start()``; ``broker.port`` is the bound port."""
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        authenticator: Authenticator,
+        on_presence: PresenceHook | None = None,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        config = {
+            "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}"}},
+            "plugins": {},
+        }
+        super().__init__(config)
+        self._authenticator = authenticator
+        self._on_presence = on_presence
+        self._connect_timeout = connect_timeout
+        self._identities: dict[str, Identity] = {}
+        self._current_handler: dict[str, BrokerProtocolHandler] = {}
+        self._session_filters: dict[str, dict[str, int]] = {}
+        # Retained messages grouped by their parent topic, so the inbox filter ``…/m/+`` of a
+        # device finds its own messages without scanning every retained message.
+        self._retained_by_parent: dict[str, dict[str, RetainedApplicationMessage]] = {}
+        self._taps: list[tuple[str, Tap]] = []
+        self._background: set[asyncio.Task[Any]] = set()
+        self._stopping = False
+
+    # --- public surface (used in-process by the bridge's publisher) ---------------------------
+
+    @property
+    def port(self) -> int:
+        server = self._servers["default"].instance
+        return int(server.sockets[0].getsockname()[1])
+
+    async def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
+        """Publish as the broker itself (no socket): retained first, then to current subscribers."""
+        if retain:
+            await self.retain_message(None, topic, payload, qos)
+        await self._broadcast_message(None, topic, payload, qos)
+
+    async def clear_retained(self, topic: str) -> None:
+        """Drop the retained message of ``topic`` without sending anything to subscribers."""
+        await self.retain_message(None, topic, b"", None)
+
+    def tap(self, topic_filter: str, callback: Tap) -> None:
+        """Have ``callback`` see every client PUBLISH on ``topic_filter`` that the ACL let through."""
+        self._taps.append((topic_filter, callback))
+
+    def retained_topics(self) -> list[str]:
+        return list(self._retained_messages)
+
+    async def shutdown(self) -> None:
+        self._stopping = True
+        for task in list(self._background):
+            task.cancel()
+        await super().shutdown()
+
+    # --- CONNECT -------------------------------------------------------------------------------
+
+    async def _initialize_client_session(
+        self, reader: ReaderAdapter, writer: WriterAdapter, remote_address: str, remote_port: int
+    ) -> tuple[BrokerProtocolHandler, Session]:
+        try:
+            handler, incoming = await asyncio.wait_for(
+                _PushProtocolHandler.init_from_connect(reader, writer, self.plugins_manager),
+                self._connect_timeout,
+            )
+        except TimeoutError as exc:
+            await writer.close()
+            raise AMQTTError(f"no CONNECT from {remote_address}:{remote_port} in {self._connect_timeout}s") from exc
+        except MQTTError:
+            await writer.close()
+            raise
+        except (AMQTTError, NoDataError) as exc:
+            await writer.close()
+            raise AMQTTError(exc) from exc
+
+        client_id: str = incoming.client_id
+        identity = await self._authenticator(client_id, incoming.username, incoming.password)
+        if identity is None:
+            log.info("connect refused client_id=%s address=%s", client_id, remote_address)
+            await ConnackPacket.build(0, NOT_AUTHORIZED).to_stream(writer)
+            await writer.close()
+            raise MQTTError(f"client {client_id!r} refused: bad credentials")
+
+        existing = self._sessions.get(client_id)
+        self._current_handler[client_id] = handler
+        if existing is not None:
+            old_session, old_handler = existing
+            if old_session.transitions.is_connected():
+                log.info("session takeover client_id=%s", client_id)
+                await old_handler.handle_connection_closed()
+                await self._stop_handler(old_handler)
+                old_session.transitions.disconnect()
+
+        if incoming.clean_session or existing is None:
+            if existing is not None:
+                await self._delete_session(client_id)
+            incoming.parent = 0
+            session = incoming
+        else:
+            session = existing[0]
+            for name in ("will_flag", "will_message", "will_topic", "will_qos", "will_retain", "username",
+                         "password", "remote_address", "remote_port"):
+                setattr(session, name, getattr(incoming, name))
+            session.parent = 1
+        session.keep_alive = math.ceil(incoming.keep_alive * KEEPALIVE_GRACE)
+        self._identities[client_id] = identity
+        return handler, session
+
+    async def _handle_client_session(
+        self,
+        reader: ReaderAdapter,
+        writer: WriterAdapter,
+        client_session: Session,
+        handler: BrokerProtocolHandler,
+        server: Any,
+        listener_name: str,
+    ) -> None:
+        client_id: str = client_session.client_id
+        client_session.transitions.connect()
+        handler.attach(client_session, reader, writer)
+        self._sessions[client_id] = (client_session, handler)
+        await handler.mqtt_connack_authorize(True)
+        identity = self._identities[client_id]
+        if isinstance(identity, DeviceIdentity) and self._on_presence is not None:
+            self._on_presence(identity, True)
+
+        await handler.start()
+        await self._publish_session_retained_messages(client_session)
+        for topic_filter, qos in list(self._session_filters.get(client_id, {}).items()):
+            await self._publish_retained_messages_for_subscription((topic_filter, qos), client_session)
+        await self._client_message_loop(client_session, handler)
+
+    async def _handle_disconnect(
+        self, client_session: Session, handler: BrokerProtocolHandler, disconnect_waiter: asyncio.Future[Any]
+    ) -> None:
+        client_id: str = client_session.client_id
+        if self._current_handler.get(client_id) is not handler:
+            return  # taken over: the new connection owns the session and its presence now
+        await super()._handle_disconnect(client_session, handler, disconnect_waiter)
+        del self._current_handler[client_id]
+        identity = self._identities.get(client_id)
+        if isinstance(identity, DeviceIdentity) and self._on_presence is not None:
+            self._on_presence(identity, False)
+
+    async def _cleanup_session(self, client_id: str) -> None:
+        entry = self._sessions.get(client_id)
+        # amqtt's session monitor lists sessions, then awaits per removal: a client that
+        # reconnected meanwhile must keep its new session.
+        if not self._stopping and entry is not None and entry[0].transitions.is_connected():
+            return
+        await super()._cleanup_session(client_id)
+        self._session_filters.pop(client_id, None)
+        if client_id not in self._sessions:
+            self._identities.pop(client_id, None)
+
+    async def _delete_session(self, client_id: str) -> None:
+        await super()._delete_session(client_id)
+        self._session_filters.pop(client_id, None)
+
+    # --- ACL -----------------------------------------------------------------------------------
+
+    async def _topic_filtering(self, session: Session, topic: str, action: Action) -> bool:
+        identity = self._identities.get(session.client_id)
+        if identity is None:
+            return False
+        if action == Action.SUBSCRIBE:
+            return may_subscribe(identity, topic)
+        if action == Action.PUBLISH:
+            return may_publish(identity, topic)
+        return may_receive(identity, topic)
+
+    async def add_subscription(self, subscription: tuple[str, int], session: Session) -> int:
+        granted: int = await super().add_subscription(subscription, session)
+        if granted != 0x80:
+            self._session_filters.setdefault(session.client_id, {})[subscription[0]] = granted
+        return granted
+
+    def _del_subscription(self, a_filter: str, session: Session) -> int:
+        deleted: int = super()._del_subscription(a_filter, session)
+        self._session_filters.get(session.client_id, {}).pop(a_filter, None)
+        return deleted
+
+    # --- retained and queued messages ------------------------------------------------------------
+
+    async def retain_message(
+        self, source_session: Session | None, topic_name: str | None, data: bytes | bytearray | None,
+        qos: int | None = None,
+    ) -> None:
+        await super().retain_message(source_session, topic_name, data, qos)
+        if topic_name is None:
+            return
+        parent = topic_name.rpartition("/")[0]
+        stored = self._retained_messages.get(topic_name)
+        if stored is not None:
+            self._retained_by_parent.setdefault(parent, {})[topic_name] = stored
+        else:
+            bucket = self._retained_by_parent.get(parent)
+            if bucket is not None:
+                bucket.pop(topic_name, None)
+                if not bucket:
+                    del self._retained_by_parent[parent]
+
+    def _retained_matching(self, topic_filter: str) -> list[RetainedApplicationMessage]:
+        head, _, last = topic_filter.rpartition("/")
+        if last == "+" and "+" not in head and "#" not in head:
+            return list(self._retained_by_parent.get(head, {}).values())
+        if "+" not in topic_filter and "#" not in topic_filter:
+            found = self._retained_messages.get(topic_filter)
+            return [found] if found is not None else []
+        return [m for t, m in list(self._retained_messages.items()) if topic_matches(t, topic_filter)]
+
+    async def _publish_retained_messages_for_subscription(
+        self, subscription: tuple[str, int], session: Session
+    ) -> None:
+        client_id: str = session.client_id
+        granted = self._session_filters.get(client_id, {}).get(subscription[0])
+        identity = self._identities.get(client_id)
+        handler = self._get_handler(session)
+        if granted is None or identity is None or handler is None:
+            return
+        for retained in self._retained_matching(subscription[0]):
+            if may_receive(identity, retained.topic):
+                qos = min(granted, retained.qos if retained.qos is not None else granted)
+                self._spawn(handler.mqtt_publish(retained.topic, retained.data, qos, retain=True))
+
+    async def _publish_session_retained_messages(self, session: Session) -> None:
+        handler = self._get_handler(session)
+        identity = self._identities.get(session.client_id)
+        while handler is not None and identity is not None and not session.retained_messages.empty():
+            queued = session.retained_messages.get_nowait()
+            if may_receive(identity, queued.topic):
+                self._spawn(handler.mqtt_publish(queued.topic, queued.data, queued.qos, retain=False))
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._reap)
+
+    def _reap(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("publish to client ended: %r", task.exception())
+
+    # --- taps ------------------------------------------------------------------------------------
+
+    async def _broadcast_message(
+        self, session: Session | None, topic: str | None, data: bytes | bytearray | None,
+        force_qos: int | None = None,
+    ) -> None:
+        if session is not None and topic is not None and self._taps:
+            identity = self._identities.get(session.client_id)
+            if identity is not None:
+                for topic_filter, callback in self._taps:
+                    if topic_matches(topic, topic_filter):
+                        callback(topic, bytes(data or b""), identity)
+        await super()._broadcast_message(session, topic, data, force_qos)

@@ -1,0 +1,51 @@
+"""Server configuration: one dataclass, mirrored flag for flag by the CLI.
+
+Resolution order (highest first): command-line flag, ``MQTTPUSH_*`` environment variable,
+TOML file given with ``--config``, built-in default. The CLI does the resolving (click's
+envvar + default_map); everything else receives a finished :class:`ServerConfig`.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from mqttpush.errors import BadRequest
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    data_dir: Path = Path("mqttpush-data")
+    host: str = "127.0.0.1"
+    mqtt_port: int = 1883
+    http_port: int = 8080
+    public_mqtt_url: str | None = None
+    """MQTT URL handed to devices at registration; default ``mqtt://<host the request came to>:<mqtt_port>``."""
+    max_envelope_bytes: int = 4096
+    default_ttl: int = 3 * 24 * 3600
+    max_ttl: int = 10 * 24 * 3600
+    connect_timeout: float = 10.0
+    expiry_interval: float = 5.0
+    log_level: str = "info"
+
+
+def option_names() -> set[str]:
+    return {f.name for f in fields(ServerConfig)}
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML config file; keys are the :class:`ServerConfig` field names (``-`` or ``_``)."""
+    try:
+        raw = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise BadRequest(f"cannot read config {path}: {exc}", code="bad_config") from None
+    table = raw.get("mqttpush", raw)
+    out = {}
+    for key, value in table.items():
+        name = key.replace("-", "_")
+        if name not in option_names():
+            raise BadRequest(f"unknown option {key!r} in {path}", code="bad_config")
+        out[name] = value
+    return out

@@ -1,0 +1,61 @@
+"""The envelope a device receives (DESIGN §2): built and size-checked here, no I/O."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from mqttpush.errors import PayloadTooLarge
+
+DEFAULT_MAX_BYTES = 4096
+RICH_FIELDS = ("image", "url", "sound", "badge", "category")
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    id: str
+    app: str
+    type: str
+    title: str | None
+    body: str | None
+    data: dict[str, Any]
+    sent_at: float
+    expires_at: float
+    rich: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": self.id,
+            "app": self.app,
+            "type": self.type,
+            "title": self.title,
+            "body": self.body,
+            "data": self.data,
+            "sent_at": self.sent_at,
+            "expires_at": self.expires_at,
+        }
+        out.update(self.rich)
+        return out
+
+    def encode(self, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
+        """UTF-8 JSON; raises :class:`PayloadTooLarge` above ``max_bytes``."""
+        raw = json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":")).encode()
+        if len(raw) > max_bytes:
+            raise PayloadTooLarge(
+                f"envelope is {len(raw)} bytes, the limit is {max_bytes}", code="envelope_too_large"
+            )
+        return raw
+
+
+def decode(payload: bytes) -> dict[str, Any] | None:
+    """Parse an envelope a device received; None for anything that is not one (e.g. an empty clear)."""
+    if not payload:
+        return None
+    try:
+        obj = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(obj, dict) or not isinstance(obj.get("id"), str):
+        return None
+    return obj

@@ -1,0 +1,77 @@
+"""The exception tree of mqttpush.
+
+Every error the library raises on purpose is a subclass of :class:`MqttPushError`
+and carries a stable snake_case ``code``; the edges translate it (HTTP status and
+``{"error": {"code", "message"}}`` in the API, exit status 2 in the CLI)::
+
+    MqttPushError
+    ├── BadRequest            400  malformed input (JSON, headers)
+    ├── AuthError             401  unknown_app, bad_signature, stale_timestamp, replayed_nonce, ...
+    ├── NotFound              404  unknown_device, unknown_message, ...
+    ├── Conflict              409
+    ├── PayloadTooLarge       413  envelope or request body over its limit
+    ├── InvalidContent        422  valid JSON that breaks a rule (ttl, platform, target)
+    ├── StoreError                 the SQLite store refused (schema too new, ...)
+    └── ClientError                the server client or CLI could not complete a call
+"""
+
+from __future__ import annotations
+
+
+class MqttPushError(Exception):
+    """Root of every error mqttpush raises on purpose."""
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+    def to_json(self) -> dict[str, dict[str, str]]:
+        """The wire form of DESIGN §3.1."""
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+class BadRequest(MqttPushError):
+    status = 400
+    code = "bad_request"
+
+
+class AuthError(MqttPushError):
+    status = 401
+    code = "unauthorized"
+
+
+class NotFound(MqttPushError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(MqttPushError):
+    status = 409
+    code = "conflict"
+
+
+class PayloadTooLarge(MqttPushError):
+    status = 413
+    code = "payload_too_large"
+
+
+class InvalidContent(MqttPushError):
+    status = 422
+    code = "invalid_request"
+
+
+class StoreError(MqttPushError):
+    code = "store_error"
+
+
+class ClientError(MqttPushError):
+    """A call from the server client (or CLI) failed; ``status`` is the HTTP status, 0 if none."""
+
+    def __init__(self, message: str, *, code: str = "client_error", status: int = 0) -> None:
+        super().__init__(message, code=code)
+        self.status = status

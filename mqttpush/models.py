@@ -1,0 +1,153 @@
+"""Domain values shared by store, bridge and API."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Platform(str, Enum):
+    ANDROID = "android"
+    IOS = "ios"
+    WEB = "web"
+    IOT = "iot"
+
+
+class DeliveryState(str, Enum):
+    """DESIGN §4: ``accepted → queued → published|forwarded → arrived → opened`` or a terminal state."""
+
+    ACCEPTED = "accepted"
+    QUEUED = "queued"
+    PUBLISHED = "published"
+    FORWARDED = "forwarded"
+    ARRIVED = "arrived"
+    OPENED = "opened"
+    DISMISSED = "dismissed"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+    DROPPED = "dropped"
+
+
+# Progress order; a delivery only moves forward. Terminal states never move again.
+_RANK = {
+    DeliveryState.ACCEPTED: 0,
+    DeliveryState.QUEUED: 1,
+    DeliveryState.PUBLISHED: 2,
+    DeliveryState.FORWARDED: 2,
+    DeliveryState.ARRIVED: 3,
+    DeliveryState.OPENED: 4,
+    DeliveryState.DISMISSED: 4,
+}
+PENDING_STATES = (DeliveryState.ACCEPTED, DeliveryState.QUEUED, DeliveryState.PUBLISHED)
+
+
+def advances(current: DeliveryState, new: DeliveryState) -> bool:
+    """True if a delivery in ``current`` may move to ``new``."""
+    if current not in _RANK or new not in _RANK:
+        return False
+    return _RANK[new] > _RANK[current]
+
+
+class ReceiptEvent(str, Enum):
+    ARRIVED = "arrived"
+    OPENED = "opened"
+    DISMISSED = "dismissed"
+
+
+@dataclass(frozen=True, slots=True)
+class App:
+    app_key: str
+    name: str
+    secret: str
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    device_id: str
+    app_key: str
+    install_id: str
+    platform: str
+    app_version: str | None
+    locale: str | None
+    online: bool
+    last_seen: float | None
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    device_id: str
+    device_token: str
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PendingDelivery:
+    """An undelivered, unexpired delivery the bridge must (re)publish."""
+
+    msg_id: str
+    app_key: str
+    device_id: str
+    state: DeliveryState
+    payload: bytes
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class MessageStatus:
+    msg_id: str
+    app_key: str
+    created_at: float
+    expires_at: float
+    deliveries: list[dict[str, Any]]
+
+
+# --- push requests (DESIGN §3.1), validated at the edge, used by the bridge ------------------
+
+
+class Notification(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    title: str | None = None
+    body: str | None = None
+    image: str | None = None
+    url: str | None = None
+    sound: str | None = None
+    badge: int | None = Field(default=None, ge=0)
+    category: str | None = None
+
+
+class Policy(BaseModel):
+    # Later policy fields (schedules, pacing, ...) must not break clients that send them early.
+    model_config = ConfigDict(extra="allow")
+
+    ttl: int | None = Field(default=None, gt=0)
+    biz_id: str | None = Field(default=None, min_length=1, max_length=128)
+    strategy: str | None = None
+    start_at: float | None = None
+    priority: str | None = None
+    production: bool = True
+
+
+class PushRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    target: dict[str, Any]
+    notification: Notification | None = None
+    data: dict[str, Any] | None = None
+    type: str | None = None
+    policy: Policy = Field(default_factory=Policy)
+
+
+class DeviceRegistrationRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    install_id: str = Field(min_length=1, max_length=128)
+    platform: Platform
+    app_version: str | None = Field(default=None, max_length=64)
+    locale: str | None = Field(default=None, max_length=35)
+    channel: str | None = Field(default=None, max_length=64)

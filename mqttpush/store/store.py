@@ -1,0 +1,456 @@
+"""SQLite store (sqlite-utils, WAL, numbered migrations).
+
+Every method here is synchronous and runs on the store's single worker thread when called
+through :meth:`Store.run`, so the event loop never blocks on SQLite and writes are
+serialized without locks. Local admin commands (``mqttpush app create``) call the methods
+directly from their own process; WAL plus a busy timeout lets them share the file with a
+running server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import sqlite3
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from sqlite_utils import Database
+
+from mqttpush import ids
+from mqttpush.clock import Clock, SystemClock
+from mqttpush.errors import StoreError
+from mqttpush.models import (
+    PENDING_STATES,
+    App,
+    DeliveryState,
+    Device,
+    MessageStatus,
+    PendingDelivery,
+    ReceiptEvent,
+    Registration,
+    advances,
+)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+DB_FILE = "mqttpush.db"
+KEY_FILE = "master.key"
+SERVICE_USERNAME = "mqttpush-service"
+_PENDING = tuple(s.value for s in PENDING_STATES)
+
+
+def _migrations() -> list[tuple[int, str]]:
+    folder = resources.files("mqttpush.store") / "migrations"
+    found = []
+    for entry in folder.iterdir():
+        name = entry.name
+        if name.endswith(".sql"):
+            found.append((int(name.split("_", 1)[0]), entry.read_text()))
+    return sorted(found)
+
+
+def _hash_token(salt: bytes, token: str) -> bytes:
+    # Tokens are 256-bit random values, so a salted SHA-256 is enough (nothing to brute-force)
+    # and keeps CONNECT cheap when thousands of devices reconnect at once.
+    return hashlib.sha256(salt + token.encode()).digest()
+
+
+class _Sealer:
+    """AES-GCM with the data dir's master key, for secrets the server must read back (HMAC keys)."""
+
+    def __init__(self, key_path: Path) -> None:
+        if not key_path.exists():
+            fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(AESGCM.generate_key(bit_length=256))
+        self._aead = AESGCM(key_path.read_bytes())
+
+    def seal(self, plain: str) -> bytes:
+        nonce = secrets.token_bytes(12)
+        return nonce + self._aead.encrypt(nonce, plain.encode(), None)
+
+    def open(self, sealed: bytes) -> str:
+        return self._aead.decrypt(sealed[:12], sealed[12:], None).decode()
+
+
+class Store:
+    """The source of truth: apps, devices, messages, deliveries and their history."""
+
+    def __init__(self, data_dir: str | os.PathLike[str], clock: Clock | None = None) -> None:
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.clock = clock or SystemClock()
+        self.path = self.data_dir / DB_FILE
+        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.execute("PRAGMA foreign_keys=ON")
+        self.db = Database(self._conn)
+        self._sealer = _Sealer(self.data_dir / KEY_FILE)
+        self._executor: ThreadPoolExecutor | None = None
+        self.migrate()
+
+    # --- plumbing ---------------------------------------------------------------------------
+
+    async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run one store method on the store thread and await its result."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mqttpush-store")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+        self._conn.close()
+
+    def _tx(self) -> sqlite3.Connection:
+        """``with store._tx():`` wraps a write in BEGIN IMMEDIATE … COMMIT (rollback on error)."""
+        return _Transaction(self._conn)  # type: ignore[return-value]
+
+    def schema_version(self) -> int:
+        return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+
+    def migrate(self) -> None:
+        """Apply the numbered migrations this database has not seen yet."""
+        current = self.schema_version()
+        known = _migrations()
+        if known and current > known[-1][0]:
+            raise StoreError(
+                f"{self.path} has schema {current}, newer than this mqttpush ({known[-1][0]})",
+                code="schema_too_new",
+            )
+        for version, sql in known:
+            if version > current:
+                with self._tx():
+                    for statement in sql.split(";\n"):
+                        if statement.strip():
+                            self._conn.execute(statement)
+                    self._conn.execute(f"PRAGMA user_version={version}")
+
+    # --- apps -------------------------------------------------------------------------------
+
+    def create_app(self, name: str) -> App:
+        app = App(app_key=ids.new_app_key(), name=name, secret=ids.new_secret())
+        self.db["apps"].insert(
+            {
+                "app_key": app.app_key,
+                "name": name,
+                "secret_enc": self._sealer.seal(app.secret),
+                "created_at": self.clock.now(),
+            }
+        )
+        return app
+
+    def get_app(self, app_key: str) -> App | None:
+        row = self._conn.execute("SELECT name, secret_enc FROM apps WHERE app_key = ?", (app_key,)).fetchone()
+        if row is None:
+            return None
+        return App(app_key=app_key, name=row[0], secret=self._sealer.open(row[1]))
+
+    def list_apps(self) -> list[dict[str, Any]]:
+        rows = self._conn.execute(
+            "SELECT a.app_key, a.name, a.created_at, (SELECT count(*) FROM devices d WHERE d.app_key = a.app_key)"
+            " FROM apps a ORDER BY a.created_at"
+        )
+        return [{"app_key": r[0], "name": r[1], "created_at": r[2], "devices": r[3]} for r in rows]
+
+    def use_nonce(self, app_key: str, nonce: str, window: float) -> bool:
+        """Record a request nonce; False if it was already used within the window (a replay)."""
+        now = self.clock.now()
+        with self._tx():
+            if secrets.randbelow(64) == 0:
+                self._conn.execute("DELETE FROM nonces WHERE expires_at < ?", (now,))
+            row = self._conn.execute(
+                "SELECT expires_at FROM nonces WHERE app_key = ? AND nonce = ?", (app_key, nonce)
+            ).fetchone()
+            if row is not None and row[0] >= now:
+                return False
+            self._conn.execute(
+                "INSERT OR REPLACE INTO nonces (app_key, nonce, expires_at) VALUES (?, ?, ?)",
+                (app_key, nonce, now + window),
+            )
+        return True
+
+    # --- devices ----------------------------------------------------------------------------
+
+    def register_device(
+        self,
+        app_key: str,
+        install_id: str,
+        platform: str,
+        app_version: str | None = None,
+        locale: str | None = None,
+        channel: str | None = None,
+    ) -> Registration:
+        """Register (or re-register) the device of one install; re-registering keeps the id, rotates the token."""
+        now = self.clock.now()
+        with self._tx():
+            row = self._conn.execute(
+                "SELECT device_id FROM devices WHERE app_key = ? AND install_id = ?", (app_key, install_id)
+            ).fetchone()
+            device_id = row[0] if row else ids.new_device_id()
+            token = f"{device_id}.{ids.new_secret()}"
+            salt = secrets.token_bytes(16)
+            if row is None:
+                self._conn.execute(
+                    "INSERT INTO devices (device_id, app_key, install_id, platform, app_version, locale, channel,"
+                    " token_salt, token_hash, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    (device_id, app_key, install_id, platform, app_version, locale, channel, salt,
+                     _hash_token(salt, token), now, now),
+                )
+            else:
+                self._conn.execute(
+                    "UPDATE devices SET platform = ?, app_version = coalesce(?, app_version),"
+                    " locale = coalesce(?, locale), channel = coalesce(?, channel), token_salt = ?,"
+                    " token_hash = ?, updated_at = ? WHERE device_id = ?",
+                    (platform, app_version, locale, channel, salt, _hash_token(salt, token), now, device_id),
+                )
+        return Registration(device_id=device_id, device_token=token, created=row is None)
+
+    def authenticate_device(self, device_id: str, token: str) -> str | None:
+        """The device's app key if ``token`` is its current token, else None."""
+        row = self._conn.execute(
+            "SELECT app_key, token_salt, token_hash FROM devices WHERE device_id = ?", (device_id,)
+        ).fetchone()
+        if row is None or not hmac.compare_digest(_hash_token(row[1], token), row[2]):
+            return None
+        return str(row[0])
+
+    def get_device(self, device_id: str) -> Device | None:
+        row = self._conn.execute(
+            "SELECT device_id, app_key, install_id, platform, app_version, locale, online, last_seen, created_at"
+            " FROM devices WHERE device_id = ?",
+            (device_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        return Device(row[0], row[1], row[2], row[3], row[4], row[5], bool(row[6]), row[7], row[8])
+
+    def list_devices(self, app_key: str, limit: int = 1000) -> list[Device]:
+        rows = self._conn.execute(
+            "SELECT device_id, app_key, install_id, platform, app_version, locale, online, last_seen, created_at"
+            " FROM devices WHERE app_key = ? ORDER BY created_at LIMIT ?",
+            (app_key, limit),
+        )
+        return [Device(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6]), r[7], r[8]) for r in rows]
+
+    def known_devices(self, app_key: str, device_ids: Iterable[str]) -> set[str]:
+        """The subset of ``device_ids`` registered to ``app_key``."""
+        wanted = list(dict.fromkeys(device_ids))
+        found: set[str] = set()
+        for i in range(0, len(wanted), 500):
+            chunk = wanted[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self._conn.execute(
+                f"SELECT device_id FROM devices WHERE app_key = ? AND device_id IN ({marks})", (app_key, *chunk)
+            )
+            found.update(r[0] for r in rows)
+        return found
+
+    def set_presence(self, device_id: str, online: bool) -> None:
+        self._conn.execute(
+            "UPDATE devices SET online = ?, last_seen = ? WHERE device_id = ?",
+            (int(online), self.clock.now(), device_id),
+        )
+
+    def reset_presence(self) -> None:
+        """At start nobody is connected yet, whatever the last run left behind."""
+        self._conn.execute("UPDATE devices SET online = 0 WHERE online = 1")
+
+    # --- service account --------------------------------------------------------------------
+
+    def service_credentials(self) -> tuple[str, str]:
+        """The bridge's privileged MQTT identity, created on first use."""
+        row = self._conn.execute(
+            "SELECT password_enc FROM service_accounts WHERE username = ?", (SERVICE_USERNAME,)
+        ).fetchone()
+        if row is not None:
+            return SERVICE_USERNAME, self._sealer.open(row[0])
+        password = ids.new_secret()
+        self._conn.execute(
+            "INSERT OR IGNORE INTO service_accounts (username, password_enc, created_at) VALUES (?, ?, ?)",
+            (SERVICE_USERNAME, self._sealer.seal(password), self.clock.now()),
+        )
+        return self.service_credentials()
+
+    def authenticate_service(self, username: str, password: str) -> bool:
+        row = self._conn.execute(
+            "SELECT password_enc FROM service_accounts WHERE username = ?", (username,)
+        ).fetchone()
+        return row is not None and hmac.compare_digest(self._sealer.open(row[0]), password)
+
+    # --- messages and deliveries ------------------------------------------------------------
+
+    def accept_message(
+        self,
+        *,
+        msg_id: str,
+        app_key: str,
+        kind: str,
+        target: dict[str, Any],
+        envelope: bytes,
+        policy: dict[str, Any],
+        expires_at: float,
+        device_ids: list[str],
+    ) -> None:
+        """Commit a message and one ``accepted`` delivery per device, in one transaction."""
+        now = self.clock.now()
+        with self._tx():
+            self._conn.execute(
+                "INSERT INTO messages (msg_id, app_key, kind, target, envelope, policy, biz_id, created_at,"
+                " start_at, expires_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (msg_id, app_key, kind, json.dumps(target), envelope, json.dumps(policy),
+                 policy.get("biz_id"), now, policy.get("start_at"), expires_at),
+            )
+            accepted = DeliveryState.ACCEPTED.value
+            self._conn.executemany(
+                "INSERT INTO deliveries (msg_id, device_id, channel, state, updated_at) VALUES (?, ?, 'mqtt', ?, ?)",
+                [(msg_id, d, accepted, now) for d in device_ids],
+            )
+            self._conn.executemany(
+                "INSERT INTO delivery_events (msg_id, device_id, state, at) VALUES (?, ?, ?, ?)",
+                [(msg_id, d, accepted, now) for d in device_ids],
+            )
+
+    def transition(
+        self, keys: Iterable[tuple[str, str]], state: DeliveryState, detail: str | None = None
+    ) -> list[tuple[str, str]]:
+        """Move deliveries ``(msg_id, device_id)`` to ``state`` where that is a step forward.
+
+        One transaction for the whole batch; returns the keys that actually moved.
+        """
+        now = self.clock.now()
+        moved: list[tuple[str, str]] = []
+        with self._tx():
+            for msg_id, device_id in keys:
+                row = self._conn.execute(
+                    "SELECT state FROM deliveries WHERE msg_id = ? AND device_id = ?", (msg_id, device_id)
+                ).fetchone()
+                if row is None or not advances(DeliveryState(row[0]), state):
+                    continue
+                self._record(msg_id, device_id, state, now, detail)
+                moved.append((msg_id, device_id))
+        return moved
+
+    def _record(self, msg_id: str, device_id: str, state: DeliveryState, at: float, detail: str | None) -> None:
+        self._conn.execute(
+            "UPDATE deliveries SET state = ?, updated_at = ?, error = coalesce(?, error)"
+            " WHERE msg_id = ? AND device_id = ?",
+            (state.value, at, detail if state in (DeliveryState.FAILED, DeliveryState.DROPPED) else None,
+             msg_id, device_id),
+        )
+        self._conn.execute(
+            "INSERT INTO delivery_events (msg_id, device_id, state, at, detail) VALUES (?, ?, ?, ?, ?)",
+            (msg_id, device_id, state.value, at, detail),
+        )
+
+    def apply_receipt(self, app_key: str, device_id: str, msg_id: str, event: ReceiptEvent) -> bool:
+        """Store a device's receipt. True if the delivery exists (so its inbox topic can be cleared)."""
+        now = self.clock.now()
+        with self._tx():
+            row = self._conn.execute(
+                "SELECT d.state FROM deliveries d JOIN messages m ON m.msg_id = d.msg_id"
+                " WHERE d.msg_id = ? AND d.device_id = ? AND m.app_key = ?",
+                (msg_id, device_id, app_key),
+            ).fetchone()
+            if row is None:
+                return False
+            current = DeliveryState(row[0])
+            new = DeliveryState(event.value)
+            if advances(current, new):
+                # opened/dismissed imply arrival: keep the arrival time in the history too
+                if new is not DeliveryState.ARRIVED and advances(current, DeliveryState.ARRIVED):
+                    self._record(msg_id, device_id, DeliveryState.ARRIVED, now, "implied")
+                self._record(msg_id, device_id, new, now, None)
+            else:
+                self._conn.execute(
+                    "INSERT INTO delivery_events (msg_id, device_id, state, at, detail) VALUES (?, ?, ?, ?, ?)",
+                    (msg_id, device_id, new.value, now, f"receipt while {current.value}"),
+                )
+        return True
+
+    def pending_deliveries(self) -> list[PendingDelivery]:
+        """Every undelivered, unexpired delivery: what the bridge re-publishes at start."""
+        marks = ",".join("?" * len(_PENDING))
+        rows = self._conn.execute(
+            "SELECT d.msg_id, m.app_key, d.device_id, d.state, m.envelope, m.expires_at"
+            " FROM deliveries d JOIN messages m ON m.msg_id = d.msg_id"
+            f" WHERE d.state IN ({marks}) AND m.expires_at > ? ORDER BY d.msg_id",
+            (*_PENDING, self.clock.now()),
+        )
+        return [PendingDelivery(r[0], r[1], r[2], DeliveryState(r[3]), bytes(r[4]), r[5]) for r in rows]
+
+    def expire_due(self) -> list[tuple[str, str, str]]:
+        """Mark pending deliveries whose message passed its TTL ``expired``; returns (app, device, msg)."""
+        now = self.clock.now()
+        marks = ",".join("?" * len(_PENDING))
+        with self._tx():
+            rows = self._conn.execute(
+                "SELECT m.app_key, d.device_id, d.msg_id FROM deliveries d JOIN messages m ON m.msg_id = d.msg_id"
+                f" WHERE d.state IN ({marks}) AND m.expires_at <= ?",
+                (*_PENDING, now),
+            ).fetchall()
+            for app_key, device_id, msg_id in rows:
+                self._record(msg_id, device_id, DeliveryState.EXPIRED, now, "ttl")
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    def message_status(self, app_key: str, msg_id: str) -> MessageStatus | None:
+        msg = self._conn.execute(
+            "SELECT created_at, expires_at FROM messages WHERE msg_id = ? AND app_key = ?", (msg_id, app_key)
+        ).fetchone()
+        if msg is None:
+            return None
+        history: dict[str, list[dict[str, Any]]] = {}
+        for device_id, state, at, detail in self._conn.execute(
+            "SELECT device_id, state, at, detail FROM delivery_events WHERE msg_id = ? ORDER BY at, rowid",
+            (msg_id,),
+        ):
+            event: dict[str, Any] = {"state": state, "at": at}
+            if detail:
+                event["detail"] = detail
+            history.setdefault(device_id, []).append(event)
+        deliveries = [
+            {
+                "device_id": r[0],
+                "state": r[1],
+                "channel": r[2],
+                "attempts": r[3],
+                "error": r[4],
+                "updated_at": r[5],
+                "history": history.get(r[0], []),
+            }
+            for r in self._conn.execute(
+                "SELECT device_id, state, channel, attempts, error, updated_at FROM deliveries"
+                " WHERE msg_id = ? ORDER BY device_id",
+                (msg_id,),
+            )
+        ]
+        return MessageStatus(msg_id, app_key, msg[0], msg[1], deliveries)
+
+
+class _Transaction:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self._conn.execute("BEGIN IMMEDIATE")
+        return self._conn
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self._conn.execute("COMMIT")
+        else:
+            self._conn.execute("ROLLBACK")

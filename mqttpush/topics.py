@@ -1,0 +1,161 @@
+"""Device protocol v1 topics (DESIGN §2) and the access rules over them. Pure: no I/O.
+
+| topic                                   | who publishes | who receives          |
+|-----------------------------------------|---------------|-----------------------|
+| ``mqttpush/{app}/d/{device}/m/{msg}``   | service       | that device           |
+| ``mqttpush/{app}/b/{msg}``              | service       | every device of app   |
+| ``mqttpush/{app}/d/{device}/r``         | that device   | service               |
+| ``mqttpush/{app}/d/{device}/s``         | that device   | service               |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+ROOT = "mqttpush"
+
+
+def inbox_topic(app: str, device: str, msg_id: str) -> str:
+    """The retained inbox topic of one message for one device."""
+    return f"{ROOT}/{app}/d/{device}/m/{msg_id}"
+
+
+def inbox_filter(app: str, device: str) -> str:
+    """What a device subscribes to for its own inbox."""
+    return f"{ROOT}/{app}/d/{device}/m/+"
+
+
+def broadcast_topic(app: str, msg_id: str) -> str:
+    return f"{ROOT}/{app}/b/{msg_id}"
+
+
+def broadcast_filter(app: str) -> str:
+    return f"{ROOT}/{app}/b/+"
+
+
+def receipt_topic(app: str, device: str) -> str:
+    return f"{ROOT}/{app}/d/{device}/r"
+
+
+def presence_topic(app: str, device: str) -> str:
+    return f"{ROOT}/{app}/d/{device}/s"
+
+
+RECEIPT_FILTER = f"{ROOT}/+/d/+/r"
+PRESENCE_FILTER = f"{ROOT}/+/d/+/s"
+
+
+class TopicKind(Enum):
+    INBOX = "inbox"
+    BROADCAST = "broadcast"
+    RECEIPT = "receipt"
+    PRESENCE = "presence"
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedTopic:
+    kind: TopicKind
+    app: str
+    device: str | None = None
+    msg_id: str | None = None
+
+
+def parse_topic(topic: str) -> ParsedTopic | None:
+    """Parse a concrete topic of the device protocol; None if it is not one."""
+    parts = topic.split("/")
+    if len(parts) < 4 or parts[0] != ROOT or not parts[1]:
+        return None
+    app = parts[1]
+    if parts[2] == "b" and len(parts) == 4 and _level_ok(parts[3]):
+        return ParsedTopic(TopicKind.BROADCAST, app, msg_id=parts[3])
+    if parts[2] != "d" or not _level_ok(parts[3]):
+        return None
+    device = parts[3]
+    if len(parts) == 6 and parts[4] == "m" and _level_ok(parts[5]):
+        return ParsedTopic(TopicKind.INBOX, app, device, parts[5])
+    if len(parts) == 5 and parts[4] == "r":
+        return ParsedTopic(TopicKind.RECEIPT, app, device)
+    if len(parts) == 5 and parts[4] == "s":
+        return ParsedTopic(TopicKind.PRESENCE, app, device)
+    return None
+
+
+def _level_ok(level: str) -> bool:
+    return bool(level) and "+" not in level and "#" not in level
+
+
+def topic_matches(topic: str, topic_filter: str) -> bool:
+    """MQTT 3.1.1 matching (4.7): ``+`` one level, ``#`` the rest; ``$`` topics never match a leading wildcard."""
+    if topic.startswith("$") and topic_filter[:1] in ("+", "#"):
+        return False
+    t_levels = topic.split("/")
+    f_levels = topic_filter.split("/")
+    for i, f in enumerate(f_levels):
+        if f == "#":
+            return i == len(f_levels) - 1
+        if i >= len(t_levels):
+            return False
+        if f != "+" and f != t_levels[i]:
+            return False
+    return len(t_levels) == len(f_levels)
+
+
+def valid_filter(topic_filter: str) -> bool:
+    """True if ``topic_filter`` is a well-formed MQTT 3.1.1 topic filter (4.7.1)."""
+    if not topic_filter:
+        return False
+    levels = topic_filter.split("/")
+    for i, level in enumerate(levels):
+        if "#" in level and (level != "#" or i != len(levels) - 1):
+            return False
+        if "+" in level and level != "+":
+            return False
+    return True
+
+
+# --- access control ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceIdentity:
+    """A device connected with its own credentials."""
+
+    app: str
+    device: str
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceIdentity:
+    """The bridge (or an operator tool) with the service credentials: everything under ``mqttpush/``."""
+
+    username: str
+
+
+Identity = DeviceIdentity | ServiceIdentity
+
+
+def may_subscribe(who: Identity, topic_filter: str) -> bool:
+    """SUBSCRIBE rule: a device gets exactly its inbox filter and its app's broadcast filter."""
+    if isinstance(who, ServiceIdentity):
+        return topic_filter == "#" or topic_filter.startswith(ROOT + "/") or topic_filter == ROOT
+    return topic_filter in (inbox_filter(who.app, who.device), broadcast_filter(who.app))
+
+
+def may_publish(who: Identity, topic: str) -> bool:
+    """PUBLISH rule: a device publishes only its own receipt and presence topics."""
+    if isinstance(who, ServiceIdentity):
+        return topic.startswith(ROOT + "/")
+    return topic in (receipt_topic(who.app, who.device), presence_topic(who.app, who.device))
+
+
+def may_receive(who: Identity, topic: str) -> bool:
+    """Delivery rule, applied to live and retained messages alike."""
+    if isinstance(who, ServiceIdentity):
+        return topic.startswith(ROOT + "/")
+    parsed = parse_topic(topic)
+    if parsed is None or parsed.app != who.app:
+        return False
+    if parsed.kind is TopicKind.BROADCAST:
+        return True
+    return parsed.kind is TopicKind.INBOX and parsed.device == who.device
