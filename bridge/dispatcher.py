@@ -72,7 +72,10 @@ class Dispatcher:
                 for device_id in out.device_ids:
                     try:
                         await self._publisher.publish(
-                            topics.inbox_topic(out.app_key, device_id, out.msg_id), out.payload, qos=1, retain=True
+                            topics.inbox_topic(out.app_key, device_id, out.msg_id),
+                            out.payload,
+                            qos=1,
+                            retain=True,
                         )
                     except Exception:
                         # The delivery stays `accepted` in the store; the next start re-publishes it.

@@ -25,7 +25,9 @@ class Limits:
 
 
 class Intake:
-    def __init__(self, store: Store, dispatcher: Dispatcher, clock: Clock, limits: Limits | None = None) -> None:
+    def __init__(
+        self, store: Store, dispatcher: Dispatcher, clock: Clock, limits: Limits | None = None
+    ) -> None:
         self._store = store
         self._dispatcher = dispatcher
         self._clock = clock
@@ -36,7 +38,9 @@ class Intake:
         target = parse_target(req.target)
         ttl = req.policy.ttl if req.policy.ttl is not None else self.limits.default_ttl
         if ttl > self.limits.max_ttl:
-            raise InvalidContent(f"policy.ttl {ttl}s is above the maximum {self.limits.max_ttl}s", code="ttl_too_long")
+            raise InvalidContent(
+                f"policy.ttl {ttl}s is above the maximum {self.limits.max_ttl}s", code="ttl_too_long"
+            )
         kind = req.type or ("notification" if req.notification is not None else "message")
         if kind not in ("notification", "message"):
             raise InvalidContent("type must be 'notification' or 'message'", code="invalid_type")

@@ -32,7 +32,7 @@ def parse_receipt(topic: str, payload: bytes) -> Receipt | None:
         obj = json.loads(payload)
         event = ReceiptEvent(obj["event"])
         msg_id = obj["id"]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         return None
     if not isinstance(msg_id, str) or not ids.is_valid_id(msg_id):
         return None
@@ -46,6 +46,13 @@ class Receipts:
         self._store = store
         self._publisher = publisher
         self._queue: asyncio.Queue[Receipt] = asyncio.Queue()
+        self.handled = 0
+        self._handled_changed = asyncio.Condition()
+
+    async def wait_handled(self, count: int) -> None:
+        """Wait until ``count`` receipts in total have been stored (or dropped as unknown)."""
+        async with self._handled_changed:
+            await self._handled_changed.wait_for(lambda: self.handled >= count)
 
     def feed(self, topic: str, payload: bytes) -> None:
         receipt = parse_receipt(topic, payload)
@@ -57,9 +64,14 @@ class Receipts:
     async def run(self) -> None:
         while True:
             r = await self._queue.get()
-            known = await self._store.run(self._store.apply_receipt, r.app_key, r.device_id, r.msg_id, r.event)
+            known = await self._store.run(
+                self._store.apply_receipt, r.app_key, r.device_id, r.msg_id, r.event
+            )
             if known:
                 # Any receipt proves the device has the message: it must not come back on reconnect.
                 await self._publisher.clear_retained(topics.inbox_topic(r.app_key, r.device_id, r.msg_id))
             else:
                 log.info("receipt for unknown delivery device_id=%s msg_id=%s", r.device_id, r.msg_id)
+            self.handled += 1
+            async with self._handled_changed:
+                self._handled_changed.notify_all()

@@ -50,7 +50,7 @@ def _emit(doc: Any, as_json: bool, human: Callable[[], None] | None = None) -> N
 def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
     if value:
         try:
-            ctx.default_map = (ctx.default_map or {}) | load_toml(value)
+            ctx.default_map = {**(ctx.default_map or {}), **load_toml(value)}
         except MqttPushError as exc:
             raise click.BadParameter(exc.message, param_hint="--config") from None
     return value
@@ -70,7 +70,9 @@ def _data_dir_option(f: Callable[..., Any]) -> Callable[..., Any]:
 def _auth_options(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option("--app-secret", envvar="MQTTPUSH_APP_SECRET", required=True, help=AUTH_HELP)(f)
     f = click.option("--app-key", envvar="MQTTPUSH_APP_KEY", required=True, help=AUTH_HELP)(f)
-    return click.option("--url", envvar="MQTTPUSH_URL", required=True, help="Server URL, e.g. http://127.0.0.1:8080")(f)
+    return click.option(
+        "--url", envvar="MQTTPUSH_URL", required=True, help="Server URL, e.g. http://127.0.0.1:8080"
+    )(f)
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
@@ -86,33 +88,79 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--config", type=click.Path(dir_okay=False), callback=_load_config, is_eager=True,
-              expose_value=False, envvar="MQTTPUSH_CONFIG", help="TOML file with the options below.")
+@click.option(
+    "--config",
+    type=click.Path(dir_okay=False),
+    callback=_load_config,
+    is_eager=True,
+    expose_value=False,
+    envvar="MQTTPUSH_CONFIG",
+    help="TOML file with the options below.",
+)
 @_data_dir_option
 @click.option("--host", default=ServerConfig.host, show_default=True, envvar="MQTTPUSH_HOST")
-@click.option("--mqtt-port", type=click.IntRange(0, 65535), default=ServerConfig.mqtt_port, show_default=True,
-              envvar="MQTTPUSH_MQTT_PORT")
-@click.option("--http-port", type=click.IntRange(0, 65535), default=ServerConfig.http_port, show_default=True,
-              envvar="MQTTPUSH_HTTP_PORT")
-@click.option("--public-mqtt-url", default=None, envvar="MQTTPUSH_PUBLIC_MQTT_URL",
-              help="MQTT URL given to devices (default: mqtt://<request host>:<mqtt port>).")
-@click.option("--max-envelope-bytes", type=click.IntRange(256, 1 << 20), default=ServerConfig.max_envelope_bytes,
-              show_default=True, envvar="MQTTPUSH_MAX_ENVELOPE_BYTES")
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
-              show_default=True, envvar="MQTTPUSH_LOG_LEVEL")
+@click.option(
+    "--mqtt-port",
+    type=click.IntRange(0, 65535),
+    default=ServerConfig.mqtt_port,
+    show_default=True,
+    envvar="MQTTPUSH_MQTT_PORT",
+)
+@click.option(
+    "--http-port",
+    type=click.IntRange(0, 65535),
+    default=ServerConfig.http_port,
+    show_default=True,
+    envvar="MQTTPUSH_HTTP_PORT",
+)
+@click.option(
+    "--public-mqtt-url",
+    default=None,
+    envvar="MQTTPUSH_PUBLIC_MQTT_URL",
+    help="MQTT URL given to devices (default: mqtt://<request host>:<mqtt port>).",
+)
+@click.option(
+    "--max-envelope-bytes",
+    type=click.IntRange(256, 1 << 20),
+    default=ServerConfig.max_envelope_bytes,
+    show_default=True,
+    envvar="MQTTPUSH_MAX_ENVELOPE_BYTES",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+    envvar="MQTTPUSH_LOG_LEVEL",
+)
 @json_option
-def serve(data_dir: Path, host: str, mqtt_port: int, http_port: int, public_mqtt_url: str | None,
-          max_envelope_bytes: int, log_level: str, as_json: bool) -> None:
+def serve(
+    data_dir: Path,
+    host: str,
+    mqtt_port: int,
+    http_port: int,
+    public_mqtt_url: str | None,
+    max_envelope_bytes: int,
+    log_level: str,
+    as_json: bool,
+) -> None:
     """Run broker, bridge and HTTP API in one process (embedded defaults)."""
     import uvloop
 
     from mqttpush.server import EmbeddedServer
 
-    config = ServerConfig(data_dir=data_dir, host=host, mqtt_port=mqtt_port, http_port=http_port,
-                          public_mqtt_url=public_mqtt_url, max_envelope_bytes=max_envelope_bytes,
-                          log_level=log_level)
-    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    config = ServerConfig(
+        data_dir=data_dir,
+        host=host,
+        mqtt_port=mqtt_port,
+        http_port=http_port,
+        public_mqtt_url=public_mqtt_url,
+        max_envelope_bytes=max_envelope_bytes,
+        log_level=log_level,
+    )
+    logging.basicConfig(
+        level=log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
     for noisy in ("amqtt", "transitions"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
@@ -122,11 +170,21 @@ def serve(data_dir: Path, host: str, mqtt_port: int, http_port: int, public_mqtt
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         async with EmbeddedServer(config) as server:
-            ready = {"event": "ready", "mqtt_port": server.mqtt_port, "http_port": server.http_port,
-                     "http_url": server.http_url, "data_dir": str(data_dir)}
-            _emit(ready, as_json, lambda: click.echo(
-                f"mqttpush {__version__} serving mqtt://{host}:{server.mqtt_port} and {server.http_url}"
-                f" (data in {data_dir}); Ctrl-C stops"))
+            ready = {
+                "event": "ready",
+                "mqtt_port": server.mqtt_port,
+                "http_port": server.http_port,
+                "http_url": server.http_url,
+                "data_dir": str(data_dir),
+            }
+            _emit(
+                ready,
+                as_json,
+                lambda: click.echo(
+                    f"mqttpush {__version__} serving mqtt://{host}:{server.mqtt_port} and {server.http_url}"
+                    f" (data in {data_dir}); Ctrl-C stops"
+                ),
+            )
             sys.stdout.flush()
             await stop.wait()
 
@@ -192,8 +250,11 @@ def service_credentials(data_dir: Path, as_json: bool) -> None:
         store = Store(data_dir)
         username, password = store.service_credentials()
         store.close()
-    _emit({"username": username, "password": password}, as_json,
-          lambda: click.echo(f"username: {username}\npassword: {password}"))
+    _emit(
+        {"username": username, "password": password},
+        as_json,
+        lambda: click.echo(f"username: {username}\npassword: {password}"),
+    )
 
 
 # --- devices -------------------------------------------------------------------------------------
@@ -212,15 +273,26 @@ def device() -> None:
 @click.option("--app-version", default=None)
 @click.option("--locale", default=None)
 @json_option
-def device_register(url: str, app_key: str, install_id: str, platform: str, app_version: str | None,
-                    locale: str | None, as_json: bool) -> None:
+def device_register(
+    url: str,
+    app_key: str,
+    install_id: str,
+    platform: str,
+    app_version: str | None,
+    locale: str | None,
+    as_json: bool,
+) -> None:
     """Register a device (idempotent per install id; a repeat rotates the token)."""
     from mqttpush.client import PushClient
 
     with _errors(), PushClient(url, app_key) as client:
         reg = client.register_device(install_id, platform, app_version=app_version, locale=locale)
     doc = {"device_id": reg["device_id"], "device_token": reg["device_token"]}
-    _emit(doc, as_json, lambda: click.echo(f"device_id:    {doc['device_id']}\ndevice_token: {doc['device_token']}"))
+    _emit(
+        doc,
+        as_json,
+        lambda: click.echo(f"device_id:    {doc['device_id']}\ndevice_token: {doc['device_token']}"),
+    )
 
 
 @device.command("listen")
@@ -228,12 +300,23 @@ def device_register(url: str, app_key: str, install_id: str, platform: str, app_
 @click.option("--device-id", envvar="MQTTPUSH_DEVICE_ID", required=True)
 @click.option("--device-token", envvar="MQTTPUSH_DEVICE_TOKEN", required=True)
 @click.option("--count", type=click.IntRange(1), default=None, help="Exit after this many messages.")
-@click.option("--timeout", type=click.FloatRange(0, min_open=True), default=None,
-              help="Exit (status 1) if --count messages have not arrived within this many seconds.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0, min_open=True),
+    default=None,
+    help="Exit (status 1) if --count messages have not arrived within this many seconds.",
+)
 @click.option("--opened", is_flag=True, help="Also send an 'opened' receipt for each message.")
 @json_option
-def device_listen(url: str, device_id: str, device_token: str, count: int | None, timeout: float | None,
-                  opened: bool, as_json: bool) -> None:
+def device_listen(
+    url: str,
+    device_id: str,
+    device_token: str,
+    count: int | None,
+    timeout: float | None,
+    opened: bool,
+    as_json: bool,
+) -> None:
     """Act as a device: print each message and acknowledge it (arrived receipt)."""
     from mqttpush.device import DeviceClient
 
@@ -289,14 +372,30 @@ def _json_arg(value: str | None, flag: str) -> Any:
 @click.option("--body", default=None)
 @click.option("--data", default=None, help="JSON object delivered as the envelope's data.")
 @click.option("--type", "kind", type=click.Choice(["notification", "message"]), default=None)
-@click.option("--ttl", type=click.IntRange(1), default=None, help="Seconds the message may wait (default 3 days).")
+@click.option(
+    "--ttl", type=click.IntRange(1), default=None, help="Seconds the message may wait (default 3 days)."
+)
 @click.option("--biz-id", default=None, help="Idempotency key.")
-@click.option("--strategy", type=click.Choice(["mqtt", "mqtt_else_vendor", "vendor_first", "vendor"]), default=None)
+@click.option(
+    "--strategy", type=click.Choice(["mqtt", "mqtt_else_vendor", "vendor_first", "vendor"]), default=None
+)
 @click.option("--production/--test", default=True, help="--test reaches only test devices.")
 @json_option
-def push(url: str, app_key: str, app_secret: str, devices: tuple[str, ...], title: str | None,
-         body: str | None, data: str | None, kind: str | None, ttl: int | None, biz_id: str | None,
-         strategy: str | None, production: bool, as_json: bool) -> None:
+def push(
+    url: str,
+    app_key: str,
+    app_secret: str,
+    devices: tuple[str, ...],
+    title: str | None,
+    body: str | None,
+    data: str | None,
+    kind: str | None,
+    ttl: int | None,
+    biz_id: str | None,
+    strategy: str | None,
+    production: bool,
+    as_json: bool,
+) -> None:
     """Send a push; prints its msg_id."""
     from mqttpush.client import PushClient
 

@@ -47,7 +47,9 @@ class PushClient:
 
     def register_device(self, install_id: str, platform: str, **attrs: str | None) -> dict[str, Any]:
         """``POST /api/v1/devices`` → ``{"device_id", "device_token", ...}``."""
-        body = {"install_id": install_id, "platform": platform} | {k: v for k, v in attrs.items() if v is not None}
+        body = {"install_id": install_id, "platform": platform} | {
+            k: v for k, v in attrs.items() if v is not None
+        }
         result: dict[str, Any] = self._call("POST", "/api/v1/devices", body, signed=False)
         return result
 
@@ -86,4 +88,6 @@ def _result(resp: httpx.Response) -> Any:
     err = doc.get("error") if isinstance(doc, dict) else None
     if isinstance(err, dict):
         raise ClientError(str(err.get("message")), code=str(err.get("code")), status=resp.status_code)
-    raise ClientError(f"HTTP {resp.status_code}: {resp.text[:200]}", code="http_error", status=resp.status_code)
+    raise ClientError(
+        f"HTTP {resp.status_code}: {resp.text[:200]}", code="http_error", status=resp.status_code
+    )

@@ -98,7 +98,9 @@ class DeviceClient:
         try:
             self._mqtt.connect(self._host, self._port, self._keepalive)
         except OSError as exc:
-            raise ClientError(f"cannot reach MQTT {self._host}:{self._port}: {exc}", code="unreachable") from None
+            raise ClientError(
+                f"cannot reach MQTT {self._host}:{self._port}: {exc}", code="unreachable"
+            ) from None
         self._mqtt.loop_start()
         if not self._ready.wait(timeout) or self._refused:
             self._mqtt.loop_stop()
@@ -108,7 +110,9 @@ class DeviceClient:
     def disconnect(self) -> None:
         """Say ``offline`` on the presence topic and disconnect cleanly."""
         if self._mqtt.is_connected():
-            self._mqtt.publish(topics.presence_topic(self.app_key, self.device_id), b"offline", qos=1, retain=True)
+            self._mqtt.publish(
+                topics.presence_topic(self.app_key, self.device_id), b"offline", qos=1, retain=True
+            )
             self._mqtt.disconnect()
         self._mqtt.loop_stop()
 
@@ -146,7 +150,10 @@ class DeviceClient:
             return
         c.publish(topics.presence_topic(self.app_key, self.device_id), b"online", qos=1, retain=True)
         _, self._sub_mid = c.subscribe(
-            [(topics.inbox_filter(self.app_key, self.device_id), 1), (topics.broadcast_filter(self.app_key), 1)]
+            [
+                (topics.inbox_filter(self.app_key, self.device_id), 1),
+                (topics.broadcast_filter(self.app_key), 1),
+            ]
         )
 
     def _on_subscribe(self, _c: mqtt.Client, _u: Any, mid: int, codes: list[Any], _p: Any) -> None:
@@ -157,7 +164,7 @@ class DeviceClient:
         self._ready.set()
 
     def _on_mqtt_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        env = envelope.decode(msg.payload)
+        env = envelope.decode(bytes(msg.payload))
         if env is None:
             return  # an empty publish clears a retained inbox topic; nothing to show
         msg_id = env["id"]

@@ -54,7 +54,7 @@ def decode(payload: bytes) -> dict[str, Any] | None:
         return None
     try:
         obj = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (ValueError, RecursionError):
         return None
     if not isinstance(obj, dict) or not isinstance(obj.get("id"), str):
         return None

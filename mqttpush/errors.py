@@ -11,6 +11,7 @@ and carries a stable snake_case ``code``; the edges translate it (HTTP status an
     ├── Conflict              409
     ├── PayloadTooLarge       413  envelope or request body over its limit
     ├── InvalidContent        422  valid JSON that breaks a rule (ttl, platform, target)
+    ├── StartupError               a server part could not start (port in use, ...)
     ├── StoreError                 the SQLite store refused (schema too new, ...)
     └── ClientError                the server client or CLI could not complete a call
 """
@@ -63,6 +64,12 @@ class PayloadTooLarge(MqttPushError):
 class InvalidContent(MqttPushError):
     status = 422
     code = "invalid_request"
+
+
+class StartupError(MqttPushError):
+    """A server part could not start (port in use, bad address)."""
+
+    code = "cannot_start"
 
 
 class StoreError(MqttPushError):

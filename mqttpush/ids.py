@@ -11,7 +11,7 @@ import secrets
 import time
 
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower case
-_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def _random(n: int) -> str:
@@ -49,4 +49,4 @@ def new_secret() -> str:
 
 def is_valid_id(value: str) -> bool:
     """True if ``value`` can be used as an id and as one MQTT topic level."""
-    return bool(_ID_RE.match(value))
+    return _ID_RE.fullmatch(value) is not None

@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 
-class Platform(str, Enum):
+class Platform(StrEnum):
     ANDROID = "android"
     IOS = "ios"
     WEB = "web"
     IOT = "iot"
 
 
-class DeliveryState(str, Enum):
+class DeliveryState(StrEnum):
     """DESIGN §4: ``accepted → queued → published|forwarded → arrived → opened`` or a terminal state."""
 
     ACCEPTED = "accepted"
@@ -43,16 +43,28 @@ _RANK = {
     DeliveryState.DISMISSED: 4,
 }
 PENDING_STATES = (DeliveryState.ACCEPTED, DeliveryState.QUEUED, DeliveryState.PUBLISHED)
+TERMINAL_STATES = (
+    DeliveryState.EXPIRED,
+    DeliveryState.CANCELLED,
+    DeliveryState.FAILED,
+    DeliveryState.DROPPED,
+)
 
 
 def advances(current: DeliveryState, new: DeliveryState) -> bool:
-    """True if a delivery in ``current`` may move to ``new``."""
-    if current not in _RANK or new not in _RANK:
+    """True if a delivery in ``current`` may move to ``new``.
+
+    Forward along the progress order; into a terminal state only while not yet arrived
+    (a message the device has cannot expire or fail any more); never out of a terminal state.
+    """
+    if current in TERMINAL_STATES:
         return False
+    if new in TERMINAL_STATES:
+        return _RANK[current] < _RANK[DeliveryState.ARRIVED]
     return _RANK[new] > _RANK[current]
 
 
-class ReceiptEvent(str, Enum):
+class ReceiptEvent(StrEnum):
     ARRIVED = "arrived"
     OPENED = "opened"
     DISMISSED = "dismissed"

@@ -75,7 +75,9 @@ class EmbeddedServer:
     def _mqtt_url(self, request_host: str) -> str:
         return self.config.public_mqtt_url or f"mqtt://{request_host}:{self.mqtt_port}"
 
-    async def _authenticate(self, client_id: str, username: str | None, password: str | None) -> Identity | None:
+    async def _authenticate(
+        self, client_id: str, username: str | None, password: str | None
+    ) -> Identity | None:
         if not username or password is None:
             return None
         if username == SERVICE_USERNAME:
@@ -92,14 +94,26 @@ class EmbeddedServer:
     async def _presence_writer(self) -> None:
         while True:
             device_id, online = await self._presence.get()
-            await self.store.run(self.store.set_presence, device_id, online)
+            try:
+                await self.store.run(self.store.set_presence, device_id, online)
+            finally:
+                self._presence.task_done()
+
+    async def presence_idle(self) -> None:
+        """Wait until every presence change seen so far is in the store."""
+        await self._presence.join()
 
     async def start(self) -> None:
         await self.store.run(self.store.reset_presence)
         await self.broker.start()
         self.broker.tap(RECEIPT_FILTER, lambda topic, payload, _who: self.receipts.feed(topic, payload))
         await self.dispatcher.recover()
-        for coro in (self.dispatcher.run(), self.receipts.run(), self.scheduler.run(), self._presence_writer()):
+        for coro in (
+            self.dispatcher.run(),
+            self.receipts.run(),
+            self.scheduler.run(),
+            self._presence_writer(),
+        ):
             self._tasks.append(asyncio.create_task(coro))
 
         api = create_api(ApiContext(self.store, self.intake, self.clock, self._mqtt_url))

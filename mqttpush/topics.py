@@ -64,7 +64,7 @@ class ParsedTopic:
 def parse_topic(topic: str) -> ParsedTopic | None:
     """Parse a concrete topic of the device protocol; None if it is not one."""
     parts = topic.split("/")
-    if len(parts) < 4 or parts[0] != ROOT or not parts[1]:
+    if len(parts) < 4 or parts[0] != ROOT or not _level_ok(parts[1]):
         return None
     app = parts[1]
     if parts[2] == "b" and len(parts) == 4 and _level_ok(parts[3]):
@@ -138,7 +138,7 @@ Identity = DeviceIdentity | ServiceIdentity
 def may_subscribe(who: Identity, topic_filter: str) -> bool:
     """SUBSCRIBE rule: a device gets exactly its inbox filter and its app's broadcast filter."""
     if isinstance(who, ServiceIdentity):
-        return topic_filter == "#" or topic_filter.startswith(ROOT + "/") or topic_filter == ROOT
+        return topic_filter.startswith(ROOT + "/")
     return topic_filter in (inbox_filter(who.app, who.device), broadcast_filter(who.app))
 
 

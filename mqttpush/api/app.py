@@ -54,7 +54,7 @@ async def _body(request: Request) -> bytes:
 def _parse(model: type[M], body: bytes) -> M:
     try:
         obj = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:
         raise BadRequest(f"body is not valid JSON: {exc}", code="malformed_json") from None
     if not isinstance(obj, dict):
         raise BadRequest("body must be a JSON object", code="malformed_json")

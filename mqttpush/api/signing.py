@@ -18,7 +18,7 @@ TIMESTAMP_HEADER = "X-MQTTPush-Timestamp"
 NONCE_HEADER = "X-MQTTPush-Nonce"
 SIGNATURE_HEADER = "X-MQTTPush-Signature"
 WINDOW_SECONDS = 300
-NONCE_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+NONCE_RE = re.compile(r"[A-Za-z0-9_-]{16,64}")
 
 
 def string_to_sign(method: str, path_with_query: str, timestamp: str, nonce: str, body: bytes) -> bytes:
@@ -59,7 +59,8 @@ def check_request(
     """Raise :class:`AuthError` unless the request is fresh and correctly signed (nonce reuse is checked by the caller)."""
     if not timestamp or not nonce or not signature:
         raise AuthError(
-            f"signed requests need {TIMESTAMP_HEADER}, {NONCE_HEADER} and {SIGNATURE_HEADER}", code="missing_signature"
+            f"signed requests need {TIMESTAMP_HEADER}, {NONCE_HEADER} and {SIGNATURE_HEADER}",
+            code="missing_signature",
         )
     try:
         ts = int(timestamp)
@@ -67,10 +68,11 @@ def check_request(
         raise AuthError(f"{TIMESTAMP_HEADER} must be unix seconds", code="stale_timestamp") from None
     if abs(now - ts) > WINDOW_SECONDS:
         raise AuthError(
-            f"timestamp is {int(now - ts)}s away from server time (allowed ±{WINDOW_SECONDS}s)", code="stale_timestamp"
+            f"timestamp is {int(now - ts)}s away from server time (allowed ±{WINDOW_SECONDS}s)",
+            code="stale_timestamp",
         )
-    if not NONCE_RE.match(nonce):
+    if NONCE_RE.fullmatch(nonce) is None:
         raise AuthError(f"{NONCE_HEADER} must be 16-64 URL-safe characters", code="bad_nonce")
     expected = sign(secret, method, path_with_query, timestamp, nonce, body)
-    if not hmac.compare_digest(expected, signature.lower()):
+    if not hmac.compare_digest(expected.encode(), signature.lower().encode("utf-8", "replace")):
         raise AuthError("signature does not match", code="bad_signature")

@@ -30,11 +30,12 @@ from typing import Any
 from amqtt.adapters import ReaderAdapter, WriterAdapter
 from amqtt.broker import Broker, RetainedApplicationMessage
 from amqtt.contexts import Action
-from amqtt.errors import AMQTTError, MQTTError, NoDataError
+from amqtt.errors import AMQTTError, BrokerError, MQTTError, NoDataError
 from amqtt.mqtt.connack import NOT_AUTHORIZED, ConnackPacket
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.session import Session
 
+from mqttpush.errors import StartupError
 from mqttpush.topics import (
     DeviceIdentity,
     Identity,
@@ -58,7 +59,7 @@ Tap = Callable[[str, bytes, Identity], None]
 KEEPALIVE_GRACE = 1.5  # MQTT-3.1.2-24
 
 
-class _PushProtocolHandler(BrokerProtocolHandler):
+class _PushProtocolHandler(BrokerProtocolHandler):  # type: ignore[misc]
     def handle_read_timeout(self) -> None:
         # The reader waited 1.5 × keepalive for a packet: the client is gone (half-open socket).
         log.info("keepalive expired client_id=%s", self.session.client_id if self.session else None)
@@ -119,6 +120,18 @@ class PushBroker(Broker):  # type: ignore[misc]
     def retained_topics(self) -> list[str]:
         return list(self._retained_messages)
 
+    async def start(self) -> None:
+        # amqtt logs a traceback for a busy port; the caller gets one clear StartupError instead.
+        amqtt_log = logging.getLogger("amqtt.broker")
+        level = amqtt_log.level
+        amqtt_log.setLevel(logging.CRITICAL)
+        try:
+            await super().start()
+        except BrokerError as exc:
+            raise StartupError(f"MQTT listener: {exc}") from None
+        finally:
+            amqtt_log.setLevel(level)
+
     async def shutdown(self) -> None:
         self._stopping = True
         for task in list(self._background):
@@ -137,7 +150,9 @@ class PushBroker(Broker):  # type: ignore[misc]
             )
         except TimeoutError as exc:
             await writer.close()
-            raise AMQTTError(f"no CONNECT from {remote_address}:{remote_port} in {self._connect_timeout}s") from exc
+            raise AMQTTError(
+                f"no CONNECT from {remote_address}:{remote_port} in {self._connect_timeout}s"
+            ) from exc
         except MQTTError:
             await writer.close()
             raise
@@ -170,8 +185,17 @@ class PushBroker(Broker):  # type: ignore[misc]
             session = incoming
         else:
             session = existing[0]
-            for name in ("will_flag", "will_message", "will_topic", "will_qos", "will_retain", "username",
-                         "password", "remote_address", "remote_port"):
+            for name in (
+                "will_flag",
+                "will_message",
+                "will_topic",
+                "will_qos",
+                "will_retain",
+                "username",
+                "password",
+                "remote_address",
+                "remote_port",
+            ):
                 setattr(session, name, getattr(incoming, name))
             session.parent = 1
         session.keep_alive = math.ceil(incoming.keep_alive * KEEPALIVE_GRACE)
@@ -208,11 +232,11 @@ class PushBroker(Broker):  # type: ignore[misc]
         client_id: str = client_session.client_id
         if self._current_handler.get(client_id) is not handler:
             return  # taken over: the new connection owns the session and its presence now
-        await super()._handle_disconnect(client_session, handler, disconnect_waiter)
         del self._current_handler[client_id]
         identity = self._identities.get(client_id)
         if isinstance(identity, DeviceIdentity) and self._on_presence is not None:
             self._on_presence(identity, False)
+        await super()._handle_disconnect(client_session, handler, disconnect_waiter)
 
     async def _cleanup_session(self, client_id: str) -> None:
         entry = self._sessions.get(client_id)
@@ -255,7 +279,10 @@ class PushBroker(Broker):  # type: ignore[misc]
     # --- retained and queued messages ------------------------------------------------------------
 
     async def retain_message(
-        self, source_session: Session | None, topic_name: str | None, data: bytes | bytearray | None,
+        self,
+        source_session: Session | None,
+        topic_name: str | None,
+        data: bytes | bytearray | None,
         qos: int | None = None,
     ) -> None:
         await super().retain_message(source_session, topic_name, data, qos)
@@ -316,7 +343,10 @@ class PushBroker(Broker):  # type: ignore[misc]
     # --- taps ------------------------------------------------------------------------------------
 
     async def _broadcast_message(
-        self, session: Session | None, topic: str | None, data: bytes | bytearray | None,
+        self,
+        session: Session | None,
+        topic: str | None,
+        data: bytes | bytearray | None,
         force_qos: int | None = None,
     ) -> None:
         if session is not None and topic is not None and self._taps:
@@ -324,5 +354,9 @@ class PushBroker(Broker):  # type: ignore[misc]
             if identity is not None:
                 for topic_filter, callback in self._taps:
                     if topic_matches(topic, topic_filter):
-                        callback(topic, bytes(data or b""), identity)
+                        try:
+                            callback(topic, bytes(data or b""), identity)
+                        except Exception:
+                            # a consumer's bug must not take the publishing client's connection down
+                            log.exception("tap failed topic=%s", topic)
         await super()._broadcast_message(session, topic, data, force_qos)

@@ -17,6 +17,7 @@ import json
 import os
 import secrets
 import sqlite3
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
@@ -71,9 +72,19 @@ class _Sealer:
 
     def __init__(self, key_path: Path) -> None:
         if not key_path.exists():
-            fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            # Written aside, then linked into place: a second process never reads a half-written key.
+            tmp = key_path.with_name(f".{key_path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as f:
                 f.write(AESGCM.generate_key(bit_length=256))
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, key_path)
+            except FileExistsError:
+                pass  # another process created it first: use theirs
+            finally:
+                tmp.unlink()
         self._aead = AESGCM(key_path.read_bytes())
 
     def seal(self, plain: str) -> bytes:
@@ -93,13 +104,29 @@ class Store:
         self.clock = clock or SystemClock()
         self.path = self.data_dir / DB_FILE
         self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.execute("PRAGMA foreign_keys=ON")
-        self.db = Database(self._conn)
-        self._sealer = _Sealer(self.data_dir / KEY_FILE)
         self._executor: ThreadPoolExecutor | None = None
-        self.migrate()
+        try:
+            self._set_wal()
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.execute("PRAGMA foreign_keys=ON")
+            self.db = Database(self._conn)
+            self._sealer = _Sealer(self.data_dir / KEY_FILE)
+            self.migrate()
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def _set_wal(self) -> None:
+        # Switching a brand-new file to WAL needs a moment alone with it; SQLite does not wait
+        # on the busy handler for that, so a process starting beside another one retries.
+        for attempt in range(50):
+            try:
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError:
+                if attempt == 49:
+                    raise
+                time.sleep(0.02 * (attempt + 1))
 
     # --- plumbing ---------------------------------------------------------------------------
 
@@ -116,35 +143,37 @@ class Store:
             self._executor = None
         self._conn.close()
 
-    def _tx(self) -> sqlite3.Connection:
+    def _tx(self) -> _Transaction:
         """``with store._tx():`` wraps a write in BEGIN IMMEDIATE … COMMIT (rollback on error)."""
-        return _Transaction(self._conn)  # type: ignore[return-value]
+        return _Transaction(self._conn)
 
     def schema_version(self) -> int:
         return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
 
     def migrate(self) -> None:
         """Apply the numbered migrations this database has not seen yet."""
-        current = self.schema_version()
         known = _migrations()
-        if known and current > known[-1][0]:
-            raise StoreError(
-                f"{self.path} has schema {current}, newer than this mqttpush ({known[-1][0]})",
-                code="schema_too_new",
-            )
         for version, sql in known:
-            if version > current:
-                with self._tx():
-                    for statement in sql.split(";\n"):
-                        if statement.strip():
-                            self._conn.execute(statement)
-                    self._conn.execute(f"PRAGMA user_version={version}")
+            # Re-read the version inside the write lock: another process may have migrated meanwhile.
+            with self._tx():
+                current = self.schema_version()
+                if known and current > known[-1][0]:
+                    raise StoreError(
+                        f"{self.path} has schema {current}, newer than this mqttpush ({known[-1][0]})",
+                        code="schema_too_new",
+                    )
+                if version <= current:
+                    continue
+                for statement in sql.split(";\n"):
+                    if statement.strip():
+                        self._conn.execute(statement)
+                self._conn.execute(f"PRAGMA user_version={version}")
 
     # --- apps -------------------------------------------------------------------------------
 
     def create_app(self, name: str) -> App:
         app = App(app_key=ids.new_app_key(), name=name, secret=ids.new_secret())
-        self.db["apps"].insert(
+        self.db.table("apps").insert(
             {
                 "app_key": app.app_key,
                 "name": name,
@@ -208,8 +237,19 @@ class Store:
                 self._conn.execute(
                     "INSERT INTO devices (device_id, app_key, install_id, platform, app_version, locale, channel,"
                     " token_salt, token_hash, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                    (device_id, app_key, install_id, platform, app_version, locale, channel, salt,
-                     _hash_token(salt, token), now, now),
+                    (
+                        device_id,
+                        app_key,
+                        install_id,
+                        platform,
+                        app_version,
+                        locale,
+                        channel,
+                        salt,
+                        _hash_token(salt, token),
+                        now,
+                        now,
+                    ),
                 )
             else:
                 self._conn.execute(
@@ -255,7 +295,8 @@ class Store:
             chunk = wanted[i : i + 500]
             marks = ",".join("?" * len(chunk))
             rows = self._conn.execute(
-                f"SELECT device_id FROM devices WHERE app_key = ? AND device_id IN ({marks})", (app_key, *chunk)
+                f"SELECT device_id FROM devices WHERE app_key = ? AND device_id IN ({marks})",
+                (app_key, *chunk),
             )
             found.update(r[0] for r in rows)
         return found
@@ -312,8 +353,18 @@ class Store:
             self._conn.execute(
                 "INSERT INTO messages (msg_id, app_key, kind, target, envelope, policy, biz_id, created_at,"
                 " start_at, expires_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (msg_id, app_key, kind, json.dumps(target), envelope, json.dumps(policy),
-                 policy.get("biz_id"), now, policy.get("start_at"), expires_at),
+                (
+                    msg_id,
+                    app_key,
+                    kind,
+                    json.dumps(target),
+                    envelope,
+                    json.dumps(policy),
+                    policy.get("biz_id"),
+                    now,
+                    policy.get("start_at"),
+                    expires_at,
+                ),
             )
             accepted = DeliveryState.ACCEPTED.value
             self._conn.executemany(
@@ -345,12 +396,19 @@ class Store:
                 moved.append((msg_id, device_id))
         return moved
 
-    def _record(self, msg_id: str, device_id: str, state: DeliveryState, at: float, detail: str | None) -> None:
+    def _record(
+        self, msg_id: str, device_id: str, state: DeliveryState, at: float, detail: str | None
+    ) -> None:
         self._conn.execute(
             "UPDATE deliveries SET state = ?, updated_at = ?, error = coalesce(?, error)"
             " WHERE msg_id = ? AND device_id = ?",
-            (state.value, at, detail if state in (DeliveryState.FAILED, DeliveryState.DROPPED) else None,
-             msg_id, device_id),
+            (
+                state.value,
+                at,
+                detail if state in (DeliveryState.FAILED, DeliveryState.DROPPED) else None,
+                msg_id,
+                device_id,
+            ),
         )
         self._conn.execute(
             "INSERT INTO delivery_events (msg_id, device_id, state, at, detail) VALUES (?, ?, ?, ?, ?)",
@@ -403,7 +461,7 @@ class Store:
                 f" WHERE d.state IN ({marks}) AND m.expires_at <= ?",
                 (*_PENDING, now),
             ).fetchall()
-            for app_key, device_id, msg_id in rows:
+            for _app_key, device_id, msg_id in rows:
                 self._record(msg_id, device_id, DeliveryState.EXPIRED, now, "ttl")
         return [(r[0], r[1], r[2]) for r in rows]
 

@@ -1,0 +1,3 @@
+from mqttpush.cli import main
+
+main()

@@ -1,0 +1,172 @@
+"""Shared fixtures: a real ``mqttpush serve`` (embedded) on ephemeral loopback ports."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mqttpush.client import PushClient
+from mqttpush.config import ServerConfig
+from mqttpush.server import EmbeddedServer
+from mqttpush.store import Store
+
+
+@dataclass
+class Running:
+    """A server running on its own event loop thread, as an outside client sees it."""
+
+    server: EmbeddedServer
+    loop: asyncio.AbstractEventLoop
+    data_dir: Path
+    app_key: str = ""
+    app_secret: str = ""
+    _installs: int = field(default=0)
+
+    @property
+    def mqtt_port(self) -> int:
+        return self.server.mqtt_port
+
+    @property
+    def url(self) -> str:
+        return self.server.http_url
+
+    def call(self, coro: Any, timeout: float = 30) -> Any:
+        """Run a coroutine on the server's loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def client(self) -> PushClient:
+        return PushClient(self.url, self.app_key, self.app_secret)
+
+    def register(self, n: int = 1, platform: str = "android") -> list[tuple[str, str]]:
+        """Register ``n`` new devices over HTTP; returns [(device_id, device_token)]."""
+        out = []
+        with PushClient(self.url, self.app_key) as c:
+            for _ in range(n):
+                self._installs += 1
+                reg = c.register_device(f"install-{self._installs}", platform)
+                out.append((reg["device_id"], reg["device_token"]))
+        return out
+
+    def push(self, device_ids: list[str], title: str = "t", body: str = "b", **extra: Any) -> str:
+        with self.client() as c:
+            return str(
+                c.push(
+                    {"target": {"devices": device_ids}, "notification": {"title": title, "body": body}}
+                    | extra
+                )["msg_id"]
+            )
+
+    def wait_state(self, msg_id: str, device_id: str, state: str, timeout: float = 10) -> dict[str, Any]:
+        """Wait until a delivery reaches ``state``: re-read it through the API after each stored receipt."""
+        receipts = self.server.receipts
+        self.call(self.server.dispatcher.drained(), timeout)
+        with self.client() as c:
+            while True:
+                handled = receipts.handled
+                doc = c.message(msg_id)
+                for d in doc["deliveries"]:
+                    if d["device_id"] == device_id and d["state"] == state:
+                        return d
+                try:
+                    self.call(asyncio.wait_for(receipts.wait_handled(handled + 1), timeout), timeout + 1)
+                except TimeoutError:
+                    raise AssertionError(f"{msg_id}/{device_id} never reached {state}: {doc}") from None
+
+
+def _run_loop(loop: asyncio.AbstractEventLoop, started: Future[None]) -> None:
+    asyncio.set_event_loop(loop)
+    started.set_result(None)
+    loop.run_forever()
+
+
+@pytest.fixture
+def running(tmp_path: Path) -> Iterator[Running]:
+    """An embedded server with one app, on ephemeral ports, torn down after the test."""
+    loop = asyncio.new_event_loop()
+    started: Future[None] = Future()
+    thread = threading.Thread(target=_run_loop, args=(loop, started), daemon=True)
+    thread.start()
+    started.result(5)
+    data_dir = tmp_path / "data"
+    config = ServerConfig(data_dir=data_dir, mqtt_port=0, http_port=0)
+
+    async def make() -> EmbeddedServer:
+        server = EmbeddedServer(config)
+        await server.start()
+        return server
+
+    server = asyncio.run_coroutine_threadsafe(make(), loop).result(30)
+    r = Running(server, loop, data_dir)
+    app = Store(data_dir).create_app("test")
+    r.app_key, r.app_secret = app.app_key, app.secret
+    try:
+        yield r
+    finally:
+        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+def cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run ``mqttpush ARGS`` as a user would (a separate process)."""
+    return subprocess.run(
+        [sys.executable, "-m", "mqttpush", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def cli_json(*args: str) -> Any:
+    proc = cli(*args, "--json")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+class ServeProcess:
+    """``mqttpush serve`` as its own process, as an operator runs it (None leaves a flag out)."""
+
+    def __init__(
+        self,
+        data_dir: Path | None,
+        mqtt_port: int | None = 0,
+        http_port: int | None = 0,
+        *extra: str,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        args = [sys.executable, "-m", "mqttpush", "serve", "--json", "--log-level", "warning", *extra]
+        for flag, value in (("--data-dir", data_dir), ("--mqtt-port", mqtt_port), ("--http-port", http_port)):
+            if value is not None:
+                args += [flag, str(value)]
+        self.proc = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise AssertionError(
+                f"server did not start: {self.proc.stderr.read() if self.proc.stderr else ''}"
+            )
+        ready = json.loads(line)
+        self.mqtt_port, self.http_port = ready["mqtt_port"], ready["http_port"]
+        self.url = ready["http_url"]
+        self.data_dir = ready["data_dir"]
+
+    def stop(self, sig: int) -> int:
+        self.proc.send_signal(sig)
+        return self.proc.wait(30)

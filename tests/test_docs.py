@@ -1,0 +1,38 @@
+"""Every CLI command, API route and error code is documented (the sqlite-utils habit)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import click
+
+from mqttpush.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _commands(group: click.Group, prefix: str = "mqttpush") -> list[str]:
+    out = []
+    for name, cmd in group.commands.items():
+        if isinstance(cmd, click.Group):
+            out += _commands(cmd, f"{prefix} {name}")
+        else:
+            out.append(f"{prefix} {name}")
+    return out
+
+
+def test_every_cli_command_is_in_the_readme() -> None:
+    readme = (ROOT / "README.md").read_text()
+    missing = [c for c in _commands(main) if c not in readme]
+    assert not missing
+
+
+def test_every_route_and_error_code_is_in_docs_api() -> None:
+    api_doc = (ROOT / "docs" / "api.md").read_text()
+    source = "\n".join(p.read_text() for d in ("mqttpush", "bridge") for p in (ROOT / d).rglob("*.py"))
+    codes = set(re.findall(r'code="([a-z_]+)"', source))
+    routes = set(re.findall(r'@api\.(?:get|post|put|delete)\("([^"]+)"', source))
+    assert codes and routes
+    assert not [c for c in codes if f"`{c}`" not in api_doc]
+    assert not [r for r in routes if f"`{r}`" not in api_doc and f"{r}`" not in api_doc]
