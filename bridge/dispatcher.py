@@ -14,6 +14,7 @@ from mqttpush.store import Store
 log = logging.getLogger("mqttpush.dispatcher")
 
 _BATCH = 500
+_CONCURRENCY = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +25,8 @@ class Outbound:
     app_key: str
     payload: bytes
     device_ids: tuple[str, ...]
+    broadcast: bool = False
+    """Publish once on the app's broadcast topic instead of once per device."""
 
 
 class Dispatcher:
@@ -51,11 +54,15 @@ class Dispatcher:
     async def recover(self) -> int:
         """Re-publish what the store says is not delivered yet; returns how many deliveries."""
         pending = await self._store.run(self._store.pending_deliveries)
-        for p in pending:
+        broadcasts = {p.msg_id: p for p in pending if p.fanout == "topic"}
+        for p in broadcasts.values():
+            await self._publish_broadcast(Outbound(p.msg_id, p.app_key, p.payload, (), broadcast=True))
+        inbox = [p for p in pending if p.fanout != "topic"]
+        for p in inbox:
             await self._publisher.publish(
                 topics.inbox_topic(p.app_key, p.device_id, p.msg_id), p.payload, qos=1, retain=True
             )
-        fresh = [(p.msg_id, p.device_id) for p in pending if p.state is DeliveryState.ACCEPTED]
+        fresh = [(p.msg_id, p.device_id) for p in inbox if p.state is DeliveryState.ACCEPTED]
         if fresh:
             await self._store.run(self._store.transition, fresh, DeliveryState.PUBLISHED)
         if pending:
@@ -69,20 +76,38 @@ class Dispatcher:
                 batch.append(self._queue.get_nowait())
             published: list[tuple[str, str]] = []
             for out in batch:
-                for device_id in out.device_ids:
-                    try:
-                        await self._publisher.publish(
-                            topics.inbox_topic(out.app_key, device_id, out.msg_id),
-                            out.payload,
-                            qos=1,
-                            retain=True,
-                        )
-                    except Exception:
-                        # The delivery stays `accepted` in the store; the next start re-publishes it.
-                        log.exception("publish failed msg_id=%s device_id=%s", out.msg_id, device_id)
-                        continue
-                    published.append((out.msg_id, device_id))
+                if out.broadcast:
+                    await self._publish_broadcast(out)
+                    continue
+                for i in range(0, len(out.device_ids), _CONCURRENCY):
+                    chunk = out.device_ids[i : i + _CONCURRENCY]
+                    # Many publishes in flight at once: over a socket (split mode) each waits for its PUBACK.
+                    results = await asyncio.gather(
+                        *(self._publish_inbox(out, d) for d in chunk), return_exceptions=True
+                    )
+                    for device_id, result in zip(chunk, results, strict=True):
+                        if isinstance(result, BaseException):
+                            # The delivery stays `accepted` in the store; the next start re-publishes it.
+                            log.error(
+                                "publish failed msg_id=%s device_id=%s: %r", out.msg_id, device_id, result
+                            )
+                        else:
+                            published.append((out.msg_id, device_id))
             if published:
                 await self._store.run(self._store.transition, published, DeliveryState.PUBLISHED)
             if self._queue.empty():
                 self._idle.set()
+
+    async def _publish_inbox(self, out: Outbound, device_id: str) -> None:
+        topic = topics.inbox_topic(out.app_key, device_id, out.msg_id)
+        await self._publisher.publish(topic, out.payload, qos=1, retain=True)
+
+    async def _publish_broadcast(self, out: Outbound) -> None:
+        try:
+            await self._publisher.publish(
+                topics.broadcast_topic(out.app_key, out.msg_id), out.payload, qos=1, retain=True
+            )
+        except Exception:
+            log.exception("broadcast publish failed msg_id=%s", out.msg_id)
+            return
+        await self._store.run(self._store.publish_all, out.msg_id)

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any, Protocol
+from urllib.parse import urlparse
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 from mqttpush.broker import PushBroker
+from mqttpush.errors import InvalidContent, StartupError
+
+log = logging.getLogger("mqttpush.publisher")
 
 
 class Publisher(Protocol):
@@ -28,3 +38,119 @@ class BrokerPublisher:
 
     async def clear_retained(self, topic: str) -> None:
         await self._broker.clear_retained(topic)
+
+
+class MqttPublisher:
+    """Publishing over MQTT to any 3.1.1 broker (split mode), as the service identity.
+
+    One paho client (its network loop on its own thread) with a persistent session, so receipts
+    devices publish while the bridge is down wait for it in the broker. Every publish is QoS 1
+    and resolves when its PUBACK arrives; many can be in flight at once.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        username: str,
+        password: str,
+        *,
+        subscriptions: tuple[str, ...] = (),
+        client_id: str = "mqttpush-bridge",
+        max_inflight: int = 1000,
+    ) -> None:
+        parsed = urlparse(url)
+        if parsed.scheme not in ("mqtt", "tcp") or not parsed.hostname:
+            raise InvalidContent(
+                f"--broker must look like mqtt://HOST:PORT, not {url!r}", code="bad_broker_url"
+            )
+        self.host, self.port = parsed.hostname, parsed.port or 1883
+        self._subscriptions = subscriptions
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._on_message: Callable[[str, bytes], None] | None = None
+        self._pending: dict[int, asyncio.Future[None]] = {}
+        self._connected: asyncio.Future[None] | None = None
+        self._inflight = asyncio.Semaphore(max_inflight)
+        c = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False, protocol=mqtt.MQTTv311
+        )
+        c.username_pw_set(username, password)
+        c.max_inflight_messages_set(max_inflight)
+        c.max_queued_messages_set(0)
+        c.on_connect = self._on_connect
+        c.on_subscribe = self._on_subscribe
+        c.on_publish = self._on_publish
+        c.on_message = self._on_mqtt_message
+        self._client = c
+
+    async def start(self, on_message: Callable[[str, bytes], None], timeout: float = 10.0) -> None:
+        """Connect and subscribe; ``on_message`` runs on the event loop for each incoming message."""
+        self._loop = asyncio.get_running_loop()
+        self._on_message = on_message
+        self._connected = self._loop.create_future()
+        try:
+            self._client.connect(self.host, self.port, keepalive=30)
+        except OSError as exc:
+            raise StartupError(f"cannot reach broker {self.host}:{self.port}: {exc}") from None
+        self._client.loop_start()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._connected), timeout)
+        except TimeoutError:
+            self._client.loop_stop()
+            raise StartupError(
+                f"broker {self.host}:{self.port} did not accept us within {timeout}s"
+            ) from None
+
+    async def stop(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
+        assert self._loop is not None
+        async with self._inflight:
+            info = self._client.publish(topic, payload, qos=qos, retain=retain)
+            if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):  # NO_CONN: queued for reconnect
+                raise ConnectionError(f"publish refused by the MQTT client: {mqtt.error_string(info.rc)}")
+            # PUBACKs are handed to this loop thread too, so the future is in place before any can land.
+            fut: asyncio.Future[None] = self._loop.create_future()
+            self._pending[info.mid] = fut
+            await fut
+
+    async def clear_retained(self, topic: str) -> None:
+        # On a foreign broker the only way: an empty retained publish (devices ignore empty payloads).
+        await self.publish(topic, b"", qos=1, retain=True)
+
+    # --- paho callbacks, on paho's thread -----------------------------------------------------------
+
+    def _call(self, fn: Callable[..., None], *args: Any) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(fn, *args)
+
+    def _on_connect(self, client: mqtt.Client, _u: Any, _flags: Any, reason: Any, _p: Any) -> None:
+        if reason.is_failure:
+            log.error("broker refused the bridge: %s", reason)
+            return
+        if self._subscriptions:
+            client.subscribe([(f, 1) for f in self._subscriptions])
+        else:
+            self._call(self._set_connected)
+
+    def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, codes: list[Any], _p: Any) -> None:
+        if any(code.is_failure for code in codes):
+            log.error("broker refused the bridge's subscriptions: %s", codes)
+        self._call(self._set_connected)
+
+    def _set_connected(self) -> None:
+        if self._connected is not None and not self._connected.done():
+            self._connected.set_result(None)
+
+    def _on_publish(self, _c: mqtt.Client, _u: Any, mid: int, _reason: Any, _p: Any) -> None:
+        self._call(self._acked, mid)
+
+    def _acked(self, mid: int) -> None:
+        fut = self._pending.pop(mid, None)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    def _on_mqtt_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        if self._on_message is not None:
+            self._call(self._on_message, msg.topic, bytes(msg.payload))

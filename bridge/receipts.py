@@ -64,13 +64,13 @@ class Receipts:
     async def run(self) -> None:
         while True:
             r = await self._queue.get()
-            known = await self._store.run(
+            fanout = await self._store.run(
                 self._store.apply_receipt, r.app_key, r.device_id, r.msg_id, r.event
             )
-            if known:
+            if fanout == "inbox":
                 # Any receipt proves the device has the message: it must not come back on reconnect.
                 await self._publisher.clear_retained(topics.inbox_topic(r.app_key, r.device_id, r.msg_id))
-            else:
+            elif fanout is None:
                 log.info("receipt for unknown delivery device_id=%s msg_id=%s", r.device_id, r.msg_id)
             self.handled += 1
             async with self._handled_changed:

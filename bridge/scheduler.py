@@ -20,12 +20,14 @@ class Scheduler:
 
     async def sweep(self) -> int:
         """Expire deliveries past their TTL and clear their retained inbox topics."""
-        expired = await self._store.run(self._store.expire_due)
-        for app_key, device_id, msg_id in expired:
+        inboxes, broadcasts = await self._store.run(self._store.expire_due)
+        for app_key, device_id, msg_id in inboxes:
             await self._publisher.clear_retained(topics.inbox_topic(app_key, device_id, msg_id))
-        if expired:
-            log.info("expired deliveries=%d", len(expired))
-        return len(expired)
+        for app_key, msg_id in broadcasts:
+            await self._publisher.clear_retained(topics.broadcast_topic(app_key, msg_id))
+        if inboxes or broadcasts:
+            log.info("expired inboxes=%d broadcasts=%d", len(inboxes), len(broadcasts))
+        return len(inboxes) + len(broadcasts)
 
     async def run(self) -> None:
         while True:

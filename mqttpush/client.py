@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -61,6 +65,83 @@ class PushClient:
     def message(self, msg_id: str) -> dict[str, Any]:
         """``GET /api/v1/messages/{msg_id}`` → ``{"msg_id", "deliveries": [...]}``."""
         result: dict[str, Any] = self._call("GET", f"/api/v1/messages/{msg_id}")
+        return result
+
+    def push_batch(self, request: dict[str, Any]) -> list[str]:
+        """``POST /api/v1/push/batch`` → one msg_id per item, in order."""
+        result: list[str] = self._call("POST", "/api/v1/push/batch", request)["msg_ids"]
+        return result
+
+    def task(self, task_id: str) -> dict[str, Any]:
+        """``GET /api/v1/tasks/{task_id}`` → progress of a group send."""
+        result: dict[str, Any] = self._call("GET", f"/api/v1/tasks/{task_id}")
+        return result
+
+    def cancel_task(self, task_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("DELETE", f"/api/v1/tasks/{task_id}")
+        return result
+
+    def upload_file(
+        self, path: str | Path, kind: str = "devices", alias_type: str = "user"
+    ) -> dict[str, Any]:
+        """``POST /api/v1/files``: stream a file of ids (or aliases), one a line → ``{"file_id", "lines"}``."""
+        if not self._secret:
+            raise ClientError("this call needs the app secret (--app-secret)", code="missing_secret")
+        file = Path(path)
+        digest = hashlib.sha256()
+        with file.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 16), b""):
+                digest.update(chunk)
+        query = f"/api/v1/files?kind={kind}" + (f"&alias_type={alias_type}" if kind == "aliases" else "")
+        headers = signing.signed_headers_digest(
+            self.app_key, self._secret, "POST", query, digest.hexdigest(), time.time()
+        )
+
+        def chunks() -> Iterator[bytes]:
+            with file.open("rb") as f:
+                yield from iter(lambda: f.read(1 << 16), b"")
+
+        try:
+            resp = self._http.post(query, content=chunks(), headers=headers)
+        except httpx.HTTPError as exc:
+            raise ClientError(f"cannot reach {self.url}: {exc}", code="unreachable") from None
+        result: dict[str, Any] = _result(resp)
+        return result
+
+    def put_template(self, name: str, template: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("PUT", f"/api/v1/templates/{name}", template)
+        return result
+
+    def templates(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._call("GET", "/api/v1/templates")["templates"]
+        return result
+
+    def device(self, device_id: str) -> dict[str, Any]:
+        """A device with its attributes, tags and aliases."""
+        result: dict[str, Any] = self._call("GET", f"/api/v1/devices/{device_id}")
+        return result
+
+    def update_device(self, device_id: str, **attrs: Any) -> dict[str, Any]:
+        """Change ``test``, ``app_version``, ``channel`` or ``locale`` of a device."""
+        result: dict[str, Any] = self._call("PATCH", f"/api/v1/devices/{device_id}", attrs)
+        return result
+
+    def update_tags(self, device_id: str, add: list[str] = [], remove: list[str] = []) -> list[str]:  # noqa: B006
+        result: list[str] = self._call(
+            "POST", f"/api/v1/devices/{device_id}/tags", {"add": list(add), "remove": list(remove)}
+        )["tags"]
+        return result
+
+    def bind_alias(
+        self, device_id: str, alias: str, alias_type: str = "user", mode: str = "set"
+    ) -> list[Any]:
+        body = {"alias": alias, "alias_type": alias_type, "mode": mode}
+        result: list[Any] = self._call("POST", f"/api/v1/devices/{device_id}/aliases", body)["aliases"]
+        return result
+
+    def unbind_alias(self, device_id: str, alias: str, alias_type: str = "user") -> list[Any]:
+        path = f"/api/v1/devices/{device_id}/aliases/{quote(alias_type, safe='')}/{quote(alias, safe='')}"
+        result: list[Any] = self._call("DELETE", path)["aliases"]
         return result
 
 

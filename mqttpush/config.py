@@ -29,6 +29,12 @@ class ServerConfig:
     connect_timeout: float = 10.0
     expiry_interval: float = 5.0
     log_level: str = "info"
+    broker_url: str | None = None
+    """``mqttpush bridge`` only: the MQTT broker to work against, ``mqtt://HOST:PORT``."""
+    mosquitto_dir: Path | None = None
+    """``mqttpush bridge`` only: keep mosquitto's password and ACL files here, in step with the store."""
+    mosquitto_pid_file: Path | None = None
+    """``mqttpush bridge`` only: SIGHUP this mosquitto after rewriting its files."""
 
 
 def option_names() -> set[str]:

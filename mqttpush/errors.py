@@ -7,6 +7,7 @@ and carries a stable snake_case ``code``; the edges translate it (HTTP status an
     MqttPushError
     ├── BadRequest            400  malformed input (JSON, headers)
     ├── AuthError             401  unknown_app, bad_signature, stale_timestamp, replayed_nonce, ...
+    ├── Forbidden             403  not_your_device
     ├── NotFound              404  unknown_device, unknown_message, ...
     ├── Conflict              409
     ├── PayloadTooLarge       413  envelope or request body over its limit
@@ -44,6 +45,11 @@ class BadRequest(MqttPushError):
 class AuthError(MqttPushError):
     status = 401
     code = "unauthorized"
+
+
+class Forbidden(MqttPushError):
+    status = 403
+    code = "forbidden"
 
 
 class NotFound(MqttPushError):

@@ -107,6 +107,7 @@ class PendingDelivery:
     state: DeliveryState
     payload: bytes
     expires_at: float
+    fanout: str = "inbox"
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,14 +146,69 @@ class Policy(BaseModel):
     production: bool = True
 
 
-class PushRequest(BaseModel):
+class Content(BaseModel):
+    """What a push says: inline, or a stored template with its variables."""
+
     model_config = ConfigDict(extra="forbid")
 
-    target: dict[str, Any]
     notification: Notification | None = None
     data: dict[str, Any] | None = None
     type: str | None = None
+    template: str | None = Field(default=None, min_length=1, max_length=64)
+    vars: dict[str, Any] | None = None
+
+
+class PushRequest(Content):
+    target: dict[str, Any]
     policy: Policy = Field(default_factory=Policy)
+
+
+class BatchItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    device: str | None = None
+    alias: str | None = None
+    alias_type: str = "user"
+    vars: dict[str, Any] = Field(default_factory=dict)
+
+
+class BatchRequest(Content):
+    """One request, many messages: each item gets the template rendered with its own variables."""
+
+    items: list[BatchItem] = Field(min_length=1, max_length=1000)
+    policy: Policy = Field(default_factory=Policy)
+
+
+class TemplateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    notification: Notification | None = None
+    data: dict[str, Any] | None = None
+    type: str | None = None
+
+
+class TagsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    add: list[str] = Field(default_factory=list, max_length=100)
+    remove: list[str] = Field(default_factory=list, max_length=100)
+
+
+class AliasRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    alias: str = Field(min_length=1, max_length=128)
+    alias_type: str = Field(default="user", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
+    mode: str = Field(default="set", pattern=r"^(set|add)$")
+
+
+class DeviceUpdateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    test: bool | None = None
+    app_version: str | None = Field(default=None, max_length=64)
+    channel: str | None = Field(default=None, max_length=64)
+    locale: str | None = Field(default=None, max_length=35)
 
 
 class DeviceRegistrationRequest(BaseModel):

@@ -1,4 +1,11 @@
-"""Composition root of ``mqttpush serve``: store, broker, bridge and HTTP API in one event loop."""
+"""Composition roots: ``serve`` (everything in one process), ``broker`` and ``bridge`` (split).
+
+- :class:`BrokerNode`: our broker, authenticating against the store, writing presence.
+- :class:`BridgeNode`: intake, dispatcher, receipts, tasks, scheduler, MQTT API and the HTTP
+  API, over any :class:`~bridge.publisher.Publisher`.
+- :class:`EmbeddedServer` = both, the publisher calling the broker in-process.
+- :class:`BridgeServer` = a bridge node talking MQTT to a broker elsewhere (ours or mosquitto).
+"""
 
 from __future__ import annotations
 
@@ -11,18 +18,32 @@ from typing import Any
 
 import uvicorn
 
+from bridge import mosquitto
 from bridge.dispatcher import Dispatcher
 from bridge.intake import Intake, Limits
-from bridge.publisher import BrokerPublisher
+from bridge.mqtt_api import MqttApi
+from bridge.publisher import BrokerPublisher, MqttPublisher, Publisher
 from bridge.receipts import Receipts
 from bridge.scheduler import Scheduler
+from bridge.tasks import TaskRunner
 from mqttpush.api.app import ApiContext, create_api
 from mqttpush.broker import PushBroker
 from mqttpush.clock import Clock, SystemClock
 from mqttpush.config import ServerConfig
 from mqttpush.store import Store
 from mqttpush.store.store import SERVICE_USERNAME
-from mqttpush.topics import RECEIPT_FILTER, DeviceIdentity, Identity, ServiceIdentity
+from mqttpush.topics import (
+    API_PUSH_FILTER,
+    PRESENCE_FILTER,
+    RECEIPT_FILTER,
+    AppIdentity,
+    DeviceIdentity,
+    Identity,
+    ServiceIdentity,
+    TopicKind,
+    parse_topic,
+    topic_matches,
+)
 
 log = logging.getLogger("mqttpush.server")
 
@@ -34,34 +55,117 @@ class _ApiServer(uvicorn.Server):
         yield
 
 
-class EmbeddedServer:
-    """Everything in one process. ``async with EmbeddedServer(cfg) as s:`` then ``s.mqtt_port``, ``s.http_port``."""
+class _Presence:
+    """Presence changes, written to the store in order on one task."""
 
-    def __init__(self, config: ServerConfig, clock: Clock | None = None) -> None:
-        self.config = config
-        self.clock = clock or SystemClock()
-        self.store = Store(config.data_dir, self.clock)
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._queue: asyncio.Queue[tuple[str, bool]] = asyncio.Queue()
+
+    def put(self, device_id: str, online: bool) -> None:
+        self._queue.put_nowait((device_id, online))
+
+    async def run(self) -> None:
+        while True:
+            device_id, online = await self._queue.get()
+            try:
+                await self._store.run(self._store.set_presence, device_id, online)
+            finally:
+                self._queue.task_done()
+
+    async def idle(self) -> None:
+        await self._queue.join()
+
+
+class _Tasks:
+    """Background tasks of a node, cancelled together."""
+
+    def __init__(self) -> None:
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    def start(self, *coros: Any) -> None:
+        self._tasks += [asyncio.create_task(c) for c in coros]
+
+    async def cancel(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+
+
+class BrokerNode:
+    """The broker with store-backed authentication and presence (``mqttpush broker``, and inside ``serve``)."""
+
+    def __init__(self, config: ServerConfig, store: Store) -> None:
+        self.store = store
+        self.presence = _Presence(store)
         self.broker = PushBroker(
             host=config.host,
             port=config.mqtt_port,
             authenticator=self._authenticate,
-            on_presence=self._on_presence,
+            on_presence=lambda device, online: self.presence.put(device.device, online),
             connect_timeout=config.connect_timeout,
         )
-        publisher = BrokerPublisher(self.broker)
-        self.dispatcher = Dispatcher(self.store, publisher)
-        self.receipts = Receipts(self.store, publisher)
-        self.scheduler = Scheduler(self.store, publisher, config.expiry_interval)
-        limits = Limits(config.max_envelope_bytes, config.default_ttl, config.max_ttl)
-        self.intake = Intake(self.store, self.dispatcher, self.clock, limits)
-        self._presence: asyncio.Queue[tuple[str, bool]] = asyncio.Queue()
-        self._tasks: list[asyncio.Task[Any]] = []
-        self._http: _ApiServer | None = None
-        self._http_socket: socket.socket | None = None
+        self._tasks = _Tasks()
 
     @property
-    def mqtt_port(self) -> int:
+    def port(self) -> int:
         return self.broker.port
+
+    async def _authenticate(
+        self, client_id: str, username: str | None, password: str | None
+    ) -> Identity | None:
+        store = self.store
+        if not username or password is None:
+            return None
+        if username == SERVICE_USERNAME:
+            ok = await store.run(store.authenticate_service, username, password)
+            return ServiceIdentity(username) if ok else None
+        if client_id == username:
+            app_key = await store.run(store.authenticate_device, username, password)
+            if app_key:
+                return DeviceIdentity(app_key, username)
+        if await store.run(store.authenticate_app, username, password):
+            return AppIdentity(username)
+        return None
+
+    async def start(self) -> None:
+        await self.store.run(self.store.reset_presence)
+        await self.broker.start()
+        self._tasks.start(self.presence.run())
+
+    async def stop(self) -> None:
+        await self._tasks.cancel()
+        await self.broker.shutdown()
+
+
+class BridgeNode:
+    """Everything but the broker, over a publisher; ``on_message`` takes what devices and apps publish."""
+
+    def __init__(
+        self, config: ServerConfig, store: Store, publisher: Publisher, clock: Clock, mqtt_port: Any
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.clock = clock
+        self.dispatcher = Dispatcher(store, publisher)
+        self.receipts = Receipts(store, publisher)
+        self.scheduler = Scheduler(store, publisher, config.expiry_interval)
+        self.tasks = TaskRunner(store, self.dispatcher, clock)
+        limits = Limits(config.max_envelope_bytes, config.default_ttl, config.max_ttl)
+        self.intake = Intake(store, self.dispatcher, self.tasks, clock, limits)
+        self.mqtt_api = MqttApi(store, self.intake, publisher)
+        self.presence = _Presence(store)
+        self.mosquitto = (
+            mosquitto.MosquittoSync(store, config.mosquitto_dir, config.mosquitto_pid_file)
+            if config.mosquitto_dir is not None
+            else None
+        )
+        self._mqtt_port = mqtt_port
+        self._tasks = _Tasks()
+        self._http: _ApiServer | None = None
+        self._http_task: asyncio.Task[None] | None = None
+        self._http_socket: socket.socket | None = None
 
     @property
     def http_port(self) -> int:
@@ -72,51 +176,37 @@ class EmbeddedServer:
     def http_url(self) -> str:
         return f"http://{self.config.host}:{self.http_port}"
 
+    def on_message(self, topic: str, payload: bytes) -> None:
+        """A message a device or app published (receipt, presence, push request)."""
+        if topic_matches(topic, RECEIPT_FILTER):
+            self.receipts.feed(topic, payload)
+        elif topic_matches(topic, API_PUSH_FILTER):
+            self.mqtt_api.feed(topic, payload)
+        elif topic_matches(topic, PRESENCE_FILTER) and payload in (b"online", b"offline"):
+            parsed = parse_topic(topic)
+            if parsed is not None and parsed.kind is TopicKind.PRESENCE and parsed.device is not None:
+                self.presence.put(parsed.device, payload == b"online")
+
     def _mqtt_url(self, request_host: str) -> str:
-        return self.config.public_mqtt_url or f"mqtt://{request_host}:{self.mqtt_port}"
-
-    async def _authenticate(
-        self, client_id: str, username: str | None, password: str | None
-    ) -> Identity | None:
-        if not username or password is None:
-            return None
-        if username == SERVICE_USERNAME:
-            ok = await self.store.run(self.store.authenticate_service, username, password)
-            return ServiceIdentity(username) if ok else None
-        if client_id != username:
-            return None
-        app_key = await self.store.run(self.store.authenticate_device, username, password)
-        return DeviceIdentity(app_key, username) if app_key else None
-
-    def _on_presence(self, device: DeviceIdentity, online: bool) -> None:
-        self._presence.put_nowait((device.device, online))
-
-    async def _presence_writer(self) -> None:
-        while True:
-            device_id, online = await self._presence.get()
-            try:
-                await self.store.run(self.store.set_presence, device_id, online)
-            finally:
-                self._presence.task_done()
-
-    async def presence_idle(self) -> None:
-        """Wait until every presence change seen so far is in the store."""
-        await self._presence.join()
+        return self.config.public_mqtt_url or f"mqtt://{request_host}:{self._mqtt_port()}"
 
     async def start(self) -> None:
-        await self.store.run(self.store.reset_presence)
-        await self.broker.start()
-        self.broker.tap(RECEIPT_FILTER, lambda topic, payload, _who: self.receipts.feed(topic, payload))
         await self.dispatcher.recover()
-        for coro in (
+        await self.tasks.resume()
+        self._tasks.start(
             self.dispatcher.run(),
             self.receipts.run(),
             self.scheduler.run(),
-            self._presence_writer(),
-        ):
-            self._tasks.append(asyncio.create_task(coro))
-
-        api = create_api(ApiContext(self.store, self.intake, self.clock, self._mqtt_url))
+            self.tasks.run(),
+            self.mqtt_api.run(),
+            self.presence.run(),
+        )
+        if self.mosquitto is not None:
+            self._tasks.start(self.mosquitto.run())
+        on_register = self.mosquitto.changed if self.mosquitto is not None else None
+        api = create_api(
+            ApiContext(self.store, self.intake, self.tasks, self.clock, self._mqtt_url, on_register)
+        )
         sock = socket.socket(socket.AF_INET6 if ":" in self.config.host else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.config.host, self.config.http_port))
@@ -124,31 +214,73 @@ class EmbeddedServer:
         self._http = _ApiServer(
             uvicorn.Config(api, log_level="warning", access_log=False, lifespan="off", loop="none")
         )
-        self._tasks.append(asyncio.create_task(self._http.serve(sockets=[sock])))
+        self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]))
         while not self._http.started:
-            if self._tasks[-1].done():
-                self._tasks[-1].result()
+            if self._http_task.done():
+                self._http_task.result()
             await asyncio.sleep(0.01)
+
+    async def stop(self) -> None:
+        """Stop taking requests, finish publishing what was accepted, then stop the rest."""
+        if self._http is not None and self._http_task is not None:
+            self._http.should_exit = True
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._http_task), 5)
+            self._http_task.cancel()
+            await asyncio.gather(self._http_task, return_exceptions=True)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.dispatcher.drained(), 5)
+        await self._tasks.cancel()
+        if self._http_socket is not None:
+            self._http_socket.close()
+
+
+class EmbeddedServer:
+    """Everything in one process. ``async with EmbeddedServer(cfg) as s:`` then ``s.mqtt_port``, ``s.http_port``."""
+
+    def __init__(self, config: ServerConfig, clock: Clock | None = None) -> None:
+        self.config = config
+        self.clock = clock or SystemClock()
+        self.store = Store(config.data_dir, self.clock, broker_hasher=mosquitto.password_hash)
+        self.broker_node = BrokerNode(config, self.store)
+        self.broker = self.broker_node.broker
+        self.bridge = BridgeNode(
+            config, self.store, BrokerPublisher(self.broker), self.clock, lambda: self.broker.port
+        )
+        self.dispatcher, self.receipts, self.tasks = (
+            self.bridge.dispatcher,
+            self.bridge.receipts,
+            self.bridge.tasks,
+        )
+        self.intake, self.mqtt_api = self.bridge.intake, self.bridge.mqtt_api
+
+    @property
+    def mqtt_port(self) -> int:
+        return self.broker.port
+
+    @property
+    def http_port(self) -> int:
+        return self.bridge.http_port
+
+    @property
+    def http_url(self) -> str:
+        return self.bridge.http_url
+
+    async def presence_idle(self) -> None:
+        """Wait until every presence change seen so far is in the store."""
+        await self.broker_node.presence.idle()
+
+    async def start(self) -> None:
+        await self.broker_node.start()
+        for topic_filter in (RECEIPT_FILTER, API_PUSH_FILTER):
+            self.broker.tap(topic_filter, lambda topic, payload, _who: self.bridge.on_message(topic, payload))
+        await self.bridge.start()
         log.info("started mqtt=%s:%d http=%s", self.config.host, self.mqtt_port, self.http_url)
 
     async def stop(self) -> None:
-        """Stop taking requests, finish publishing what was accepted, then close broker and store."""
-        if self._http is not None:
-            self._http.should_exit = True
-            http_task = self._tasks.pop()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(http_task), 5)
-            self._tasks.append(http_task)
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self.dispatcher.drained(), 5)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
-        await self.broker.shutdown()
+        await self.bridge.stop()
+        await self.broker_node.stop()
         self.store.close()
-        if self._http_socket is not None:
-            self._http_socket.close()
         log.info("stopped")
 
     async def __aenter__(self) -> EmbeddedServer:
@@ -157,3 +289,64 @@ class EmbeddedServer:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+class BrokerServer:
+    """``mqttpush broker``: the broker alone, for a bridge running elsewhere."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.store = Store(config.data_dir)
+        self.node = BrokerNode(config, self.store)
+
+    @property
+    def mqtt_port(self) -> int:
+        return self.node.port
+
+    async def __aenter__(self) -> BrokerServer:
+        await self.node.start()
+        log.info("broker started mqtt=%s:%d", self.config.host, self.mqtt_port)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.node.stop()
+        self.store.close()
+
+
+class BridgeServer:
+    """``mqttpush bridge --broker mqtt://H:P``: bridge, API and scheduler against any MQTT 3.1.1 broker."""
+
+    def __init__(self, config: ServerConfig, clock: Clock | None = None) -> None:
+        assert config.broker_url is not None
+        self.config = config
+        self.clock = clock or SystemClock()
+        self.store = Store(config.data_dir, self.clock, broker_hasher=mosquitto.password_hash)
+        username, password = self.store.service_credentials()
+        self.publisher = MqttPublisher(
+            config.broker_url,
+            username,
+            password,
+            subscriptions=(RECEIPT_FILTER, PRESENCE_FILTER, API_PUSH_FILTER),
+        )
+        self.bridge = BridgeNode(config, self.store, self.publisher, self.clock, lambda: self.publisher.port)
+
+    @property
+    def http_url(self) -> str:
+        return self.bridge.http_url
+
+    @property
+    def http_port(self) -> int:
+        return self.bridge.http_port
+
+    async def __aenter__(self) -> BridgeServer:
+        if self.bridge.mosquitto is not None:
+            await self.bridge.mosquitto.sync()  # the service account must exist before we log in
+        await self.publisher.start(self.bridge.on_message)
+        await self.bridge.start()
+        log.info("bridge started broker=%s http=%s", self.config.broker_url, self.http_url)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.bridge.stop()
+        await self.publisher.stop()
+        self.store.close()

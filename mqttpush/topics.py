@@ -42,8 +42,22 @@ def presence_topic(app: str, device: str) -> str:
     return f"{ROOT}/{app}/d/{device}/s"
 
 
+def api_push_topic(app: str) -> str:
+    """Where an app's server publishes push requests (the MQTT publish API, DESIGN §3)."""
+    return f"{ROOT}/{app}/api/push"
+
+
+def api_result_topic(app: str, request_id: str) -> str:
+    return f"{ROOT}/{app}/api/result/{request_id}"
+
+
+def api_result_filter(app: str) -> str:
+    return f"{ROOT}/{app}/api/result/+"
+
+
 RECEIPT_FILTER = f"{ROOT}/+/d/+/r"
 PRESENCE_FILTER = f"{ROOT}/+/d/+/s"
+API_PUSH_FILTER = f"{ROOT}/+/api/push"
 
 
 class TopicKind(Enum):
@@ -132,13 +146,25 @@ class ServiceIdentity:
     username: str
 
 
-Identity = DeviceIdentity | ServiceIdentity
+@dataclass(frozen=True, slots=True)
+class AppIdentity:
+    """An app's server on MQTT (username = app key, password = app secret): the MQTT publish API."""
+
+    app: str
+
+
+Identity = DeviceIdentity | ServiceIdentity | AppIdentity
 
 
 def may_subscribe(who: Identity, topic_filter: str) -> bool:
     """SUBSCRIBE rule: a device gets exactly its inbox filter and its app's broadcast filter."""
     if isinstance(who, ServiceIdentity):
         return topic_filter.startswith(ROOT + "/")
+    if isinstance(who, AppIdentity):
+        return topic_filter == api_result_filter(who.app) or (
+            topic_filter.startswith(api_result_filter(who.app)[:-1])
+            and _level_ok(topic_filter.rsplit("/", 1)[1])
+        )
     return topic_filter in (inbox_filter(who.app, who.device), broadcast_filter(who.app))
 
 
@@ -146,6 +172,8 @@ def may_publish(who: Identity, topic: str) -> bool:
     """PUBLISH rule: a device publishes only its own receipt and presence topics."""
     if isinstance(who, ServiceIdentity):
         return topic.startswith(ROOT + "/")
+    if isinstance(who, AppIdentity):
+        return topic == api_push_topic(who.app)
     return topic in (receipt_topic(who.app, who.device), presence_topic(who.app, who.device))
 
 
@@ -153,6 +181,11 @@ def may_receive(who: Identity, topic: str) -> bool:
     """Delivery rule, applied to live and retained messages alike."""
     if isinstance(who, ServiceIdentity):
         return topic.startswith(ROOT + "/")
+    if isinstance(who, AppIdentity):
+        prefix = api_result_filter(who.app)[:-1]
+        return (
+            topic.startswith(prefix) and _level_ok(topic[len(prefix) :]) and "/" not in topic[len(prefix) :]
+        )
     parsed = parse_topic(topic)
     if parsed is None or parsed.app != who.app:
         return False

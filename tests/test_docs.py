@@ -22,9 +22,20 @@ def _commands(group: click.Group, prefix: str = "mqttpush") -> list[str]:
     return out
 
 
+def _documented(readme: str) -> set[str]:
+    """Command forms in the README, with ``tag add\\|remove`` alternatives spelled out."""
+    found = set()
+    for match in re.finditer(r"mqttpush((?: [a-z][a-z-]*(?:\\\|[a-z][a-z-]*)*)+)", readme):
+        forms = [""]
+        for word in match.group(1).split():
+            forms = [f"{f} {alt}" for f in forms for alt in word.split("\\|")]
+        found.update("mqttpush" + f for f in forms)
+    return found
+
+
 def test_every_cli_command_is_in_the_readme() -> None:
-    readme = (ROOT / "README.md").read_text()
-    missing = [c for c in _commands(main) if c not in readme]
+    documented = _documented((ROOT / "README.md").read_text())
+    missing = [c for c in _commands(main) if not any(d.startswith(c) for d in documented)]
     assert not missing
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Callable
@@ -15,26 +16,57 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bridge.intake import Intake
-from mqttpush import __version__, topics
+from bridge.targets import ALIAS_RE, ALIAS_TYPE_RE, TAG_RE
+from bridge.tasks import TaskRunner
+from mqttpush import __version__, ids, topics
 from mqttpush.api import signing
 from mqttpush.clock import Clock
-from mqttpush.errors import AuthError, BadRequest, InvalidContent, MqttPushError, NotFound, PayloadTooLarge
-from mqttpush.models import App, Device, DeviceRegistrationRequest, PushRequest
+from mqttpush.errors import (
+    AuthError,
+    BadRequest,
+    Forbidden,
+    InvalidContent,
+    MqttPushError,
+    NotFound,
+    PayloadTooLarge,
+)
+from mqttpush.models import (
+    AliasRequest,
+    App,
+    BatchRequest,
+    Device,
+    DeviceRegistrationRequest,
+    DeviceUpdateRequest,
+    PushRequest,
+    TagsRequest,
+    TemplateRequest,
+)
 from mqttpush.store import Store
 
 log = logging.getLogger("mqttpush.api")
 M = TypeVar("M", bound=BaseModel)
 
 MAX_BODY_BYTES = 1 << 20
+MAX_FILE_LINES = 1_000_000
+FILE_BATCH = 5000
+
+
+@dataclass(frozen=True, slots=True)
+class _Lines:
+    count: int
+    digest: str
 
 
 @dataclass
 class ApiContext:
     store: Store
     intake: Intake
+    tasks: TaskRunner
     clock: Clock
     mqtt_url: Callable[[str], str]
     """Given the host a request came to, the MQTT URL devices should use."""
+    on_register: Callable[[], None] | None = None
+    """Told after a device (re-)registers: a foreign broker's password file must follow."""
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:
@@ -98,28 +130,45 @@ def create_api(ctx: ApiContext) -> FastAPI:
             raise AuthError("unknown app key", code="unknown_app")
         return app
 
-    async def _signed(request: Request) -> tuple[App, bytes]:
+    def _path(request: Request) -> str:
+        path = str(request.scope.get("raw_path", request.url.path.encode()).decode("latin-1"))
+        return path + ("?" + request.url.query if request.url.query else "")
+
+    async def _signed_headers(request: Request) -> tuple[App, str, str, str]:
+        """The body-free half of signature checking: app, fresh timestamp, well-formed nonce."""
         app = await _app_by_key(request)
-        body = await _body(request)
-        path = request.scope.get("raw_path", request.url.path.encode()).decode("latin-1")
-        if request.url.query:
-            path += "?" + request.url.query
         h = request.headers
-        nonce = h.get(signing.NONCE_HEADER)
-        signing.check_request(
-            app.secret,
-            request.method,
-            path,
+        ts, nonce, sig = (
             h.get(signing.TIMESTAMP_HEADER),
-            nonce,
+            h.get(signing.NONCE_HEADER),
             h.get(signing.SIGNATURE_HEADER),
-            body,
-            ctx.clock.now(),
         )
-        assert nonce is not None  # check_request refused a missing nonce
+        signing.check_headers(ts, nonce, sig, ctx.clock.now())
+        assert ts is not None and nonce is not None and sig is not None
+        return app, ts, nonce, sig
+
+    async def _use_nonce(app: App, nonce: str) -> None:
         if not await store.run(store.use_nonce, app.app_key, nonce, 2 * signing.WINDOW_SECONDS):
             raise AuthError("nonce already used", code="replayed_nonce")
+
+    async def _signed(request: Request) -> tuple[App, bytes]:
+        app, ts, nonce, sig = await _signed_headers(request)
+        body = await _body(request)
+        signing.check_signature(
+            app.secret, request.method, _path(request), ts, nonce, sig, hashlib.sha256(body).hexdigest()
+        )
+        await _use_nonce(app, nonce)
         return app, body
+
+    async def _app_or_device(request: Request, device_id: str) -> tuple[str, bool, bytes]:
+        """Either the device itself (bearer token) or its app (signed). Returns (app_key, by_app, body)."""
+        if request.headers.get("authorization"):
+            device = await _device(request)
+            if device.device_id != device_id:
+                raise Forbidden("a device may only see and change itself", code="not_your_device")
+            return device.app_key, False, await _body(request)
+        app, body = await _signed(request)
+        return app.app_key, True, body
 
     async def _device(request: Request) -> Device:
         auth = request.headers.get("authorization", "")
@@ -164,6 +213,8 @@ def create_api(ctx: ApiContext) -> FastAPI:
             req.locale,
             req.channel,
         )
+        if ctx.on_register is not None:
+            ctx.on_register()
         doc = {
             "device_id": reg.device_id,
             "device_token": reg.device_token,
@@ -179,8 +230,150 @@ def create_api(ctx: ApiContext) -> FastAPI:
     @api.post("/api/v1/push", status_code=202)
     async def push(request: Request) -> JSONResponse:
         app, body = await _signed(request)
-        msg_id = await ctx.intake.push(app, _parse(PushRequest, body))
-        return JSONResponse({"msg_id": msg_id}, status_code=202)
+        result = await ctx.intake.push(app, _parse(PushRequest, body))
+        return JSONResponse(result, status_code=202)
+
+    @api.post("/api/v1/push/batch", status_code=202)
+    async def push_batch(request: Request) -> JSONResponse:
+        app, body = await _signed(request)
+        msg_ids = await ctx.intake.push_batch(app, _parse(BatchRequest, body))
+        return JSONResponse({"msg_ids": msg_ids}, status_code=202)
+
+    @api.get("/api/v1/tasks/{task_id}")
+    async def task_status(task_id: str, request: Request) -> dict[str, Any]:
+        app, _ = await _signed(request)
+        return await store.run(store.task_status, app.app_key, task_id)
+
+    @api.delete("/api/v1/tasks/{task_id}")
+    async def task_cancel(task_id: str, request: Request) -> dict[str, Any]:
+        app, _ = await _signed(request)
+        await store.run(store.cancel_task, app.app_key, task_id)
+        ctx.tasks.cancelled(task_id)
+        return await store.run(store.task_status, app.app_key, task_id)
+
+    @api.post("/api/v1/files", status_code=201)
+    async def upload_file(request: Request, kind: str = "devices", alias_type: str = "user") -> JSONResponse:
+        """A list of device ids (or aliases, ``?kind=aliases&alias_type=user``), one a line, streamed."""
+        app, ts, nonce, sig = await _signed_headers(request)
+        if kind not in ("devices", "aliases"):
+            raise InvalidContent("kind must be 'devices' or 'aliases'", code="invalid_request")
+        if not ALIAS_TYPE_RE.fullmatch(alias_type):
+            raise InvalidContent("alias_type must be 1-32 of A-Z a-z 0-9 _ . -", code="invalid_request")
+        file_id = await store.run(
+            store.create_file, app.app_key, kind, alias_type if kind == "aliases" else None
+        )
+        try:
+            lines = await _receive_lines(request, file_id, kind)
+            signing.check_signature(app.secret, request.method, _path(request), ts, nonce, sig, lines.digest)
+            await _use_nonce(app, nonce)
+        except BaseException:
+            await store.run(store.drop_file, file_id)
+            raise
+        await store.run(store.finish_file, file_id, lines.count)
+        return JSONResponse({"file_id": file_id, "lines": lines.count}, status_code=201)
+
+    async def _receive_lines(request: Request, file_id: str, kind: str) -> _Lines:
+        digest = hashlib.sha256()
+        pending: list[str] = []
+        count = 0
+        rest = b""
+        line_no = 0
+
+        async def flush() -> None:
+            nonlocal count
+            if pending:
+                await store.run(store.append_file_lines, file_id, count + 1, list(pending))
+                count += len(pending)
+                pending.clear()
+
+        async def take(raw: bytes) -> None:
+            nonlocal line_no
+            line_no += 1
+            value = raw.decode("utf-8", "replace").strip()
+            if not value:
+                return
+            ok = ids.is_valid_id(value) if kind == "devices" else ALIAS_RE.fullmatch(value) is not None
+            if not ok:
+                raise InvalidContent(
+                    f"line {line_no}: {value[:40]!r} is not a valid {kind[:-1]}", code="bad_file_line"
+                )
+            if count + len(pending) >= MAX_FILE_LINES:
+                raise PayloadTooLarge(f"a file holds at most {MAX_FILE_LINES} lines", code="too_many_lines")
+            pending.append(value)
+            if len(pending) >= FILE_BATCH:
+                await flush()
+
+        async for chunk in request.stream():
+            digest.update(chunk)
+            rest += chunk
+            *complete, rest = rest.split(b"\n")
+            if len(rest) > 4096:
+                raise InvalidContent(f"line {line_no + 1} is longer than 4096 bytes", code="bad_file_line")
+            for raw in complete:
+                await take(raw)
+        if rest:
+            await take(rest)
+        await flush()
+        return _Lines(count, digest.hexdigest())
+
+    @api.put("/api/v1/templates/{name}")
+    async def put_template(name: str, request: Request) -> JSONResponse:
+        app, body = await _signed(request)
+        if not ALIAS_TYPE_RE.fullmatch(name):
+            raise InvalidContent("template names are 1-32 of A-Z a-z 0-9 _ . -", code="invalid_request")
+        template = _parse(TemplateRequest, body).model_dump(exclude_none=True)
+        if not template.get("notification") and template.get("data") is None:
+            raise InvalidContent("a template needs a notification or data", code="empty_template")
+        created = await store.run(store.put_template, app.app_key, name, template)
+        return JSONResponse({"name": name, **template}, status_code=201 if created else 200)
+
+    @api.get("/api/v1/templates")
+    async def list_templates(request: Request) -> dict[str, Any]:
+        app, _ = await _signed(request)
+        return {"templates": await store.run(store.list_templates, app.app_key)}
+
+    @api.get("/api/v1/devices/{device_id}")
+    async def show_device(device_id: str, request: Request) -> dict[str, Any]:
+        app_key, _, _ = await _app_or_device(request, device_id)
+        return await store.run(store.device_doc, app_key, device_id)
+
+    @api.patch("/api/v1/devices/{device_id}")
+    async def update_device(device_id: str, request: Request) -> dict[str, Any]:
+        app_key, by_app, body = await _app_or_device(request, device_id)
+        changes = _parse(DeviceUpdateRequest, body).model_dump(exclude_none=True)
+        if "test" in changes and not by_app:
+            raise Forbidden("only the app marks test devices", code="not_your_device")
+        await store.run(store.update_device, app_key, device_id, **changes)
+        return await store.run(store.device_doc, app_key, device_id)
+
+    @api.post("/api/v1/devices/{device_id}/tags")
+    async def update_tags(device_id: str, request: Request) -> dict[str, Any]:
+        app_key, _, body = await _app_or_device(request, device_id)
+        req = _parse(TagsRequest, body)
+        bad = [t for t in (*req.add, *req.remove) if not TAG_RE.fullmatch(t)]
+        if bad:
+            raise InvalidContent(f"not a tag: {bad[0]!r} (1-64 printable characters)", code="bad_tag")
+        tags = await store.run(store.update_tags, app_key, device_id, req.add, req.remove)
+        return {"device_id": device_id, "tags": tags}
+
+    @api.post("/api/v1/devices/{device_id}/aliases")
+    async def bind_alias(device_id: str, request: Request) -> dict[str, Any]:
+        app_key, _, body = await _app_or_device(request, device_id)
+        req = _parse(AliasRequest, body)
+        if not ALIAS_RE.fullmatch(req.alias):
+            raise InvalidContent(f"not an alias: {req.alias!r}", code="bad_alias")
+        await store.run(
+            store.bind_alias, app_key, device_id, req.alias_type, req.alias, replace=req.mode == "set"
+        )
+        doc = await store.run(store.device_doc, app_key, device_id)
+        return {"device_id": device_id, "aliases": doc["aliases"]}
+
+    @api.delete("/api/v1/devices/{device_id}/aliases/{alias_type}/{alias}")
+    async def unbind_alias(device_id: str, alias_type: str, alias: str, request: Request) -> dict[str, Any]:
+        app_key, _, _ = await _app_or_device(request, device_id)
+        await store.run(store.unbind_alias, app_key, device_id, alias_type, alias)
+        doc = await store.run(store.device_doc, app_key, device_id)
+        return {"device_id": device_id, "aliases": doc["aliases"]}
 
     @api.get("/api/v1/messages/{msg_id}")
     async def message_status(msg_id: str, request: Request) -> dict[str, Any]:

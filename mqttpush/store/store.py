@@ -41,6 +41,8 @@ from mqttpush.models import (
     Registration,
     advances,
 )
+from mqttpush.store.targeting import TargetingQueries
+from mqttpush.store.tx import Transaction
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -61,7 +63,7 @@ def _migrations() -> list[tuple[int, str]]:
     return sorted(found)
 
 
-def _hash_token(salt: bytes, token: str) -> bytes:
+def hash_token(salt: bytes, token: str) -> bytes:
     # Tokens are 256-bit random values, so a salted SHA-256 is enough (nothing to brute-force)
     # and keeps CONNECT cheap when thousands of devices reconnect at once.
     return hashlib.sha256(salt + token.encode()).digest()
@@ -95,10 +97,21 @@ class _Sealer:
         return self._aead.decrypt(sealed[:12], sealed[12:], None).decode()
 
 
-class Store:
+class Store(TargetingQueries):
     """The source of truth: apps, devices, messages, deliveries and their history."""
 
-    def __init__(self, data_dir: str | os.PathLike[str], clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        clock: Clock | None = None,
+        broker_hasher: Callable[[str], str] | None = None,
+    ) -> None:
+        """Open (creating and migrating if needed) the store in ``data_dir``.
+
+        ``broker_hasher`` turns a new device token into the password hash a foreign broker
+        checks (mosquitto's ``$7$``), kept beside our own salted hash.
+        """
+        self.broker_hasher = broker_hasher
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.clock = clock or SystemClock()
@@ -143,9 +156,9 @@ class Store:
             self._executor = None
         self._conn.close()
 
-    def _tx(self) -> _Transaction:
+    def _tx(self) -> Transaction:
         """``with store._tx():`` wraps a write in BEGIN IMMEDIATE … COMMIT (rollback on error)."""
-        return _Transaction(self._conn)
+        return Transaction(self._conn)
 
     def schema_version(self) -> int:
         return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
@@ -188,6 +201,11 @@ class Store:
         if row is None:
             return None
         return App(app_key=app_key, name=row[0], secret=self._sealer.open(row[1]))
+
+    def authenticate_app(self, app_key: str, secret: str) -> bool:
+        """True if ``secret`` is the app's secret (MQTT publish API login)."""
+        app = self.get_app(app_key)
+        return app is not None and hmac.compare_digest(app.secret.encode(), secret.encode())
 
     def list_apps(self) -> list[dict[str, Any]]:
         rows = self._conn.execute(
@@ -233,10 +251,11 @@ class Store:
             device_id = row[0] if row else ids.new_device_id()
             token = f"{device_id}.{ids.new_secret()}"
             salt = secrets.token_bytes(16)
+            broker_hash = self.broker_hasher(token) if self.broker_hasher else None
             if row is None:
                 self._conn.execute(
                     "INSERT INTO devices (device_id, app_key, install_id, platform, app_version, locale, channel,"
-                    " token_salt, token_hash, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    " token_salt, token_hash, broker_hash, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
                         device_id,
                         app_key,
@@ -246,7 +265,8 @@ class Store:
                         locale,
                         channel,
                         salt,
-                        _hash_token(salt, token),
+                        hash_token(salt, token),
+                        broker_hash,
                         now,
                         now,
                     ),
@@ -255,8 +275,18 @@ class Store:
                 self._conn.execute(
                     "UPDATE devices SET platform = ?, app_version = coalesce(?, app_version),"
                     " locale = coalesce(?, locale), channel = coalesce(?, channel), token_salt = ?,"
-                    " token_hash = ?, updated_at = ? WHERE device_id = ?",
-                    (platform, app_version, locale, channel, salt, _hash_token(salt, token), now, device_id),
+                    " token_hash = ?, broker_hash = ?, updated_at = ? WHERE device_id = ?",
+                    (
+                        platform,
+                        app_version,
+                        locale,
+                        channel,
+                        salt,
+                        hash_token(salt, token),
+                        broker_hash,
+                        now,
+                        device_id,
+                    ),
                 )
         return Registration(device_id=device_id, device_token=token, created=row is None)
 
@@ -265,7 +295,7 @@ class Store:
         row = self._conn.execute(
             "SELECT app_key, token_salt, token_hash FROM devices WHERE device_id = ?", (device_id,)
         ).fetchone()
-        if row is None or not hmac.compare_digest(_hash_token(row[1], token), row[2]):
+        if row is None or not hmac.compare_digest(hash_token(row[1], token), row[2]):
             return None
         return str(row[0])
 
@@ -327,6 +357,27 @@ class Store:
         )
         return self.service_credentials()
 
+    def broker_accounts(self) -> tuple[list[tuple[str, str, str]], list[tuple[str, str]], tuple[str, str]]:
+        """What a foreign broker needs to check logins: ``(app, device_id, broker_hash)`` per device,
+        ``(app_key, app_secret)`` per app, and the service ``(username, password)``."""
+        devices = [
+            (r[0], r[1], r[2])
+            for r in self._conn.execute(
+                "SELECT app_key, device_id, broker_hash FROM devices WHERE broker_hash IS NOT NULL ORDER BY device_id"
+            )
+        ]
+        apps = [
+            (key, self._sealer.open(sealed))
+            for key, sealed in self._conn.execute("SELECT app_key, secret_enc FROM apps ORDER BY app_key")
+        ]
+        return devices, apps, self.service_credentials()
+
+    def accounts_version(self) -> tuple[int, int, float]:
+        """Changes whenever a device or app is added or re-registered (cheap to poll)."""
+        d = self._conn.execute("SELECT count(*), max(updated_at) FROM devices").fetchone()
+        a = self._conn.execute("SELECT count(*) FROM apps").fetchone()
+        return int(d[0]), int(a[0]), float(d[1] or 0)
+
     def authenticate_service(self, username: str, password: str) -> bool:
         row = self._conn.execute(
             "SELECT password_enc FROM service_accounts WHERE username = ?", (username,)
@@ -346,13 +397,15 @@ class Store:
         policy: dict[str, Any],
         expires_at: float,
         device_ids: list[str],
+        fanout: str = "inbox",
+        task_id: str | None = None,
     ) -> None:
-        """Commit a message and one ``accepted`` delivery per device, in one transaction."""
+        """Commit a message, one ``accepted`` delivery per device and its task (if any), in one transaction."""
         now = self.clock.now()
         with self._tx():
             self._conn.execute(
                 "INSERT INTO messages (msg_id, app_key, kind, target, envelope, policy, biz_id, created_at,"
-                " start_at, expires_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                " start_at, expires_at, fanout) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     msg_id,
                     app_key,
@@ -364,17 +417,41 @@ class Store:
                     now,
                     policy.get("start_at"),
                     expires_at,
+                    fanout,
                 ),
             )
-            accepted = DeliveryState.ACCEPTED.value
-            self._conn.executemany(
-                "INSERT INTO deliveries (msg_id, device_id, channel, state, updated_at) VALUES (?, ?, 'mqtt', ?, ?)",
-                [(msg_id, d, accepted, now) for d in device_ids],
+            self._insert_deliveries(msg_id, device_ids, now)
+            if task_id is not None:
+                self._conn.execute(
+                    "INSERT INTO tasks (task_id, app_key, msg_id, kind, state, created_at, updated_at)"
+                    " VALUES (?, ?, ?, ?, 'pending', ?, ?)",
+                    (task_id, app_key, msg_id, kind, now, now),
+                )
+
+    def _insert_deliveries(self, msg_id: str, device_ids: list[str], now: float) -> list[str]:
+        """Insert ``accepted`` deliveries that do not exist yet; returns the device ids inserted."""
+        existing: set[str] = set()
+        for i in range(0, len(device_ids), 500):
+            chunk = device_ids[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            existing.update(
+                r[0]
+                for r in self._conn.execute(
+                    f"SELECT device_id FROM deliveries WHERE msg_id = ? AND device_id IN ({marks})",
+                    (msg_id, *chunk),
+                )
             )
-            self._conn.executemany(
-                "INSERT INTO delivery_events (msg_id, device_id, state, at) VALUES (?, ?, ?, ?)",
-                [(msg_id, d, accepted, now) for d in device_ids],
-            )
+        fresh = [d for d in dict.fromkeys(device_ids) if d not in existing]
+        accepted = DeliveryState.ACCEPTED.value
+        self._conn.executemany(
+            "INSERT INTO deliveries (msg_id, device_id, channel, state, updated_at) VALUES (?, ?, 'mqtt', ?, ?)",
+            [(msg_id, d, accepted, now) for d in fresh],
+        )
+        self._conn.executemany(
+            "INSERT INTO delivery_events (msg_id, device_id, state, at) VALUES (?, ?, ?, ?)",
+            [(msg_id, d, accepted, now) for d in fresh],
+        )
+        return fresh
 
     def transition(
         self, keys: Iterable[tuple[str, str]], state: DeliveryState, detail: str | None = None
@@ -415,17 +492,27 @@ class Store:
             (msg_id, device_id, state.value, at, detail),
         )
 
-    def apply_receipt(self, app_key: str, device_id: str, msg_id: str, event: ReceiptEvent) -> bool:
-        """Store a device's receipt. True if the delivery exists (so its inbox topic can be cleared)."""
+    def apply_receipt(self, app_key: str, device_id: str, msg_id: str, event: ReceiptEvent) -> str | None:
+        """Store a device's receipt. Returns the message's fanout (``inbox``: its inbox topic can be
+        cleared now; ``topic``: a broadcast), or None for a receipt that matches no delivery."""
         now = self.clock.now()
         with self._tx():
-            row = self._conn.execute(
-                "SELECT d.state FROM deliveries d JOIN messages m ON m.msg_id = d.msg_id"
-                " WHERE d.msg_id = ? AND d.device_id = ? AND m.app_key = ?",
-                (msg_id, device_id, app_key),
+            msg = self._conn.execute(
+                "SELECT fanout FROM messages WHERE msg_id = ? AND app_key = ?", (msg_id, app_key)
             ).fetchone()
+            if msg is None:
+                return None
+            fanout = str(msg[0])
+            row = self._conn.execute(
+                "SELECT state FROM deliveries WHERE msg_id = ? AND device_id = ?", (msg_id, device_id)
+            ).fetchone()
+            if row is None and fanout == "topic":
+                # A device that registered after the broadcast went out still gets it (retained): count it.
+                self._insert_deliveries(msg_id, [device_id], now)
+                self._record(msg_id, device_id, DeliveryState.PUBLISHED, now, "joined broadcast")
+                row = (DeliveryState.PUBLISHED.value,)
             if row is None:
-                return False
+                return None
             current = DeliveryState(row[0])
             new = DeliveryState(event.value)
             if advances(current, new):
@@ -438,32 +525,45 @@ class Store:
                     "INSERT INTO delivery_events (msg_id, device_id, state, at, detail) VALUES (?, ?, ?, ?, ?)",
                     (msg_id, device_id, new.value, now, f"receipt while {current.value}"),
                 )
-        return True
+        return fanout
 
     def pending_deliveries(self) -> list[PendingDelivery]:
         """Every undelivered, unexpired delivery: what the bridge re-publishes at start."""
         marks = ",".join("?" * len(_PENDING))
         rows = self._conn.execute(
-            "SELECT d.msg_id, m.app_key, d.device_id, d.state, m.envelope, m.expires_at"
+            "SELECT d.msg_id, m.app_key, d.device_id, d.state, m.envelope, m.expires_at, m.fanout"
             " FROM deliveries d JOIN messages m ON m.msg_id = d.msg_id"
             f" WHERE d.state IN ({marks}) AND m.expires_at > ? ORDER BY d.msg_id",
             (*_PENDING, self.clock.now()),
         )
-        return [PendingDelivery(r[0], r[1], r[2], DeliveryState(r[3]), bytes(r[4]), r[5]) for r in rows]
+        return [PendingDelivery(r[0], r[1], r[2], DeliveryState(r[3]), bytes(r[4]), r[5], r[6]) for r in rows]
 
-    def expire_due(self) -> list[tuple[str, str, str]]:
-        """Mark pending deliveries whose message passed its TTL ``expired``; returns (app, device, msg)."""
+    def expire_due(self) -> tuple[list[tuple[str, str, str]], list[tuple[str, str]]]:
+        """Apply TTLs: pending deliveries past their message's expiry become ``expired``.
+
+        Returns what to clear: ``(app, device, msg)`` inbox topics, and ``(app, msg)`` broadcast
+        topics (each once, whether or not devices still had it pending).
+        """
         now = self.clock.now()
         marks = ",".join("?" * len(_PENDING))
         with self._tx():
             rows = self._conn.execute(
-                "SELECT m.app_key, d.device_id, d.msg_id FROM deliveries d JOIN messages m ON m.msg_id = d.msg_id"
+                "SELECT m.app_key, d.device_id, d.msg_id, m.fanout FROM deliveries d"
+                " JOIN messages m ON m.msg_id = d.msg_id"
                 f" WHERE d.state IN ({marks}) AND m.expires_at <= ?",
                 (*_PENDING, now),
             ).fetchall()
-            for _app_key, device_id, msg_id in rows:
+            for _app_key, device_id, msg_id, _fanout in rows:
                 self._record(msg_id, device_id, DeliveryState.EXPIRED, now, "ttl")
-        return [(r[0], r[1], r[2]) for r in rows]
+            broadcasts = self._conn.execute(
+                "SELECT app_key, msg_id FROM messages WHERE fanout = 'topic' AND cleared_at IS NULL AND expires_at <= ?",
+                (now,),
+            ).fetchall()
+            self._conn.executemany(
+                "UPDATE messages SET cleared_at = ? WHERE msg_id = ?", [(now, m) for _, m in broadcasts]
+            )
+        inboxes = [(r[0], r[1], r[2]) for r in rows if r[3] != "topic"]
+        return inboxes, [(r[0], r[1]) for r in broadcasts]
 
     def message_status(self, app_key: str, msg_id: str) -> MessageStatus | None:
         msg = self._conn.execute(
@@ -497,18 +597,3 @@ class Store:
             )
         ]
         return MessageStatus(msg_id, app_key, msg[0], msg[1], deliveries)
-
-
-class _Transaction:
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
-
-    def __enter__(self) -> sqlite3.Connection:
-        self._conn.execute("BEGIN IMMEDIATE")
-        return self._conn
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
-            self._conn.execute("COMMIT")
-        else:
-            self._conn.execute("ROLLBACK")

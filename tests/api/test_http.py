@@ -152,9 +152,9 @@ def test_push_refusals(running: Running) -> None:
                 r,
                 "POST",
                 path,
-                json.dumps({"target": {"tags": "a"}, "notification": {"title": "x"}}).encode(),
+                json.dumps({"target": {"tags": "a &&"}, "notification": {"title": "x"}}).encode(),
             ),
-            (422, "unsupported_target"),
+            (422, "bad_tag_expr"),
         ),
         (
             _signed(r, "POST", path, json.dumps({"notification": {"title": "x"}}).encode()),

@@ -91,7 +91,7 @@ def test_transition_to_same_or_earlier_state_does_not_move(store: Store, clock: 
     assert store.transition([("m1", "d1")], DeliveryState.PUBLISHED) == []
     assert store.transition([("m1", "d1")], DeliveryState.FORWARDED) == []
     clock.advance(1)
-    assert store.apply_receipt(app.app_key, "d1", "m1", ReceiptEvent.ARRIVED) is True
+    assert store.apply_receipt(app.app_key, "d1", "m1", ReceiptEvent.ARRIVED) == "inbox"
     before = delivery(store, app.app_key, "m1", "d1")
     clock.advance(1)
 
@@ -138,7 +138,7 @@ def test_receipt_arrived_records_history_with_clock_times(store: Store, clock: F
     store.transition([("m1", "d1"), ("m1", "d2")], DeliveryState.PUBLISHED)
     t2 = clock.advance(4)
 
-    assert store.apply_receipt(app.app_key, "d1", "m1", ReceiptEvent.ARRIVED) is True
+    assert store.apply_receipt(app.app_key, "d1", "m1", ReceiptEvent.ARRIVED) == "inbox"
 
     d1 = delivery(store, app.app_key, "m1", "d1")
     assert d1["state"] == "arrived"
@@ -158,7 +158,7 @@ def test_receipt_opened_from_published_implies_arrived(store: Store, clock: Fake
     store.transition([("m1", "d1")], DeliveryState.PUBLISHED)
     t2 = clock.advance(30)
 
-    assert store.apply_receipt(app.app_key, "d1", "m1", ReceiptEvent.OPENED) is True
+    assert store.apply_receipt(app.app_key, "d1", "m1", ReceiptEvent.OPENED) == "inbox"
 
     d = delivery(store, app.app_key, "m1", "d1")
     assert d["state"] == "opened"
@@ -184,7 +184,7 @@ def test_duplicate_receipt_does_not_move_backwards(store: Store, clock: FakeCloc
     accept(store, app.app_key, "m1", ["d1"])
     store.apply_receipt(app.app_key, "d1", "m1", ReceiptEvent.OPENED)
     clock.advance(1)
-    assert store.apply_receipt(app.app_key, "d1", "m1", ReceiptEvent.ARRIVED) is True
+    assert store.apply_receipt(app.app_key, "d1", "m1", ReceiptEvent.ARRIVED) == "inbox"
     assert delivery(store, app.app_key, "m1", "d1")["state"] == "opened"
 
 
@@ -195,9 +195,9 @@ def test_receipt_for_another_apps_message_is_refused(store: Store) -> None:
     store.transition([("m1", "d1")], DeliveryState.PUBLISHED)
     before = delivery(store, shop.app_key, "m1", "d1")
 
-    assert store.apply_receipt(news.app_key, "d1", "m1", ReceiptEvent.ARRIVED) is False
-    assert store.apply_receipt(shop.app_key, "d2", "m1", ReceiptEvent.ARRIVED) is False
-    assert store.apply_receipt(shop.app_key, "d1", "nope", ReceiptEvent.ARRIVED) is False
+    assert store.apply_receipt(news.app_key, "d1", "m1", ReceiptEvent.ARRIVED) is None
+    assert store.apply_receipt(shop.app_key, "d2", "m1", ReceiptEvent.ARRIVED) is None
+    assert store.apply_receipt(shop.app_key, "d1", "nope", ReceiptEvent.ARRIVED) is None
 
     assert delivery(store, shop.app_key, "m1", "d1") == before
 
@@ -230,7 +230,7 @@ def test_pending_deliveries_are_accepted_or_published_and_unexpired(store: Store
     assert by_key[("m1", "d1")].expires_at == START + TTL
 
 
-def test_expire_due_marks_expired_and_returns_triples(store: Store, clock: FakeClock) -> None:
+def test_expire_due_marks_expired_and_returns_what_to_clear(store: Store, clock: FakeClock) -> None:
     shop = store.create_app("shop")
     news = store.create_app("news")
     accept(store, shop.app_key, "m1", ["d1", "d2", "d3"], expires_at=START + 100)
@@ -240,10 +240,11 @@ def test_expire_due_marks_expired_and_returns_triples(store: Store, clock: FakeC
     store.apply_receipt(shop.app_key, "d3", "m1", ReceiptEvent.ARRIVED)
 
     clock.advance(99)
-    assert store.expire_due() == []
+    assert store.expire_due() == ([], [])
 
     t = clock.advance(1)
-    expired = store.expire_due()
+    expired, broadcasts = store.expire_due()
+    assert broadcasts == []
     assert sorted(expired) == sorted(
         [(shop.app_key, "d1", "m1"), (shop.app_key, "d2", "m1"), (news.app_key, "e1", "m2")]
     )
@@ -257,7 +258,7 @@ def test_expire_due_marks_expired_and_returns_triples(store: Store, clock: FakeC
     assert delivery(store, shop.app_key, "m1", "d3")["state"] == "arrived"  # delivered: not expired
 
     assert {(p.msg_id, p.device_id) for p in store.pending_deliveries()} == {("m3", "d1")}
-    assert store.expire_due() == []
+    assert store.expire_due() == ([], [])
 
 
 def test_receipt_after_expiry_keeps_expired(store: Store, clock: FakeClock) -> None:
@@ -266,7 +267,7 @@ def test_receipt_after_expiry_keeps_expired(store: Store, clock: FakeClock) -> N
     clock.advance(5)
     store.expire_due()
     clock.advance(1)
-    assert store.apply_receipt(app.app_key, "d1", "m1", ReceiptEvent.ARRIVED) is True
+    assert store.apply_receipt(app.app_key, "d1", "m1", ReceiptEvent.ARRIVED) == "inbox"
     d = delivery(store, app.app_key, "m1", "d1")
     assert d["state"] == "expired"
     assert store.transition([("m1", "d1")], DeliveryState.PUBLISHED) == []

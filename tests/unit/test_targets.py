@@ -81,17 +81,40 @@ def test_no_kind_is_invalid() -> None:
 
 
 @pytest.mark.parametrize(
-    "obj",
+    ("obj", "kind"),
     [
-        {"alias": "bob"},
-        {"tags": "vip and not churned"},
-        {"broadcast": True},
-        {"filter": {"platform": "ios"}},
-        {"file_id": "f1"},
+        ({"alias": "bob"}, "alias"),
+        ({"alias": ["bob", "ann"], "alias_type": "user"}, "alias"),
+        ({"tags": "vip and not churned"}, "tags"),
+        ({"tags": {"tag": "vip"}}, "tags"),
+        ({"broadcast": True}, "broadcast"),
+        ({"filter": {"platform": "ios"}}, "filter"),
+        ({"filter": {"platform": "ios"}, "tags": "vip"}, "filter"),
+        ({"file_id": "f1"}, "file"),
     ],
 )
-def test_documented_kinds_not_yet_served_are_unsupported(obj: dict[str, Any]) -> None:
-    refused(obj, "unsupported_target")
+def test_every_documented_kind_parses(obj: dict[str, Any], kind: str) -> None:
+    target = parse_target(obj)
+    assert target.kind == kind
+    assert target.is_task == (kind not in ("devices", "alias"))
+
+
+@pytest.mark.parametrize(
+    ("obj", "code"),
+    [
+        ({"broadcast": False}, "invalid_target"),
+        ({"alias": []}, "invalid_target"),
+        ({"alias": "x", "alias_type": "a/b"}, "invalid_target"),
+        ({"tags": "a &&"}, "bad_tag_expr"),
+        ({"filter": {"colour": "red"}}, "bad_filter"),
+        ({"filter": {"app_version": ">=?"}}, "bad_filter"),
+        ({"filter": {"last_seen_within": "soon"}}, "bad_filter"),
+        ({"filter": {"test": "yes"}}, "bad_filter"),
+        ({"file_id": "a/b"}, "invalid_target"),
+    ],
+)
+def test_malformed_group_targets(obj: dict[str, Any], code: str) -> None:
+    refused(obj, code)
 
 
 @pytest.mark.parametrize("obj", [{"device": ["dev1"]}, {"everyone": True}, {"Devices": ["dev1"]}, {"": 1}])

@@ -1,0 +1,158 @@
+"""Group sends (tag, filter, file, broadcast): resolve the audience in batches, in the background.
+
+The API answers with a ``task_id`` as soon as the message and its task are committed; the
+runner then walks the app's devices (keyset pagination, a batch at a time, the store thread
+doing the SQL), commits each batch of deliveries and hands it to the dispatcher. Between
+batches it yields to the event loop, so other requests keep being served. A task that was
+running when the process died is resumed at start; delivery inserts are idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+from bridge import tagexpr
+from bridge.dispatcher import Dispatcher, Outbound
+from bridge.targets import AudienceTarget, FileTarget, Target, filter_matches, parse_target
+from mqttpush.clock import Clock
+from mqttpush.store import Store
+
+log = logging.getLogger("mqttpush.tasks")
+
+BATCH = 2000
+
+
+class TaskRunner:
+    def __init__(self, store: Store, dispatcher: Dispatcher, clock: Clock, batch: int = BATCH) -> None:
+        self._store = store
+        self._dispatcher = dispatcher
+        self._clock = clock
+        self._batch = batch
+        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._cancelled: set[str] = set()
+
+    def start(self, task_id: str) -> None:
+        self._queue.put_nowait(task_id)
+
+    def cancelled(self, task_id: str) -> None:
+        """The store already says cancelled; stop adding deliveries at the next batch."""
+        self._cancelled.add(task_id)
+
+    async def resume(self) -> int:
+        open_tasks = await self._store.run(self._store.open_tasks)
+        for task_id in open_tasks:
+            self.start(task_id)
+        return len(open_tasks)
+
+    async def idle(self) -> None:
+        """Wait until every started task has resolved its audience (then the dispatcher's queue)."""
+        await self._queue.join()
+        await self._dispatcher.drained()
+
+    async def run(self) -> None:
+        while True:
+            task_id = await self._queue.get()
+            try:
+                await self._execute(task_id)
+            except Exception as exc:
+                log.exception("task failed task_id=%s", task_id)
+                await self._store.run(self._store.finish_task, task_id, "failed", repr(exc))
+            finally:
+                self._queue.task_done()
+
+    async def _execute(self, task_id: str) -> None:
+        rec = await self._store.run(self._store.task_record, task_id)
+        if rec is None or rec.state not in ("pending", "running"):
+            return
+        target = parse_target(rec.target)
+        production = bool(rec.policy.get("production", True))
+        targeted = 0
+        async for device_ids in self._audience(rec.app_key, target, production):
+            if task_id in self._cancelled:
+                log.info("task cancelled task_id=%s targeted=%d", task_id, targeted)
+                return
+            fresh = await self._store.run(self._store.add_task_deliveries, task_id, rec.msg_id, device_ids)
+            targeted += len(fresh)
+            if fresh and rec.fanout == "inbox":
+                self._dispatcher.submit(Outbound(rec.msg_id, rec.app_key, rec.payload, tuple(fresh)))
+            await asyncio.sleep(0)  # let API requests in between batches
+        if task_id in self._cancelled:
+            return
+        if rec.fanout == "topic":
+            self._dispatcher.submit(Outbound(rec.msg_id, rec.app_key, rec.payload, (), broadcast=True))
+        await self._store.run(self._store.finish_task, task_id, "done")
+        log.info("task resolved task_id=%s kind=%s targeted=%d", task_id, rec.kind, targeted)
+
+    async def _audience(self, app_key: str, target: Target, production: bool) -> AsyncIterator[list[str]]:
+        """Device ids of the target, a batch at a time (only test devices unless ``production``)."""
+        if isinstance(target, FileTarget):
+            async for batch in self._file_audience(app_key, target, production):
+                yield batch
+            return
+        after = ""
+        now = self._clock.now()
+        store = self._store
+        flt = target.filter if isinstance(target, AudienceTarget) else None
+        tags = target.tags if isinstance(target, AudienceTarget) else None
+        platforms = sorted(flt.platforms) if flt is not None and flt.platforms is not None else None
+        while True:
+            rows = await store.run(
+                store.audience_batch,
+                app_key,
+                after,
+                self._batch,
+                platforms=platforms,
+                test_only=not production,
+            )
+            if not rows:
+                return
+            after = rows[-1].device_id
+            if flt is not None:
+                rows = [
+                    r
+                    for r in rows
+                    if filter_matches(
+                        flt,
+                        platform=r.platform,
+                        app_version=r.app_version,
+                        channel=r.channel,
+                        locale=r.locale,
+                        last_seen=r.last_seen,
+                        is_test=r.is_test,
+                        online=r.online,
+                        now=now,
+                    )
+                ]
+            if tags is not None and rows:
+                device_tags = await store.run(store.tags_for, [r.device_id for r in rows])
+                rows = [r for r in rows if tagexpr.evaluate(tags, device_tags[r.device_id])]
+            if rows:
+                yield [r.device_id for r in rows]
+
+    async def _file_audience(
+        self, app_key: str, target: FileTarget, production: bool
+    ) -> AsyncIterator[list[str]]:
+        store = self._store
+        info = await store.run(store.file_info, app_key, target.file_id)
+        after = 0
+        while True:
+            lines = await store.run(store.file_values, target.file_id, after, self._batch)
+            if not lines:
+                return
+            after = lines[-1][0]
+            values = [v for _, v in lines]
+            if info["kind"] == "aliases":
+                bound = await store.run(
+                    store.devices_for_aliases, app_key, info["alias_type"] or "user", values
+                )
+                device_ids = list(dict.fromkeys(d for ds in bound.values() for d in ds))
+            else:
+                known = await store.run(store.known_devices, app_key, values)
+                device_ids = [v for v in dict.fromkeys(values) if v in known]
+            if not production and device_ids:
+                test = await store.run(store.test_devices, app_key, device_ids)
+                device_ids = [d for d in device_ids if d in test]
+            if device_ids:
+                yield device_ids

@@ -1,0 +1,530 @@
+"""Store queries for targeting (issue 4): tags, aliases, audiences, files, tasks, templates, import."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from mqttpush import ids
+from mqttpush.clock import Clock
+from mqttpush.errors import Conflict, InvalidContent, NotFound
+from mqttpush.models import DeliveryState
+
+if TYPE_CHECKING:
+    from mqttpush.store.tx import Transaction
+
+MAX_TAGS_PER_DEVICE = 100
+MAX_ALIASES_PER_DEVICE = 10
+
+
+@dataclass(frozen=True, slots=True)
+class AudienceRow:
+    """What audience filters look at, for one device."""
+
+    device_id: str
+    platform: str
+    app_version: str | None
+    channel: str | None
+    locale: str | None
+    last_seen: float | None
+    is_test: bool
+    online: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRecord:
+    task_id: str
+    app_key: str
+    msg_id: str
+    kind: str
+    state: str
+    target: dict[str, Any]
+    policy: dict[str, Any]
+    payload: bytes
+    fanout: str
+    expires_at: float
+
+
+_TASK_COUNTS = """
+SELECT
+  count(*),
+  sum(state IN ('published', 'arrived', 'opened', 'dismissed')),
+  sum(state = 'forwarded'),
+  sum(state IN ('arrived', 'opened', 'dismissed')),
+  sum(state = 'opened'),
+  sum(state IN ('failed', 'dropped')),
+  sum(state = 'expired'),
+  sum(state = 'cancelled')
+FROM deliveries WHERE msg_id = ?
+"""
+
+
+class TargetingQueries:
+    _conn: sqlite3.Connection
+    clock: Clock
+    broker_hasher: Callable[[str], str] | None
+
+    def _tx(self) -> Transaction:
+        raise NotImplementedError
+
+    def _record(
+        self, msg_id: str, device_id: str, state: DeliveryState, at: float, detail: str | None
+    ) -> None:
+        raise NotImplementedError
+
+    def _insert_deliveries(self, msg_id: str, device_ids: list[str], now: float) -> list[str]:
+        raise NotImplementedError
+
+    # --- devices: attributes, tags, aliases -----------------------------------------------------
+
+    def _device_app(self, device_id: str) -> str:
+        row = self._conn.execute("SELECT app_key FROM devices WHERE device_id = ?", (device_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no device {device_id!r}", code="unknown_device")
+        return str(row[0])
+
+    def device_doc(self, app_key: str, device_id: str) -> dict[str, Any]:
+        """A device as the API shows it: attributes, tags, aliases, presence."""
+        row = self._conn.execute(
+            "SELECT device_id, install_id, platform, app_version, channel, locale, is_test, online, last_seen,"
+            " created_at FROM devices WHERE device_id = ? AND app_key = ?",
+            (device_id, app_key),
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"no device {device_id!r} in this app", code="unknown_device")
+        keys = (
+            "device_id",
+            "install_id",
+            "platform",
+            "app_version",
+            "channel",
+            "locale",
+            "test",
+            "online",
+            "last_seen",
+            "created_at",
+        )
+        doc = dict(zip(keys, row, strict=True))
+        doc["test"], doc["online"] = bool(doc["test"]), bool(doc["online"])
+        doc["tags"] = self.tags_of(device_id)
+        doc["aliases"] = [
+            {"alias": a, "alias_type": t}
+            for t, a in self._conn.execute(
+                "SELECT alias_type, alias FROM aliases WHERE device_id = ? ORDER BY alias_type, alias",
+                (device_id,),
+            )
+        ]
+        return doc
+
+    def update_device(self, app_key: str, device_id: str, **attrs: Any) -> None:
+        """Set attributes (``test``, ``app_version``, ``channel``, ``locale``) of a device of ``app_key``."""
+        columns = {"test": "is_test", "app_version": "app_version", "channel": "channel", "locale": "locale"}
+        sets = [(columns[k], int(v) if k == "test" else v) for k, v in attrs.items() if k in columns]
+        if not sets:
+            return
+        assignments = ", ".join(f"{c} = ?" for c, _ in sets)
+        cur = self._conn.execute(
+            f"UPDATE devices SET {assignments}, updated_at = ? WHERE device_id = ? AND app_key = ?",
+            (*(v for _, v in sets), self.clock.now(), device_id, app_key),
+        )
+        if cur.rowcount == 0:
+            raise NotFound(f"no device {device_id!r} in this app", code="unknown_device")
+
+    def tags_of(self, device_id: str) -> list[str]:
+        return [
+            r[0]
+            for r in self._conn.execute(
+                "SELECT tag FROM device_tags WHERE device_id = ? ORDER BY tag", (device_id,)
+            )
+        ]
+
+    def update_tags(
+        self,
+        app_key: str,
+        device_id: str,
+        add: Iterable[str],
+        remove: Iterable[str],
+        limit: int = MAX_TAGS_PER_DEVICE,
+    ) -> list[str]:
+        """Add and remove tags of one device (atomically); returns its tags after the change."""
+        now = self.clock.now()
+        with self._tx():
+            if self._device_app(device_id) != app_key:
+                raise NotFound(f"no device {device_id!r} in this app", code="unknown_device")
+            self._conn.executemany(
+                "DELETE FROM device_tags WHERE device_id = ? AND tag = ?", [(device_id, t) for t in remove]
+            )
+            self._conn.executemany(
+                "INSERT OR IGNORE INTO device_tags (device_id, tag, created_at) VALUES (?, ?, ?)",
+                [(device_id, t, now) for t in add],
+            )
+            count = self._conn.execute(
+                "SELECT count(*) FROM device_tags WHERE device_id = ?", (device_id,)
+            ).fetchone()
+            if count[0] > limit:
+                raise InvalidContent(
+                    f"a device has at most {limit} tags ({count[0]} asked)", code="too_many_tags"
+                )
+        return self.tags_of(device_id)
+
+    def tags_for(self, device_ids: list[str]) -> dict[str, set[str]]:
+        out: dict[str, set[str]] = {d: set() for d in device_ids}
+        for i in range(0, len(device_ids), 500):
+            chunk = device_ids[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            for device_id, tag in self._conn.execute(
+                f"SELECT device_id, tag FROM device_tags WHERE device_id IN ({marks})", chunk
+            ):
+                out[device_id].add(tag)
+        return out
+
+    def bind_alias(self, app_key: str, device_id: str, alias_type: str, alias: str, *, replace: bool) -> None:
+        """Bind ``alias`` to a device. ``replace`` (set): the alias then means this device only, and the
+        device has no other alias of this type. Otherwise (add): one more device for the alias."""
+        now = self.clock.now()
+        with self._tx():
+            if self._device_app(device_id) != app_key:
+                raise NotFound(f"no device {device_id!r} in this app", code="unknown_device")
+            if replace:
+                self._conn.execute(
+                    "DELETE FROM aliases WHERE app_key = ? AND alias_type = ? AND (alias = ? OR device_id = ?)",
+                    (app_key, alias_type, alias, device_id),
+                )
+            self._conn.execute(
+                "INSERT OR IGNORE INTO aliases (app_key, alias_type, alias, device_id, created_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (app_key, alias_type, alias, device_id, now),
+            )
+            count = self._conn.execute(
+                "SELECT count(*) FROM aliases WHERE device_id = ?", (device_id,)
+            ).fetchone()
+            if count[0] > MAX_ALIASES_PER_DEVICE:
+                raise InvalidContent(
+                    f"a device has at most {MAX_ALIASES_PER_DEVICE} aliases", code="too_many_aliases"
+                )
+
+    def unbind_alias(self, app_key: str, device_id: str, alias_type: str, alias: str) -> bool:
+        cur = self._conn.execute(
+            "DELETE FROM aliases WHERE app_key = ? AND alias_type = ? AND alias = ? AND device_id = ?",
+            (app_key, alias_type, alias, device_id),
+        )
+        return cur.rowcount > 0
+
+    def devices_for_aliases(self, app_key: str, alias_type: str, aliases: list[str]) -> dict[str, list[str]]:
+        """alias → its device ids (aliases bound to no device are absent)."""
+        out: dict[str, list[str]] = {}
+        for i in range(0, len(aliases), 500):
+            chunk = aliases[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            for alias, device_id in self._conn.execute(
+                f"SELECT alias, device_id FROM aliases WHERE app_key = ? AND alias_type = ? AND alias IN ({marks})"
+                " ORDER BY alias, device_id",
+                (app_key, alias_type, *chunk),
+            ):
+                out.setdefault(alias, []).append(device_id)
+        return out
+
+    def test_devices(self, app_key: str, device_ids: list[str]) -> set[str]:
+        found: set[str] = set()
+        for i in range(0, len(device_ids), 500):
+            chunk = device_ids[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            found.update(
+                r[0]
+                for r in self._conn.execute(
+                    f"SELECT device_id FROM devices WHERE app_key = ? AND is_test = 1 AND device_id IN ({marks})",
+                    (app_key, *chunk),
+                )
+            )
+        return found
+
+    def audience_batch(
+        self,
+        app_key: str,
+        after: str,
+        limit: int,
+        *,
+        platforms: list[str] | None = None,
+        test_only: bool = False,
+    ) -> list[AudienceRow]:
+        """The next ``limit`` devices of an app after device id ``after`` (keyset pagination)."""
+        where = ["app_key = ?", "device_id > ?"]
+        args: list[Any] = [app_key, after]
+        if platforms:
+            where.append(f"platform IN ({','.join('?' * len(platforms))})")
+            args += platforms
+        if test_only:
+            where.append("is_test = 1")
+        rows = self._conn.execute(
+            "SELECT device_id, platform, app_version, channel, locale, last_seen, is_test, online FROM devices"
+            f" WHERE {' AND '.join(where)} ORDER BY device_id LIMIT ?",
+            (*args, limit),
+        )
+        return [AudienceRow(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6]), bool(r[7])) for r in rows]
+
+    def import_devices(self, app_key: str, rows: list[dict[str, Any]]) -> list[dict[str, str]]:
+        """Register many devices at once (one transaction): a fleet migrating in, or a benchmark."""
+        from mqttpush.store.store import hash_token
+
+        now = self.clock.now()
+        out = []
+        with self._tx():
+            for row in rows:
+                install_id = row["install_id"]
+                existing = self._conn.execute(
+                    "SELECT device_id FROM devices WHERE app_key = ? AND install_id = ?",
+                    (app_key, install_id),
+                ).fetchone()
+                device_id = existing[0] if existing else ids.new_device_id()
+                token = f"{device_id}.{ids.new_secret()}"
+                salt = secrets.token_bytes(16)
+                broker_hash = self.broker_hasher(token) if self.broker_hasher else None
+                values = (
+                    row["platform"],
+                    row.get("app_version"),
+                    row.get("locale"),
+                    row.get("channel"),
+                    int(bool(row.get("test", False))),
+                    salt,
+                    hash_token(salt, token),
+                    broker_hash,
+                )
+                if existing:
+                    self._conn.execute(
+                        "UPDATE devices SET platform = ?, app_version = ?, locale = ?, channel = ?, is_test = ?,"
+                        " token_salt = ?, token_hash = ?, broker_hash = ?, updated_at = ? WHERE device_id = ?",
+                        (*values, now, device_id),
+                    )
+                else:
+                    self._conn.execute(
+                        "INSERT INTO devices (platform, app_version, locale, channel, is_test, token_salt, token_hash,"
+                        " broker_hash, device_id, app_key, install_id, created_at, updated_at)"
+                        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                        (*values, device_id, app_key, install_id, now, now),
+                    )
+                tags = row.get("tags") or []
+                self._conn.executemany(
+                    "INSERT OR IGNORE INTO device_tags (device_id, tag, created_at) VALUES (?, ?, ?)",
+                    [(device_id, t, now) for t in tags],
+                )
+                if row.get("alias"):
+                    self._conn.execute(
+                        "INSERT OR IGNORE INTO aliases (app_key, alias_type, alias, device_id, created_at)"
+                        " VALUES (?, ?, ?, ?, ?)",
+                        (app_key, row.get("alias_type") or "user", row["alias"], device_id, now),
+                    )
+                out.append({"install_id": install_id, "device_id": device_id, "device_token": token})
+        return out
+
+    # --- files ------------------------------------------------------------------------------------
+
+    def create_file(self, app_key: str, kind: str, alias_type: str | None) -> str:
+        file_id = "f" + ids.new_msg_id(self.clock.now())
+        self._conn.execute(
+            "INSERT INTO files (file_id, app_key, kind, alias_type, state, created_at) VALUES (?, ?, ?, ?, 'uploading', ?)",
+            (file_id, app_key, kind, alias_type, self.clock.now()),
+        )
+        return file_id
+
+    def append_file_lines(self, file_id: str, first_line_no: int, values: list[str]) -> None:
+        with self._tx():
+            self._conn.executemany(
+                "INSERT INTO file_lines (file_id, line_no, value) VALUES (?, ?, ?)",
+                [(file_id, first_line_no + i, v) for i, v in enumerate(values)],
+            )
+
+    def finish_file(self, file_id: str, lines: int) -> None:
+        self._conn.execute("UPDATE files SET state = 'ready', lines = ? WHERE file_id = ?", (lines, file_id))
+
+    def drop_file(self, file_id: str) -> None:
+        with self._tx():
+            self._conn.execute("DELETE FROM file_lines WHERE file_id = ?", (file_id,))
+            self._conn.execute("DELETE FROM files WHERE file_id = ?", (file_id,))
+
+    def file_info(self, app_key: str, file_id: str) -> dict[str, Any]:
+        row = self._conn.execute(
+            "SELECT kind, alias_type, lines, created_at FROM files WHERE file_id = ? AND app_key = ? AND state = 'ready'",
+            (file_id, app_key),
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"no file {file_id!r} in this app", code="unknown_file")
+        return {
+            "file_id": file_id,
+            "kind": row[0],
+            "alias_type": row[1],
+            "lines": row[2],
+            "created_at": row[3],
+        }
+
+    def file_values(self, file_id: str, after_line: int, limit: int) -> list[tuple[int, str]]:
+        return [
+            (r[0], r[1])
+            for r in self._conn.execute(
+                "SELECT line_no, value FROM file_lines WHERE file_id = ? AND line_no > ? ORDER BY line_no LIMIT ?",
+                (file_id, after_line, limit),
+            )
+        ]
+
+    # --- tasks ------------------------------------------------------------------------------------
+
+    def task_record(self, task_id: str) -> TaskRecord | None:
+        row = self._conn.execute(
+            "SELECT t.task_id, t.app_key, t.msg_id, t.kind, t.state, m.target, m.policy, m.envelope, m.fanout,"
+            " m.expires_at FROM tasks t JOIN messages m ON m.msg_id = t.msg_id WHERE t.task_id = ?",
+            (task_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        return TaskRecord(
+            row[0],
+            row[1],
+            row[2],
+            row[3],
+            row[4],
+            json.loads(row[5]),
+            json.loads(row[6]),
+            bytes(row[7]),
+            row[8],
+            row[9],
+        )
+
+    def open_tasks(self) -> list[str]:
+        return [
+            r[0]
+            for r in self._conn.execute(
+                "SELECT task_id FROM tasks WHERE state IN ('pending', 'running') ORDER BY created_at"
+            )
+        ]
+
+    def add_task_deliveries(self, task_id: str, msg_id: str, device_ids: list[str]) -> list[str]:
+        """Insert one batch of a task's audience (idempotent); returns the device ids that are new."""
+        now = self.clock.now()
+        with self._tx():
+            state = self._conn.execute("SELECT state FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+            if state is None or state[0] not in ("pending", "running"):
+                return []
+            fresh = self._insert_deliveries(msg_id, device_ids, now)
+            self._conn.execute(
+                "UPDATE tasks SET state = 'running', targeted = targeted + ?, updated_at = ? WHERE task_id = ?",
+                (len(fresh), now, task_id),
+            )
+        return fresh
+
+    def finish_task(self, task_id: str, state: str, error: str | None = None) -> None:
+        now = self.clock.now()
+        self._conn.execute(
+            "UPDATE tasks SET state = ?, error = ?, updated_at = ?, finished_at = ? WHERE task_id = ?"
+            " AND state IN ('pending', 'running')",
+            (state, error, now, now, task_id),
+        )
+
+    def cancel_task(self, app_key: str, task_id: str) -> list[str]:
+        """Cancel a task: no more deliveries; those not yet published become ``cancelled``.
+
+        Returns the device ids whose deliveries were cancelled.
+        """
+        now = self.clock.now()
+        with self._tx():
+            row = self._conn.execute(
+                "SELECT msg_id, state FROM tasks WHERE task_id = ? AND app_key = ?", (task_id, app_key)
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"no task {task_id!r} in this app", code="unknown_task")
+            msg_id, state = row
+            if state not in ("pending", "running"):
+                raise Conflict(f"task {task_id} is already {state}", code="task_finished")
+            self._conn.execute(
+                "UPDATE tasks SET state = 'cancelled', updated_at = ?, finished_at = ? WHERE task_id = ?",
+                (now, now, task_id),
+            )
+            devices = [
+                r[0]
+                for r in self._conn.execute(
+                    "SELECT device_id FROM deliveries WHERE msg_id = ? AND state IN ('accepted', 'queued')",
+                    (msg_id,),
+                )
+            ]
+            for device_id in devices:
+                self._record(msg_id, device_id, DeliveryState.CANCELLED, now, "task cancelled")
+        return devices
+
+    def task_status(self, app_key: str, task_id: str) -> dict[str, Any]:
+        row = self._conn.execute(
+            "SELECT msg_id, kind, state, targeted, error, created_at, finished_at FROM tasks"
+            " WHERE task_id = ? AND app_key = ?",
+            (task_id, app_key),
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"no task {task_id!r} in this app", code="unknown_task")
+        msg_id, kind, state, _targeted, error, created_at, finished_at = row
+        counts = self._conn.execute(_TASK_COUNTS, (msg_id,)).fetchone()
+        n = [int(c or 0) for c in counts]
+        return {
+            "task_id": task_id,
+            "msg_id": msg_id,
+            "kind": kind,
+            "state": state,
+            "targeted": n[0],
+            "published": n[1],
+            "forwarded": n[2],
+            "arrived": n[3],
+            "opened": n[4],
+            "failed": n[5],
+            "expired": n[6],
+            "cancelled": n[7],
+            "error": error,
+            "created_at": created_at,
+            "finished_at": finished_at,
+        }
+
+    def publish_all(self, msg_id: str) -> int:
+        """After the one broadcast publish: every ``accepted`` delivery of the message is ``published``."""
+        now = self.clock.now()
+        with self._tx():
+            self._conn.execute(
+                "INSERT INTO delivery_events (msg_id, device_id, state, at)"
+                " SELECT msg_id, device_id, 'published', ? FROM deliveries WHERE msg_id = ? AND state = 'accepted'",
+                (now, msg_id),
+            )
+            cur = self._conn.execute(
+                "UPDATE deliveries SET state = 'published', updated_at = ? WHERE msg_id = ? AND state = 'accepted'",
+                (now, msg_id),
+            )
+        return cur.rowcount
+
+    # --- templates --------------------------------------------------------------------------------
+
+    def put_template(self, app_key: str, name: str, template: dict[str, Any]) -> bool:
+        """Create or replace a template; True if it is new."""
+        now = self.clock.now()
+        with self._tx():
+            exists = self._conn.execute(
+                "SELECT 1 FROM templates WHERE app_key = ? AND name = ?", (app_key, name)
+            ).fetchone()
+            self._conn.execute(
+                "INSERT OR REPLACE INTO templates (app_key, name, template, created_at, updated_at)"
+                " VALUES (?, ?, ?, coalesce((SELECT created_at FROM templates WHERE app_key = ? AND name = ?), ?), ?)",
+                (app_key, name, json.dumps(template), app_key, name, now, now),
+            )
+        return exists is None
+
+    def get_template(self, app_key: str, name: str) -> dict[str, Any]:
+        row = self._conn.execute(
+            "SELECT template FROM templates WHERE app_key = ? AND name = ?", (app_key, name)
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"no template {name!r} in this app", code="unknown_template")
+        result: dict[str, Any] = json.loads(row[0])
+        return result
+
+    def list_templates(self, app_key: str) -> list[dict[str, Any]]:
+        return [
+            {"name": r[0], **json.loads(r[1]), "updated_at": r[2]}
+            for r in self._conn.execute(
+                "SELECT name, template, updated_at FROM templates WHERE app_key = ? ORDER BY name", (app_key,)
+            )
+        ]
