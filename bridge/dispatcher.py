@@ -1,13 +1,31 @@
-"""From committed deliveries to MQTT publishes, and back again after a restart."""
+"""From committed deliveries to MQTT publishes, through the delivery policy, and back after a restart.
+
+For each message (an :class:`Outbound`), in priority order (``high`` before ``normal``):
+
+1. quiet hours and daily caps, in each device's time zone: hold (``queued`` until a time) or
+   drop (``dropped(capped)``);
+2. pacing: the rest get publish slots ``1/rate`` apart; all but the first are held until their
+   slot, and the scheduler releases them;
+3. publish QoS 1 retained to each inbox (or once on the broadcast topic), then ``published``;
+4. re-push timers, and the per-device inbox bound: beyond it the oldest waiting message is
+   cleared and ``dropped(inbox_full)``.
+
+Nothing is lost if the process dies between commit and publish: :meth:`recover` re-publishes
+every undelivered, unexpired delivery of an active message at start.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
+from bridge.policy import DeviceGate, SendPolicy, gate, local_midnight
 from bridge.publisher import Publisher
 from mqttpush import topics
+from mqttpush.clock import Clock, SystemClock
 from mqttpush.models import DeliveryState
 from mqttpush.store import Store
 
@@ -19,7 +37,7 @@ _CONCURRENCY = 256
 
 @dataclass(frozen=True, slots=True)
 class Outbound:
-    """A committed message and the devices whose deliveries still have to be published."""
+    """A committed message and the devices whose deliveries are to be published now."""
 
     msg_id: str
     app_key: str
@@ -27,28 +45,30 @@ class Outbound:
     device_ids: tuple[str, ...]
     broadcast: bool = False
     """Publish once on the app's broadcast topic instead of once per device."""
+    policy: SendPolicy = field(default_factory=SendPolicy)
+    released: bool = False
+    """A hold that ended: pacing already gave these their slot (quiet hours and caps are checked again)."""
 
 
 class Dispatcher:
-    """Publishes each delivery QoS 1, retained, to the device's inbox topic, then records it.
-
-    Nothing is lost if the process dies between commit and publish: :meth:`recover` re-publishes
-    every undelivered, unexpired delivery from the store at start.
-    """
-
-    def __init__(self, store: Store, publisher: Publisher) -> None:
+    def __init__(self, store: Store, publisher: Publisher, clock: Clock | None = None) -> None:
         self._store = store
         self._publisher = publisher
-        self._queue: asyncio.Queue[Outbound] = asyncio.Queue()
+        self._clock = clock or SystemClock()
+        self._queue: asyncio.PriorityQueue[tuple[int, int, Outbound]] = asyncio.PriorityQueue()
+        self._seq = itertools.count()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._pace_next: dict[str, float] = {}
+        self.on_hold: Callable[[], None] | None = None
+        """Told when deliveries are held, so the scheduler wakes for the earliest release."""
 
     def submit(self, out: Outbound) -> None:
         self._idle.clear()
-        self._queue.put_nowait(out)
+        self._queue.put_nowait((out.policy.priority, next(self._seq), out))
 
     async def drained(self) -> None:
-        """Wait until everything submitted so far is published and recorded."""
+        """Wait until everything submitted so far is published (or held) and recorded."""
         await self._idle.wait()
 
     async def recover(self) -> int:
@@ -62,7 +82,7 @@ class Dispatcher:
             await self._publisher.publish(
                 topics.inbox_topic(p.app_key, p.device_id, p.msg_id), p.payload, qos=1, retain=True
             )
-        fresh = [(p.msg_id, p.device_id) for p in inbox if p.state is DeliveryState.ACCEPTED]
+        fresh = [(p.msg_id, p.device_id) for p in inbox if p.state is not DeliveryState.PUBLISHED]
         if fresh:
             await self._store.run(self._store.transition, fresh, DeliveryState.PUBLISHED)
         if pending:
@@ -71,32 +91,105 @@ class Dispatcher:
 
     async def run(self) -> None:
         while True:
-            batch = [await self._queue.get()]
+            batch = [(await self._queue.get())[2]]
             while not self._queue.empty() and len(batch) < _BATCH:
-                batch.append(self._queue.get_nowait())
-            published: list[tuple[str, str]] = []
+                batch.append(self._queue.get_nowait()[2])
             for out in batch:
                 if out.broadcast:
                     await self._publish_broadcast(out)
                     continue
-                for i in range(0, len(out.device_ids), _CONCURRENCY):
-                    chunk = out.device_ids[i : i + _CONCURRENCY]
+                device_ids = await self._apply_policy(out)
+                published: list[tuple[str, str]] = []
+                for i in range(0, len(device_ids), _CONCURRENCY):
+                    chunk = device_ids[i : i + _CONCURRENCY]
                     # Many publishes in flight at once: over a socket (split mode) each waits for its PUBACK.
                     results = await asyncio.gather(
                         *(self._publish_inbox(out, d) for d in chunk), return_exceptions=True
                     )
                     for device_id, result in zip(chunk, results, strict=True):
                         if isinstance(result, BaseException):
-                            # The delivery stays `accepted` in the store; the next start re-publishes it.
+                            # The delivery stays pending in the store; the next start re-publishes it.
                             log.error(
                                 "publish failed msg_id=%s device_id=%s: %r", out.msg_id, device_id, result
                             )
                         else:
                             published.append((out.msg_id, device_id))
-            if published:
-                await self._store.run(self._store.transition, published, DeliveryState.PUBLISHED)
+                if published:
+                    moved = await self._store.run(self._store.transition, published, DeliveryState.PUBLISHED)
+                    if len(moved) != len(published):
+                        await self._take_back(set(published) - set(moved))
+                    await self._after_publish(out, [d for _, d in moved])
             if self._queue.empty():
                 self._idle.set()
+
+    async def _apply_policy(self, out: Outbound) -> tuple[str, ...]:
+        """Quiet hours, caps and pacing: which devices get it now (the others are held or dropped)."""
+        sp, store, now = out.policy, self._store, self._clock.now()
+        devices = list(out.device_ids)
+        holds: dict[str, tuple[float, str]] = {}
+        drops: list[str] = []
+        if sp.gated:
+            zones = await store.run(store.device_zones, devices)
+            sent: dict[str, int] = {}
+            if sp.daily_cap is not None:
+                sent = await store.run(
+                    store.sent_since, {d: local_midnight(now, zones.get(d)) for d in devices}
+                )
+            now_ok = []
+            for d in devices:
+                decision: DeviceGate = gate(
+                    now, zones.get(d), sp.quiet, sp.daily_cap, sent.get(d, 0), sp.over_cap
+                )
+                if decision.action == "send":
+                    now_ok.append(d)
+                elif decision.action == "drop":
+                    drops.append(d)
+                else:
+                    assert decision.until is not None and decision.reason is not None
+                    holds[d] = (decision.until, decision.reason)
+            devices = now_ok
+        if sp.pace is not None and devices and not out.released:
+            interval = 1.0 / sp.pace.rate(len(devices))
+            slot = max(now, self._pace_next.get(out.msg_id, now))
+            first_now = []
+            for d in devices:
+                if slot <= now:
+                    first_now.append(d)
+                else:
+                    holds[d] = (slot, "paced")
+                slot += interval
+            self._pace_next[out.msg_id] = slot
+            devices = first_now
+        if drops:
+            await store.run(store.drop, out.msg_id, drops, "capped")
+        if holds:
+            await store.run(store.hold, out.msg_id, holds)
+            if self.on_hold is not None:
+                self.on_hold()
+        return tuple(devices)
+
+    async def _take_back(self, keys: set[tuple[str, str]]) -> None:
+        """Deliveries cancelled, recalled or expired while their publish was in flight: clear them again."""
+        ended = await self._store.run(self._store.ended, list(keys))
+        for app_key, device_id, msg_id in ended:
+            await self._publisher.clear_retained(topics.inbox_topic(app_key, device_id, msg_id))
+
+    async def _after_publish(self, out: Outbound, device_ids: list[str]) -> None:
+        if not device_ids:
+            return
+        sp, store = out.policy, self._store
+        if sp.repush_after is not None:
+            await store.run(
+                store.set_repush, [(out.msg_id, d) for d in device_ids], self._clock.now() + sp.repush_after
+            )
+            if self.on_hold is not None:
+                self.on_hold()
+        overflow = await store.run(store.inbox_overflow, device_ids, sp.inbox_limit)
+        for app_key, device_id, msg_id in overflow:
+            await self._publisher.clear_retained(topics.inbox_topic(app_key, device_id, msg_id))
+            await store.run(store.drop, msg_id, [device_id], "inbox_full")
+        if overflow:
+            log.info("inbox bound: dropped=%d", len(overflow))
 
     async def _publish_inbox(self, out: Outbound, device_id: str) -> None:
         topic = topics.inbox_topic(out.app_key, device_id, out.msg_id)

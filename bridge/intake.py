@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import json
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from bridge import templates
 from bridge.dispatcher import Dispatcher, Outbound
-from bridge.targets import AliasTarget, BroadcastTarget, DevicesTarget, FileTarget, Target, parse_target
+from bridge.policy import Schedule, SendPolicy
+from bridge.publisher import Publisher
+from bridge.targets import AliasTarget, BroadcastTarget, DevicesTarget, FileTarget, parse_target
 from bridge.tasks import TaskRunner
-from mqttpush import ids
+from mqttpush import ids, topics
 from mqttpush.clock import Clock
 from mqttpush.envelope import RICH_FIELDS, Envelope
-from mqttpush.errors import InvalidContent, NotFound
+from mqttpush.errors import Conflict, InvalidContent, MqttPushError, NotFound
 from mqttpush.models import App, BatchRequest, Content, Notification, Policy, PushRequest
 from mqttpush.store import Store
+from mqttpush.store.policy import MessageRecord
+
+log = logging.getLogger("mqttpush.intake")
 
 DEFAULT_TTL = 3 * 24 * 3600
 MAX_TTL = 10 * 24 * 3600
@@ -50,6 +58,8 @@ class Intake:
         self._tasks = tasks
         self._clock = clock
         self.limits = limits or Limits()
+        self.on_scheduled: Callable[[], None] | None = None
+        """Told when a message is stored for later (draft, start time, series): the scheduler wakes."""
 
     # --- content -----------------------------------------------------------------------------------
 
@@ -144,33 +154,180 @@ class Intake:
 
     async def push(self, app: App, req: PushRequest) -> dict[str, str]:
         """Accept one push. Returns ``{"msg_id"}`` (devices, aliases) or ``{"task_id", "msg_id"}`` (groups)
-        once the message is committed to the store."""
+        once the message is committed to the store. The same ``biz_id`` returns the same answer."""
+        store = self._store
+        if req.policy.biz_id is not None:
+            known = await store.run(store.find_biz_id, app.app_key, req.policy.biz_id)
+            if known is not None:
+                return known
         target = parse_target(req.target)
         ttl = self._ttl(req.policy)
         body = self._body(req, await self._template(app, req), req.vars or {})
+        policy = req.policy.model_dump(exclude_none=True) | {"ttl": ttl}
+        settings = await store.run(store.app_settings, app.app_key)
+        send = SendPolicy.of(policy, settings)
+        schedule = Schedule.parse(req.policy.schedule) if req.policy.schedule is not None else None
+        now = self._clock.now()
         production = req.policy.production
         if isinstance(target, FileTarget):
-            await self._store.run(self._store.file_info, app.app_key, target.file_id)  # 404 before accepting
+            await store.run(store.file_info, app.app_key, target.file_id)  # 404 before accepting
+        device_ids: list[str] = []
+        if not target.is_task and schedule is None:
+            assert isinstance(target, DevicesTarget | AliasTarget)
+            device_ids = await self._devices_now(app, target, production)
+        msg_id = ids.new_msg_id(now)
+        start = max(req.policy.start_at or now, now)
+        if schedule is not None:
+            first = schedule.next_after(max(now, start) - 60 if req.policy.start_at else now)
+            if first is None:
+                raise InvalidContent("policy.schedule has no future occurrence", code="bad_schedule")
+            start = first
+        payload = self._envelope(app, msg_id, body, start, ttl)
+        needs_approval = bool(req.policy.approval or settings.get("require_approval"))
+        state = (
+            "draft" if needs_approval else ("scheduled" if start > now or schedule is not None else "active")
+        )
+        task_id = "t" + msg_id if target.is_task and schedule is None else None
+        fanout = "topic" if isinstance(target, BroadcastTarget) and production else "inbox"
+        try:
+            await store.run(
+                store.accept_message,
+                msg_id=msg_id,
+                app_key=app.app_key,
+                kind=target.kind,
+                target=req.target,
+                envelope=payload,
+                policy=policy,
+                expires_at=start + ttl,
+                device_ids=device_ids,
+                fanout=fanout,
+                task_id=task_id,
+                state=state,
+                priority=send.priority,
+                next_run_at=start if state != "active" else None,
+            )
+        except Conflict:  # the same biz_id, accepted by a concurrent request
+            assert req.policy.biz_id is not None
+            known = await store.run(store.find_biz_id, app.app_key, req.policy.biz_id)
+            if known is None:
+                raise
+            return known
+        result = {"task_id": task_id, "msg_id": msg_id} if task_id else {"msg_id": msg_id}
+        if state == "active":
+            self._dispatch(app.app_key, msg_id, payload, device_ids, task_id, send)
+        elif self.on_scheduled is not None:
+            self.on_scheduled()
+        return result
+
+    def _dispatch(
+        self,
+        app_key: str,
+        msg_id: str,
+        payload: bytes,
+        device_ids: list[str],
+        task_id: str | None,
+        send: SendPolicy,
+    ) -> None:
+        if task_id is not None:
+            self._tasks.start(task_id, send)
+        else:
+            self._dispatcher.submit(Outbound(msg_id, app_key, payload, tuple(device_ids), policy=send))
+
+    async def activate(self, msg_id: str) -> None:
+        """A scheduled (or approved) message whose time has come goes out; a series sends one occurrence."""
+        store = self._store
+        rec = await store.run(store.message_record, msg_id)
+        if rec is None or rec.state not in ("scheduled", "approved"):
+            return
+        now = self._clock.now()
+        settings = await store.run(store.app_settings, rec.app_key)
+        send = SendPolicy.of(rec.policy, settings)
+        ttl = int(rec.policy.get("ttl", self.limits.default_ttl))
+        if rec.policy.get("schedule") is not None:
+            schedule = Schedule.parse(rec.policy["schedule"])
+            try:
+                await self._occurrence(rec, now, ttl, send)
+            except MqttPushError as exc:  # e.g. every alias unbound since: skip this one, keep the series
+                log.warning("series %s: occurrence skipped: %s", msg_id, exc.message)
+            nxt = schedule.next_after(now, rec.occurrences + 1)
+            await store.run(store.set_message_state, msg_id, "scheduled" if nxt else "done", nxt)
+            return
+        payload = _restamp(rec.envelope, msg_id, now, ttl)
+        await store.run(store.activate, msg_id, payload, now + ttl)
+        devices = [] if rec.task_id else await store.run(store.accepted_devices, msg_id)
+        self._dispatch(rec.app_key, msg_id, payload, devices, rec.task_id, send)
+
+    async def cancel(self, app: App, msg_id: str) -> None:
+        """Stop a message not yet (fully) sent: a draft, a scheduled send, a series, a running task."""
+        task_id, _ = await self._store.run(self._store.cancel_message, app.app_key, msg_id)
+        if task_id:
+            self._tasks.cancelled(task_id)
+
+    async def recall(self, app: App, msg_id: str, publisher: Publisher) -> int:
+        """Take a message back from devices that have not opened it: its retained copy is replaced by a
+        ``revoke`` envelope the device client honours. Returns how many devices were told."""
+        fanout, devices = await self._store.run(self._store.recall, app.app_key, msg_id)
+        revoke = json.dumps(
+            {
+                "id": msg_id,
+                "app": app.app_key,
+                "type": "revoke",
+                "revokes": msg_id,
+                "sent_at": self._clock.now(),
+            },
+            separators=(",", ":"),
+        ).encode()
+        if fanout == "topic":
+            await publisher.publish(topics.broadcast_topic(app.app_key, msg_id), revoke, qos=1, retain=True)
+        else:
+            for device_id in devices:
+                await publisher.publish(
+                    topics.inbox_topic(app.app_key, device_id, msg_id), revoke, qos=1, retain=True
+                )
+        return len(devices)
+
+    async def _occurrence(self, rec: MessageRecord, now: float, ttl: int, send: SendPolicy) -> None:
+        store = self._store
+        app = await store.run(store.get_app, rec.app_key)
+        assert app is not None
+        target = parse_target(rec.target)
+        production = bool(rec.policy.get("production", True))
         device_ids: list[str] = []
         if not target.is_task:
             assert isinstance(target, DevicesTarget | AliasTarget)
             device_ids = await self._devices_now(app, target, production)
-        now = self._clock.now()
-        msg_id = ids.new_msg_id(now)
-        payload = self._envelope(app, msg_id, body, now, ttl)
-        task_id = "t" + msg_id if target.is_task else None
-        fanout = "topic" if isinstance(target, BroadcastTarget) and production else "inbox"
-        await self._commit(
-            app, msg_id, target, req.target, payload, req.policy, ttl, now, device_ids, fanout, task_id
+        child = ids.new_msg_id(now)
+        payload = _restamp(rec.envelope, child, now, ttl)
+        task_id = "t" + child if target.is_task else None
+        policy = {
+            k: v for k, v in rec.policy.items() if k not in ("schedule", "start_at", "approval", "biz_id")
+        }
+        await store.run(
+            store.accept_message,
+            msg_id=child,
+            app_key=rec.app_key,
+            kind=target.kind,
+            target=rec.target,
+            envelope=payload,
+            policy=policy,
+            expires_at=now + ttl,
+            device_ids=device_ids,
+            fanout=rec.fanout,
+            task_id=task_id,
+            priority=send.priority,
+            parent_msg_id=rec.msg_id,
         )
-        if task_id is not None:
-            self._tasks.start(task_id)
-            return {"task_id": task_id, "msg_id": msg_id}
-        self._dispatcher.submit(Outbound(msg_id, app.app_key, payload, tuple(device_ids)))
-        return {"msg_id": msg_id}
+        self._dispatch(rec.app_key, child, payload, device_ids, task_id, send)
 
     async def push_batch(self, app: App, req: BatchRequest) -> list[str]:
-        """One message per item, each rendered with the item's variables; all validated before any is stored."""
+        """One message per item, each rendered with the item's variables; all validated before any is stored.
+
+        A batch goes out now: schedules, approval and idempotency keys belong to single pushes."""
+        later = [
+            k for k in ("schedule", "start_at", "approval", "biz_id") if getattr(req.policy, k) is not None
+        ]
+        if later:
+            raise InvalidContent(f"policy.{later[0]} is not available for batch pushes", code="bad_policy")
         ttl = self._ttl(req.policy)
         template = await self._template(app, req)
         prepared = []
@@ -189,42 +346,32 @@ class Intake:
             body = self._body(req, template, (req.vars or {}) | item.vars)
             device_ids = await self._devices_now(app, target, req.policy.production)
             prepared.append((target, raw_target, body, device_ids))
+        policy = req.policy.model_dump(exclude_none=True) | {"ttl": ttl}
+        send = SendPolicy.of(policy, await self._store.run(self._store.app_settings, app.app_key))
         msg_ids = []
         for target, raw_target, body, device_ids in prepared:
             now = self._clock.now()
             msg_id = ids.new_msg_id(now)
             payload = self._envelope(app, msg_id, body, now, ttl)
-            await self._commit(
-                app, msg_id, target, raw_target, payload, req.policy, ttl, now, device_ids, "inbox", None
+            await self._store.run(
+                self._store.accept_message,
+                msg_id=msg_id,
+                app_key=app.app_key,
+                kind=target.kind,
+                target=raw_target,
+                envelope=payload,
+                policy=policy,
+                expires_at=now + ttl,
+                device_ids=device_ids,
+                priority=send.priority,
             )
-            self._dispatcher.submit(Outbound(msg_id, app.app_key, payload, tuple(device_ids)))
+            self._dispatch(app.app_key, msg_id, payload, device_ids, None, send)
             msg_ids.append(msg_id)
         return msg_ids
 
-    async def _commit(
-        self,
-        app: App,
-        msg_id: str,
-        target: Target,
-        raw_target: dict[str, Any],
-        payload: bytes,
-        policy: Policy,
-        ttl: int,
-        now: float,
-        device_ids: list[str],
-        fanout: str,
-        task_id: str | None,
-    ) -> None:
-        await self._store.run(
-            self._store.accept_message,
-            msg_id=msg_id,
-            app_key=app.app_key,
-            kind=target.kind,
-            target=raw_target,
-            envelope=payload,
-            policy=policy.model_dump(exclude_none=True) | {"ttl": ttl},
-            expires_at=now + ttl,
-            device_ids=device_ids,
-            fanout=fanout,
-            task_id=task_id,
-        )
+
+def _restamp(envelope: bytes, msg_id: str, sent_at: float, ttl: int) -> bytes:
+    """The stored envelope, sent now: its id, ``sent_at`` and ``expires_at`` follow."""
+    doc = json.loads(envelope)
+    doc.update(id=msg_id, sent_at=sent_at, expires_at=sent_at + ttl)
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()

@@ -1,25 +1,79 @@
-"""Time-driven work of the bridge: TTL expiry today."""
+"""Time-driven work of the bridge, on an injectable clock: TTL expiry, scheduled and recurring
+sends, approved drafts, held deliveries (quiet hours, caps, pacing) and re-pushes."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
+from typing import Any
 
+from bridge.dispatcher import Dispatcher, Outbound
+from bridge.intake import Intake
+from bridge.policy import SendPolicy
 from bridge.publisher import Publisher
 from mqttpush import topics
+from mqttpush.clock import Clock
 from mqttpush.store import Store
+from mqttpush.store.policy import DueDelivery
 
 log = logging.getLogger("mqttpush.scheduler")
 
 
 class Scheduler:
-    def __init__(self, store: Store, publisher: Publisher, interval: float = 5.0) -> None:
+    def __init__(
+        self,
+        store: Store,
+        publisher: Publisher,
+        dispatcher: Dispatcher,
+        intake: Intake,
+        clock: Clock,
+        interval: float = 5.0,
+    ) -> None:
         self._store = store
         self._publisher = publisher
+        self._dispatcher = dispatcher
+        self._intake = intake
+        self._clock = clock
         self._interval = interval
+        self._wake = asyncio.Event()
+        self._pass = asyncio.Lock()  # one pass at a time, whoever asks for it
+
+    def wake(self) -> None:
+        """Something new may be due sooner than the scheduler planned to look."""
+        self._wake.set()
+
+    async def tick(self) -> None:
+        """One pass over everything due now."""
+        async with self._pass:
+            await self.sweep()
+            for msg_id in await self._store.run(self._store.due_messages):
+                await self._intake.activate(msg_id)
+            await self._release_held()
+            await self._repush()
+
+    async def run(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                await self.tick()
+            except Exception:
+                log.exception("scheduler pass failed")
+            nxt = await self._store.run(self._store.next_wakeup)
+            delay = self._interval if nxt is None else min(self._interval, max(0.0, nxt - self._clock.now()))
+            sleeping = asyncio.ensure_future(self._clock.sleep(delay))
+            woken = asyncio.ensure_future(self._wake.wait())
+            try:
+                await asyncio.wait({sleeping, woken}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for fut in (sleeping, woken):
+                    fut.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await fut
 
     async def sweep(self) -> int:
-        """Expire deliveries past their TTL and clear their retained inbox topics."""
+        """Expire deliveries past their TTL and clear their retained topics."""
         inboxes, broadcasts = await self._store.run(self._store.expire_due)
         for app_key, device_id, msg_id in inboxes:
             await self._publisher.clear_retained(topics.inbox_topic(app_key, device_id, msg_id))
@@ -29,7 +83,52 @@ class Scheduler:
             log.info("expired inboxes=%d broadcasts=%d", len(inboxes), len(broadcasts))
         return len(inboxes) + len(broadcasts)
 
-    async def run(self) -> None:
-        while True:
-            await self.sweep()
-            await asyncio.sleep(self._interval)
+    async def _policies(self, due: list[DueDelivery]) -> dict[str, SendPolicy]:
+        settings: dict[str, dict[str, Any]] = {}
+        out: dict[str, SendPolicy] = {}
+        for d in due:
+            if d.msg_id not in out:
+                if d.app_key not in settings:
+                    settings[d.app_key] = await self._store.run(self._store.app_settings, d.app_key)
+                out[d.msg_id] = SendPolicy.of(d.policy, settings[d.app_key])
+        return out
+
+    async def _release_held(self) -> None:
+        due = await self._store.run(self._store.due_held)
+        policies = await self._policies(due)
+        by_msg: dict[str, list[DueDelivery]] = {}
+        for d in due:
+            by_msg.setdefault(d.msg_id, []).append(d)
+        for msg_id, items in by_msg.items():
+            first = items[0]
+            self._dispatcher.submit(
+                Outbound(
+                    msg_id,
+                    first.app_key,
+                    first.envelope,
+                    tuple(d.device_id for d in items),
+                    policy=policies[msg_id],
+                    released=True,
+                )
+            )
+
+    async def _repush(self) -> None:
+        due = await self._store.run(self._store.due_repushes)
+        policies = await self._policies(due)
+        for d in due:
+            sp = policies[d.msg_id]
+            if d.fanout == "topic":  # a broadcast is not re-pushed device by device
+                await self._store.run(self._store.mark_repushed, d.msg_id, d.device_id, None)
+                continue
+            count = d.repushes + 1
+            envelope = json.loads(d.envelope) | {"repush": count}
+            payload = json.dumps(envelope, ensure_ascii=False, separators=(",", ":")).encode()
+            topic = (
+                topics.broadcast_topic(d.app_key, d.msg_id)
+                if d.fanout == "topic"
+                else topics.inbox_topic(d.app_key, d.device_id, d.msg_id)
+            )
+            await self._publisher.publish(topic, payload, qos=1, retain=True)
+            more = count < sp.repush_max and sp.repush_after is not None
+            nxt = self._clock.now() + sp.repush_after if more and sp.repush_after is not None else None
+            await self._store.run(self._store.mark_repushed, d.msg_id, d.device_id, nxt)

@@ -10,11 +10,13 @@ running when the process died is resumed at start; delivery inserts are idempote
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections.abc import AsyncIterator
 
 from bridge import tagexpr
 from bridge.dispatcher import Dispatcher, Outbound
+from bridge.policy import SendPolicy
 from bridge.targets import AudienceTarget, FileTarget, Target, filter_matches, parse_target
 from mqttpush.clock import Clock
 from mqttpush.store import Store
@@ -30,11 +32,14 @@ class TaskRunner:
         self._dispatcher = dispatcher
         self._clock = clock
         self._batch = batch
-        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._queue: asyncio.PriorityQueue[tuple[int, int, str, SendPolicy | None]] = asyncio.PriorityQueue()
+        self._seq = itertools.count()
         self._cancelled: set[str] = set()
 
-    def start(self, task_id: str) -> None:
-        self._queue.put_nowait(task_id)
+    def start(self, task_id: str, policy: SendPolicy | None = None) -> None:
+        """Resolve a task's audience in the background (``high`` priority tasks first)."""
+        priority = policy.priority if policy is not None else 1
+        self._queue.put_nowait((priority, next(self._seq), task_id, policy))
 
     def cancelled(self, task_id: str) -> None:
         """The store already says cancelled; stop adding deliveries at the next batch."""
@@ -53,35 +58,51 @@ class TaskRunner:
 
     async def run(self) -> None:
         while True:
-            task_id = await self._queue.get()
+            _, _, task_id, policy = await self._queue.get()
             try:
-                await self._execute(task_id)
+                await self._execute(task_id, policy)
             except Exception as exc:
                 log.exception("task failed task_id=%s", task_id)
                 await self._store.run(self._store.finish_task, task_id, "failed", repr(exc))
             finally:
                 self._queue.task_done()
 
-    async def _execute(self, task_id: str) -> None:
-        rec = await self._store.run(self._store.task_record, task_id)
+    async def _execute(self, task_id: str, policy: SendPolicy | None) -> None:
+        store = self._store
+        rec = await store.run(store.task_record, task_id)
         if rec is None or rec.state not in ("pending", "running"):
             return
+        if policy is None:  # resumed after a restart
+            policy = SendPolicy.of(rec.policy, await store.run(store.app_settings, rec.app_key))
         target = parse_target(rec.target)
         production = bool(rec.policy.get("production", True))
         targeted = 0
+        # Spreading over N minutes needs the audience's size: collect it first, then hand it on whole.
+        collect = policy.pace is not None and policy.pace.over_seconds is not None
+        collected: list[str] = []
         async for device_ids in self._audience(rec.app_key, target, production):
             if task_id in self._cancelled:
                 log.info("task cancelled task_id=%s targeted=%d", task_id, targeted)
                 return
-            fresh = await self._store.run(self._store.add_task_deliveries, task_id, rec.msg_id, device_ids)
+            fresh = await store.run(store.add_task_deliveries, task_id, rec.msg_id, device_ids)
             targeted += len(fresh)
-            if fresh and rec.fanout == "inbox":
-                self._dispatcher.submit(Outbound(rec.msg_id, rec.app_key, rec.payload, tuple(fresh)))
+            if collect:
+                collected += fresh
+            elif fresh and rec.fanout == "inbox":
+                self._dispatcher.submit(
+                    Outbound(rec.msg_id, rec.app_key, rec.payload, tuple(fresh), policy=policy)
+                )
             await asyncio.sleep(0)  # let API requests in between batches
         if task_id in self._cancelled:
             return
+        if collected and rec.fanout == "inbox":
+            self._dispatcher.submit(
+                Outbound(rec.msg_id, rec.app_key, rec.payload, tuple(collected), policy=policy)
+            )
         if rec.fanout == "topic":
-            self._dispatcher.submit(Outbound(rec.msg_id, rec.app_key, rec.payload, (), broadcast=True))
+            self._dispatcher.submit(
+                Outbound(rec.msg_id, rec.app_key, rec.payload, (), broadcast=True, policy=policy)
+            )
         await self._store.run(self._store.finish_task, task_id, "done")
         log.info("task resolved task_id=%s kind=%s targeted=%d", task_id, rec.kind, targeted)
 

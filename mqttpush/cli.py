@@ -485,6 +485,7 @@ def device_show(device_id: str, url: str, app_key: str, app_secret: str, as_json
 @click.option("--app-version", default=None)
 @click.option("--channel", default=None)
 @click.option("--locale", default=None)
+@click.option("--timezone", default=None, help="IANA name, for quiet hours and daily caps (Europe/Berlin).")
 @json_option
 def device_update(
     device_id: str,
@@ -495,6 +496,7 @@ def device_update(
     app_version: str | None,
     channel: str | None,
     locale: str | None,
+    timezone: str | None,
     as_json: bool,
 ) -> None:
     """Change a device's attributes (what filters and test pushes select on)."""
@@ -507,12 +509,13 @@ def device_update(
             ("app_version", app_version),
             ("channel", channel),
             ("locale", locale),
+            ("timezone", timezone),
         )
         if v is not None
     }
     if not attrs:
         raise click.UsageError(
-            "nothing to change: give --test/--no-test, --app-version, --channel or --locale"
+            "nothing to change: give --test/--no-test, --app-version, --channel, --locale or --timezone"
         )
     with _errors(), PushClient(url, app_key, app_secret) as client:
         doc = client.update_device(device_id, **attrs)
@@ -854,6 +857,14 @@ def _wait_for_task(client: Any, task_id: str, show: bool) -> dict[str, Any]:
     "--ttl", type=click.IntRange(1), default=None, help="Seconds the message may wait (default 3 days)."
 )
 @click.option("--biz-id", default=None, help="Idempotency key.")
+@click.option("--priority", type=click.Choice(["high", "normal"]), default=None)
+@click.option("--start-at", type=float, default=None, help="Unix seconds: send later.")
+@click.option(
+    "--policy",
+    "policy_json",
+    default=None,
+    help='More policy as JSON, e.g. \'{"repush": {"after": 3600, "max": 2}}\' (docs/delivery.md).',
+)
 @click.option(
     "--strategy", type=click.Choice(["mqtt", "mqtt_else_vendor", "vendor_first", "vendor"]), default=None
 )
@@ -883,6 +894,9 @@ def push(
     vars_file: Path | None,
     ttl: int | None,
     biz_id: str | None,
+    priority: str | None,
+    start_at: float | None,
+    policy_json: str | None,
     strategy: str | None,
     production: bool,
     wait: bool,
@@ -922,7 +936,20 @@ def push(
         request["template"] = template
     if variables:
         request["vars"] = _vars(variables)
-    policy = {k: v for k, v in (("ttl", ttl), ("biz_id", biz_id), ("strategy", strategy)) if v is not None}
+    extra = _json_arg(policy_json, "--policy")
+    if extra is not None and not isinstance(extra, dict):
+        raise click.BadParameter("must be a JSON object", param_hint="--policy")
+    policy = (extra or {}) | {
+        k: v
+        for k, v in (
+            ("ttl", ttl),
+            ("biz_id", biz_id),
+            ("strategy", strategy),
+            ("priority", priority),
+            ("start_at", start_at),
+        )
+        if v is not None
+    }
     if not production:
         policy["production"] = False
     if policy:
@@ -1043,6 +1070,93 @@ def template_list(url: str, app_key: str, app_secret: str, as_json: bool) -> Non
     with _errors(), PushClient(url, app_key, app_secret) as client:
         docs = client.templates()
     _emit({"templates": docs}, as_json, lambda: click.echo("\n".join(d["name"] for d in docs)))
+
+
+def _message_command(name: str, doc: str, call: Callable[[Any, str], dict[str, Any]]) -> None:
+    @main.command(name, help=doc)
+    @click.argument("msg_id")
+    @_auth_options
+    @json_option
+    def command(msg_id: str, url: str, app_key: str, app_secret: str, as_json: bool) -> None:
+        from mqttpush.client import PushClient
+
+        with _errors(), PushClient(url, app_key, app_secret) as client:
+            doc = call(client, msg_id)
+        _emit(doc, as_json, lambda: click.echo(f"{msg_id}: {doc.get('state', doc)}"))
+
+
+_message_command(
+    "cancel",
+    "Stop a message not yet (fully) sent: a draft, a scheduled send, a series, a running task.",
+    lambda c, m: c.cancel(m),
+)
+_message_command(
+    "recall",
+    "Take a sent message back from devices that have not opened it (revoke).",
+    lambda c, m: c.recall(m),
+)
+
+
+@main.command()
+@click.argument("msg_id")
+@click.option("--by", "approver", required=True, help="Who approves (kept with the message).")
+@_auth_options
+@json_option
+def approve(msg_id: str, approver: str, url: str, app_key: str, app_secret: str, as_json: bool) -> None:
+    """Approve a draft: it goes out at its start time (or now)."""
+    from mqttpush.client import PushClient
+
+    with _errors(), PushClient(url, app_key, app_secret) as client:
+        doc = client.approve(msg_id, approver)
+    _emit(doc, as_json, lambda: click.echo(f"{msg_id}: {doc['state']} by {doc['approved_by']}"))
+
+
+@app.command("settings")
+@_auth_options
+@click.option("--require-approval/--no-require-approval", default=None, help="Every push starts as a draft.")
+@click.option("--quiet-hours", default=None, help="HH:MM-HH:MM in each device's time zone; 'off' to clear.")
+@click.option(
+    "--daily-cap", type=click.IntRange(0), default=None, help="Pushes per device per local day; 0 = none."
+)
+@click.option("--over-cap", type=click.Choice(["hold", "drop"]), default=None)
+@click.option("--inbox-limit", type=click.IntRange(1, 100_000), default=None)
+@json_option
+def app_settings(
+    url: str,
+    app_key: str,
+    app_secret: str,
+    require_approval: bool | None,
+    quiet_hours: str | None,
+    daily_cap: int | None,
+    over_cap: str | None,
+    inbox_limit: int | None,
+    as_json: bool,
+) -> None:
+    """Show (no options) or change the app's delivery policy defaults."""
+    from mqttpush.client import PushClient
+
+    with _errors(), PushClient(url, app_key, app_secret) as client:
+        settings = client.settings()
+        changes: dict[str, Any] = {}
+        if require_approval is not None:
+            changes["require_approval"] = require_approval
+        if quiet_hours is not None:
+            if quiet_hours == "off":
+                changes["quiet_hours"] = None
+            else:
+                start, sep, end = quiet_hours.partition("-")
+                if not sep:
+                    raise click.BadParameter("use HH:MM-HH:MM or off", param_hint="--quiet-hours")
+                changes["quiet_hours"] = {"start": start, "end": end}
+        if daily_cap is not None:
+            changes["daily_cap"] = daily_cap or None
+        if over_cap is not None:
+            changes["over_cap"] = over_cap
+        if inbox_limit is not None:
+            changes["inbox_limit"] = inbox_limit
+        if changes:
+            settings = client.put_settings(settings | changes)
+    _emit(settings, as_json, lambda: click.echo("\n".join(f"{k}: {v}" for k, v in settings.items())))
 
 
 @main.command()

@@ -67,6 +67,35 @@ class PushClient:
         result: dict[str, Any] = self._call("GET", f"/api/v1/messages/{msg_id}")
         return result
 
+    def messages(self, state: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        query = f"/api/v1/messages?limit={limit}" + (f"&state={state}" if state else "")
+        result: list[dict[str, Any]] = self._call("GET", query)["messages"]
+        return result
+
+    def cancel(self, msg_id: str) -> dict[str, Any]:
+        """Stop a message not yet (fully) sent: draft, scheduled, series, running task."""
+        result: dict[str, Any] = self._call("DELETE", f"/api/v1/messages/{msg_id}")
+        return result
+
+    def approve(self, msg_id: str, approver: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call(
+            "POST", f"/api/v1/messages/{msg_id}/approve", {"approver": approver}
+        )
+        return result
+
+    def recall(self, msg_id: str) -> dict[str, Any]:
+        """Take a sent message back from the devices that have not opened it."""
+        result: dict[str, Any] = self._call("POST", f"/api/v1/messages/{msg_id}/recall")
+        return result
+
+    def settings(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", "/api/v1/settings")
+        return result
+
+    def put_settings(self, settings: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("PUT", "/api/v1/settings", settings)
+        return result
+
     def push_batch(self, request: dict[str, Any]) -> list[str]:
         """``POST /api/v1/push/batch`` → one msg_id per item, in order."""
         result: list[str] = self._call("POST", "/api/v1/push/batch", request)["msg_ids"]

@@ -8,7 +8,9 @@
     client.disconnect()
 
 Messages may come twice (MQTT redelivery, a retained copy after reconnect): the client
-drops repeats by envelope ``id`` before calling ``on_message``.
+drops repeats by envelope ``id`` before calling ``on_message``; a re-push of a notification
+not opened yet (``"repush": n``) is shown again. A ``revoke`` envelope (the app recalled the
+message) calls ``on_revoke(msg_id)``.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class DeviceClient:
         device_id: str,
         device_token: str,
         on_message: OnMessage | None = None,
+        on_revoke: Callable[[str], None] | None = None,
         clean_session: bool = True,
         keepalive: int = 60,
         auto_arrived: bool = True,
@@ -51,6 +54,7 @@ class DeviceClient:
         self.app_key = app_key
         self.device_id = device_id
         self.on_message = on_message
+        self.on_revoke = on_revoke
         self.auto_arrived = auto_arrived
         self._host, self._port, self._keepalive = host, port, keepalive
         self._seen: OrderedDict[str, None] = OrderedDict()
@@ -168,11 +172,22 @@ class DeviceClient:
         if env is None:
             return  # an empty publish clears a retained inbox topic; nothing to show
         msg_id = env["id"]
+        if env.get("type") == "revoke":
+            # The app took the message back: take it off the screen, and acknowledge the revoke.
+            if self.on_revoke is not None:
+                try:
+                    self.on_revoke(str(env.get("revokes", msg_id)))
+                except Exception:
+                    log.exception("on_revoke failed for msg_id=%s", msg_id)
+            self.arrived(msg_id)
+            return
+        # A re-push of a notification not opened yet is shown again: (id, repush) is what repeats.
+        key = f"{msg_id}#{env.get('repush', 0)}"
         with self._lock:
-            if msg_id in self._seen:
-                self._seen.move_to_end(msg_id)
+            if key in self._seen:
+                self._seen.move_to_end(key)
                 return
-            self._seen[msg_id] = None
+            self._seen[key] = None
             if len(self._seen) > self._remember:
                 self._seen.popitem(last=False)
         if self.on_message is not None:

@@ -135,15 +135,24 @@ class Notification(BaseModel):
 
 
 class Policy(BaseModel):
-    # Later policy fields (schedules, pacing, ...) must not break clients that send them early.
-    model_config = ConfigDict(extra="allow")
+    """How a message is sent (docs/delivery.md). Unknown keys are refused, so a typo never
+    silently drops a policy."""
+
+    model_config = ConfigDict(extra="forbid")
 
     ttl: int | None = Field(default=None, gt=0)
     biz_id: str | None = Field(default=None, min_length=1, max_length=128)
-    strategy: str | None = None
-    start_at: float | None = None
-    priority: str | None = None
+    strategy: str | None = Field(default=None, pattern=r"^(mqtt|mqtt_else_vendor|vendor_first|vendor)$")
+    start_at: float | None = Field(default=None, gt=0)
+    schedule: dict[str, Any] | None = None
+    approval: bool | None = None
+    priority: str = Field(default="normal", pattern=r"^(high|normal)$")
     production: bool = True
+    pace: dict[str, Any] | None = None
+    quiet_hours: dict[str, Any] | bool | None = None
+    daily_cap: int | None = Field(default=None, ge=1)
+    over_cap: str = Field(default="hold", pattern=r"^(hold|drop)$")
+    repush: dict[str, Any] | None = None
 
 
 class Content(BaseModel):
@@ -209,6 +218,25 @@ class DeviceUpdateRequest(BaseModel):
     app_version: str | None = Field(default=None, max_length=64)
     channel: str | None = Field(default=None, max_length=64)
     locale: str | None = Field(default=None, max_length=35)
+    timezone: str | None = Field(default=None, max_length=64)
+
+
+class AppSettings(BaseModel):
+    """Per-app defaults of the delivery policy (``PUT /api/v1/settings``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    require_approval: bool = False
+    quiet_hours: dict[str, Any] | None = None
+    daily_cap: int | None = Field(default=None, ge=1)
+    over_cap: str = Field(default="hold", pattern=r"^(hold|drop)$")
+    inbox_limit: int = Field(default=1000, ge=1, le=100_000)
+
+
+class ApproveRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    approver: str = Field(min_length=1, max_length=128)
 
 
 class DeviceRegistrationRequest(BaseModel):
@@ -219,3 +247,4 @@ class DeviceRegistrationRequest(BaseModel):
     app_version: str | None = Field(default=None, max_length=64)
     locale: str | None = Field(default=None, max_length=35)
     channel: str | None = Field(default=None, max_length=64)
+    timezone: str | None = Field(default=None, max_length=64)

@@ -148,12 +148,17 @@ class BridgeNode:
         self.config = config
         self.store = store
         self.clock = clock
-        self.dispatcher = Dispatcher(store, publisher)
+        self.publisher = publisher
+        self.dispatcher = Dispatcher(store, publisher, clock)
         self.receipts = Receipts(store, publisher)
-        self.scheduler = Scheduler(store, publisher, config.expiry_interval)
         self.tasks = TaskRunner(store, self.dispatcher, clock)
         limits = Limits(config.max_envelope_bytes, config.default_ttl, config.max_ttl)
         self.intake = Intake(store, self.dispatcher, self.tasks, clock, limits)
+        self.scheduler = Scheduler(
+            store, publisher, self.dispatcher, self.intake, clock, config.expiry_interval
+        )
+        self.dispatcher.on_hold = self.scheduler.wake
+        self.intake.on_scheduled = self.scheduler.wake
         self.mqtt_api = MqttApi(store, self.intake, publisher)
         self.presence = _Presence(store)
         self.mosquitto = (
@@ -205,7 +210,9 @@ class BridgeNode:
             self._tasks.start(self.mosquitto.run())
         on_register = self.mosquitto.changed if self.mosquitto is not None else None
         api = create_api(
-            ApiContext(self.store, self.intake, self.tasks, self.clock, self._mqtt_url, on_register)
+            ApiContext(
+                self.store, self.intake, self.tasks, self.clock, self._mqtt_url, on_register, self.publisher
+            )
         )
         sock = socket.socket(socket.AF_INET6 if ":" in self.config.host else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from mqttpush.client import PushClient
+from mqttpush.clock import Clock, ManualClock
 from mqttpush.config import ServerConfig
 from mqttpush.server import EmbeddedServer
 from mqttpush.store import Store
@@ -44,6 +45,18 @@ class Running:
     def call(self, coro: Any, timeout: float = 30) -> Any:
         """Run a coroutine on the server's loop and wait for its result."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def advance(self, seconds: float) -> None:
+        """Move the server's manual clock forward and run one scheduler pass at the new time."""
+        clock = self.server.clock
+        assert isinstance(clock, ManualClock)
+
+        async def step() -> None:
+            clock.advance(seconds)
+            await self.server.bridge.scheduler.tick()
+            await self.server.dispatcher.drained()
+
+        self.call(step())
 
     def client(self) -> PushClient:
         return PushClient(self.url, self.app_key, self.app_secret)
@@ -90,19 +103,16 @@ def _run_loop(loop: asyncio.AbstractEventLoop, started: Future[None]) -> None:
     loop.run_forever()
 
 
-@pytest.fixture
-def running(tmp_path: Path) -> Iterator[Running]:
-    """An embedded server with one app, on ephemeral ports, torn down after the test."""
+def _serve(data_dir: Path, clock: Clock | None = None) -> Iterator[Running]:
     loop = asyncio.new_event_loop()
     started: Future[None] = Future()
     thread = threading.Thread(target=_run_loop, args=(loop, started), daemon=True)
     thread.start()
     started.result(5)
-    data_dir = tmp_path / "data"
     config = ServerConfig(data_dir=data_dir, mqtt_port=0, http_port=0)
 
     async def make() -> EmbeddedServer:
-        server = EmbeddedServer(config)
+        server = EmbeddedServer(config, clock)
         await server.start()
         return server
 
@@ -117,6 +127,23 @@ def running(tmp_path: Path) -> Iterator[Running]:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()
+
+
+@pytest.fixture
+def running(tmp_path: Path) -> Iterator[Running]:
+    """An embedded server with one app, on ephemeral ports, torn down after the test."""
+    yield from _serve(tmp_path / "data")
+
+
+@pytest.fixture
+def manual_clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def clocked(tmp_path: Path, manual_clock: ManualClock) -> Iterator[Running]:
+    """Like ``running``, on a :class:`ManualClock`: time moves only with ``r.advance(seconds)``."""
+    yield from _serve(tmp_path / "data", manual_clock)
 
 
 def cli(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -16,6 +17,8 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bridge.intake import Intake
+from bridge.policy import SendPolicy, zone
+from bridge.publisher import Publisher
 from bridge.targets import ALIAS_RE, ALIAS_TYPE_RE, TAG_RE
 from bridge.tasks import TaskRunner
 from mqttpush import __version__, ids, topics
@@ -33,6 +36,8 @@ from mqttpush.errors import (
 from mqttpush.models import (
     AliasRequest,
     App,
+    ApproveRequest,
+    AppSettings,
     BatchRequest,
     Device,
     DeviceRegistrationRequest,
@@ -67,6 +72,8 @@ class ApiContext:
     """Given the host a request came to, the MQTT URL devices should use."""
     on_register: Callable[[], None] | None = None
     """Told after a device (re-)registers: a foreign broker's password file must follow."""
+    publisher: Publisher | None = None
+    """For recalls: the revoke envelope goes out at once."""
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:
@@ -143,7 +150,8 @@ def create_api(ctx: ApiContext) -> FastAPI:
             h.get(signing.NONCE_HEADER),
             h.get(signing.SIGNATURE_HEADER),
         )
-        signing.check_headers(ts, nonce, sig, ctx.clock.now())
+        # Freshness is agreement with the client's wall clock, whatever clock drives delivery policy.
+        signing.check_headers(ts, nonce, sig, time.time())
         assert ts is not None and nonce is not None and sig is not None
         return app, ts, nonce, sig
 
@@ -204,6 +212,8 @@ def create_api(ctx: ApiContext) -> FastAPI:
     async def register_device(request: Request) -> JSONResponse:
         app = await _app_by_key(request)
         req = _parse(DeviceRegistrationRequest, await _body(request))
+        if req.timezone is not None:
+            zone(req.timezone)
         reg = await store.run(
             store.register_device,
             app.app_key,
@@ -212,6 +222,7 @@ def create_api(ctx: ApiContext) -> FastAPI:
             req.app_version,
             req.locale,
             req.channel,
+            req.timezone,
         )
         if ctx.on_register is not None:
             ctx.on_register()
@@ -341,6 +352,8 @@ def create_api(ctx: ApiContext) -> FastAPI:
     async def update_device(device_id: str, request: Request) -> dict[str, Any]:
         app_key, by_app, body = await _app_or_device(request, device_id)
         changes = _parse(DeviceUpdateRequest, body).model_dump(exclude_none=True)
+        if "timezone" in changes:
+            zone(changes["timezone"])
         if "test" in changes and not by_app:
             raise Forbidden("only the app marks test devices", code="not_your_device")
         await store.run(store.update_device, app_key, device_id, **changes)
@@ -375,17 +388,66 @@ def create_api(ctx: ApiContext) -> FastAPI:
         doc = await store.run(store.device_doc, app_key, device_id)
         return {"device_id": device_id, "aliases": doc["aliases"]}
 
-    @api.get("/api/v1/messages/{msg_id}")
-    async def message_status(msg_id: str, request: Request) -> dict[str, Any]:
-        app, _ = await _signed(request)
+    async def _status_doc(app: App, msg_id: str) -> dict[str, Any]:
         status = await store.run(store.message_status, app.app_key, msg_id)
         if status is None:
             raise NotFound(f"no message {msg_id!r} in this app", code="unknown_message")
+        lifecycle = await store.run(store.message_lifecycle, msg_id)
         return {
             "msg_id": status.msg_id,
+            **lifecycle,
             "created_at": status.created_at,
             "expires_at": status.expires_at,
             "deliveries": status.deliveries,
         }
+
+    @api.get("/api/v1/messages/{msg_id}")
+    async def message_status(msg_id: str, request: Request) -> dict[str, Any]:
+        app, _ = await _signed(request)
+        return await _status_doc(app, msg_id)
+
+    @api.get("/api/v1/messages")
+    async def list_messages(request: Request, state: str | None = None, limit: int = 100) -> dict[str, Any]:
+        """Recent messages, e.g. ``?state=draft`` for what waits for approval."""
+        app, _ = await _signed(request)
+        return {
+            "messages": await store.run(store.list_messages, app.app_key, state, max(1, min(limit, 1000)))
+        }
+
+    @api.delete("/api/v1/messages/{msg_id}")
+    async def cancel_message(msg_id: str, request: Request) -> dict[str, Any]:
+        app, _ = await _signed(request)
+        await ctx.intake.cancel(app, msg_id)
+        return await _status_doc(app, msg_id)
+
+    @api.post("/api/v1/messages/{msg_id}/approve")
+    async def approve_message(msg_id: str, request: Request) -> dict[str, Any]:
+        app, body = await _signed(request)
+        req = _parse(ApproveRequest, body)
+        await store.run(store.approve, app.app_key, msg_id, req.approver)
+        if ctx.intake.on_scheduled is not None:
+            ctx.intake.on_scheduled()
+        return await _status_doc(app, msg_id)
+
+    @api.post("/api/v1/messages/{msg_id}/recall")
+    async def recall_message(msg_id: str, request: Request) -> dict[str, Any]:
+        app, _ = await _signed(request)
+        assert ctx.publisher is not None
+        told = await ctx.intake.recall(app, msg_id, ctx.publisher)
+        return {"msg_id": msg_id, "revoked_devices": told}
+
+    @api.get("/api/v1/settings")
+    async def get_settings(request: Request) -> dict[str, Any]:
+        app, _ = await _signed(request)
+        return AppSettings.model_validate(await store.run(store.app_settings, app.app_key)).model_dump()
+
+    @api.put("/api/v1/settings")
+    async def put_settings(request: Request) -> dict[str, Any]:
+        app, body = await _signed(request)
+        settings = _parse(AppSettings, body)
+        doc = settings.model_dump()
+        SendPolicy.of({}, doc)  # 422 on nonsense (quiet hours) before it is stored
+        await store.run(store.put_app_settings, app.app_key, doc)
+        return doc
 
     return api

@@ -27,13 +27,13 @@ import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from amqtt.adapters import ReaderAdapter, WriterAdapter
+from amqtt.adapters import ReaderAdapter, StreamReaderAdapter, StreamWriterAdapter, WriterAdapter
 from amqtt.broker import Broker, RetainedApplicationMessage
 from amqtt.contexts import Action
 from amqtt.errors import AMQTTError, BrokerError, MQTTError, NoDataError
 from amqtt.mqtt.connack import NOT_AUTHORIZED, ConnackPacket
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
-from amqtt.session import Session
+from amqtt.session import OUTGOING, Session
 
 from mqttpush.errors import StartupError
 from mqttpush.topics import (
@@ -59,11 +59,67 @@ Tap = Callable[[str, bytes, Identity], None]
 KEEPALIVE_GRACE = 1.5  # MQTT-3.1.2-24
 
 
+class PacketTooLarge(Exception):
+    """A client announced a packet over the broker's limit; its connection is closed unread."""
+
+
+class _LimitedReader(ReaderAdapter):  # type: ignore[misc]
+    # amqtt reads a packet's body with one read(remaining_length): refuse before buffering it.
+    def __init__(self, inner: ReaderAdapter, limit: int) -> None:
+        self._inner = inner
+        self._limit = limit
+
+    async def read(self, n: int = -1) -> bytes:
+        if n > self._limit:
+            raise PacketTooLarge(f"packet body of {n} bytes, the limit is {self._limit}")
+        data: bytes = await self._inner.read(n)
+        return data
+
+    def feed_eof(self) -> None:
+        self._inner.feed_eof()
+
+
 class _PushProtocolHandler(BrokerProtocolHandler):  # type: ignore[misc]
+    max_inflight = 100
+
     def handle_read_timeout(self) -> None:
         # The reader waited 1.5 × keepalive for a packet: the client is gone (half-open socket).
         log.info("keepalive expired client_id=%s", self.session.client_id if self.session else None)
         asyncio.get_running_loop().create_task(self.handle_connection_closed())
+
+    async def _handle_qos1_message_flow(self, app_message: Any) -> None:
+        """Outgoing QoS 1 without amqtt's 5 s give-up: a message stays in flight (in the session)
+        until its PUBACK, across reconnects, and is re-sent with DUP=1 (MQTT-4.4.0-1)."""
+        if app_message.direction != OUTGOING:
+            await super()._handle_qos1_message_flow(app_message)
+            return
+        session = self.session
+        packet_id = app_message.packet_id
+        slots = session.attributes.setdefault("mqttpush.inflight", asyncio.Semaphore(self.max_inflight))
+        async with slots:
+            session.inflight_out.setdefault(packet_id, app_message)
+            packet = app_message.build_publish_packet(dup=app_message.publish_packet is not None)
+            waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            self._puback_waiters[packet_id] = waiter
+            try:
+                await self._send_packet(packet)
+                app_message.publish_packet = packet
+                app_message.puback_packet = await waiter
+                session.inflight_out.pop(packet_id, None)
+            finally:
+                self._puback_waiters.pop(packet_id, None)
+
+    async def _retry_deliveries(self) -> None:
+        # Re-send what the session still has in flight, in order, without holding up the connect
+        # (amqtt waited up to 10 s per message here, before the client's SUBSCRIBEs were handled).
+        for message in [*self.session.inflight_in.values(), *self.session.inflight_out.values()]:
+            task = asyncio.ensure_future(self._handle_message_flow(message))
+            task.add_done_callback(_ignore_result)
+
+
+def _ignore_result(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # a connection that ended meanwhile: the message stays in the session
 
 
 class PushBroker(Broker):  # type: ignore[misc]
@@ -77,6 +133,7 @@ class PushBroker(Broker):  # type: ignore[misc]
         authenticator: Authenticator,
         on_presence: PresenceHook | None = None,
         connect_timeout: float = 10.0,
+        max_packet: int = 256 * 1024,
     ) -> None:
         config = {
             "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}"}},
@@ -86,6 +143,7 @@ class PushBroker(Broker):  # type: ignore[misc]
         self._authenticator = authenticator
         self._on_presence = on_presence
         self._connect_timeout = connect_timeout
+        self._max_packet = max_packet
         self._identities: dict[str, Identity] = {}
         self._current_handler: dict[str, BrokerProtocolHandler] = {}
         self._session_filters: dict[str, dict[str, int]] = {}
@@ -139,6 +197,15 @@ class PushBroker(Broker):  # type: ignore[misc]
         await super().shutdown()
 
     # --- CONNECT -------------------------------------------------------------------------------
+
+    async def stream_connected(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, listener_name: str
+    ) -> None:
+        await self._client_connected(
+            listener_name,
+            _LimitedReader(StreamReaderAdapter(reader), self._max_packet),
+            StreamWriterAdapter(writer),
+        )
 
     async def _initialize_client_session(
         self, reader: ReaderAdapter, writer: WriterAdapter, remote_address: str, remote_port: int

@@ -29,7 +29,7 @@ from sqlite_utils import Database
 
 from mqttpush import ids
 from mqttpush.clock import Clock, SystemClock
-from mqttpush.errors import StoreError
+from mqttpush.errors import Conflict, StoreError
 from mqttpush.models import (
     PENDING_STATES,
     App,
@@ -41,6 +41,7 @@ from mqttpush.models import (
     Registration,
     advances,
 )
+from mqttpush.store.policy import PolicyQueries
 from mqttpush.store.targeting import TargetingQueries
 from mqttpush.store.tx import Transaction
 
@@ -61,6 +62,20 @@ def _migrations() -> list[tuple[int, str]]:
         if name.endswith(".sql"):
             found.append((int(name.split("_", 1)[0]), entry.read_text()))
     return sorted(found)
+
+
+def _statements(sql: str) -> list[str]:
+    """Split a migration into statements (sqlite3 runs one at a time; comments may hold ';')."""
+    out, buf = [], ""
+    for line in sql.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            if buf.strip():
+                out.append(buf)
+            buf = ""
+    if buf.strip() and not all(ln.strip().startswith("--") or not ln.strip() for ln in buf.splitlines()):
+        raise StoreError(f"unterminated statement in a migration: {buf[:80]!r}", code="bad_migration")
+    return out
 
 
 def hash_token(salt: bytes, token: str) -> bytes:
@@ -97,7 +112,7 @@ class _Sealer:
         return self._aead.decrypt(sealed[:12], sealed[12:], None).decode()
 
 
-class Store(TargetingQueries):
+class Store(TargetingQueries, PolicyQueries):
     """The source of truth: apps, devices, messages, deliveries and their history."""
 
     def __init__(
@@ -177,9 +192,8 @@ class Store(TargetingQueries):
                     )
                 if version <= current:
                     continue
-                for statement in sql.split(";\n"):
-                    if statement.strip():
-                        self._conn.execute(statement)
+                for statement in _statements(sql):
+                    self._conn.execute(statement)
                 self._conn.execute(f"PRAGMA user_version={version}")
 
     # --- apps -------------------------------------------------------------------------------
@@ -241,6 +255,7 @@ class Store(TargetingQueries):
         app_version: str | None = None,
         locale: str | None = None,
         channel: str | None = None,
+        timezone: str | None = None,
     ) -> Registration:
         """Register (or re-register) the device of one install; re-registering keeps the id, rotates the token."""
         now = self.clock.now()
@@ -255,7 +270,8 @@ class Store(TargetingQueries):
             if row is None:
                 self._conn.execute(
                     "INSERT INTO devices (device_id, app_key, install_id, platform, app_version, locale, channel,"
-                    " token_salt, token_hash, broker_hash, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                    " token_salt, token_hash, broker_hash, created_at, updated_at, timezone)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
                         device_id,
                         app_key,
@@ -269,13 +285,14 @@ class Store(TargetingQueries):
                         broker_hash,
                         now,
                         now,
+                        timezone,
                     ),
                 )
             else:
                 self._conn.execute(
                     "UPDATE devices SET platform = ?, app_version = coalesce(?, app_version),"
                     " locale = coalesce(?, locale), channel = coalesce(?, channel), token_salt = ?,"
-                    " token_hash = ?, broker_hash = ?, updated_at = ? WHERE device_id = ?",
+                    " token_hash = ?, broker_hash = ?, updated_at = ?, timezone = coalesce(?, timezone) WHERE device_id = ?",
                     (
                         platform,
                         app_version,
@@ -285,6 +302,7 @@ class Store(TargetingQueries):
                         hash_token(salt, token),
                         broker_hash,
                         now,
+                        timezone,
                         device_id,
                     ),
                 )
@@ -399,27 +417,44 @@ class Store(TargetingQueries):
         device_ids: list[str],
         fanout: str = "inbox",
         task_id: str | None = None,
+        state: str = "active",
+        priority: int = 1,
+        next_run_at: float | None = None,
+        parent_msg_id: str | None = None,
     ) -> None:
-        """Commit a message, one ``accepted`` delivery per device and its task (if any), in one transaction."""
+        """Commit a message, one ``accepted`` delivery per device and its task (if any), in one transaction.
+
+        Raises :class:`Conflict` (``duplicate_biz_id``) if the app already used the policy's ``biz_id``.
+        """
         now = self.clock.now()
         with self._tx():
-            self._conn.execute(
-                "INSERT INTO messages (msg_id, app_key, kind, target, envelope, policy, biz_id, created_at,"
-                " start_at, expires_at, fanout) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    msg_id,
-                    app_key,
-                    kind,
-                    json.dumps(target),
-                    envelope,
-                    json.dumps(policy),
-                    policy.get("biz_id"),
-                    now,
-                    policy.get("start_at"),
-                    expires_at,
-                    fanout,
-                ),
-            )
+            try:
+                self._conn.execute(
+                    "INSERT INTO messages (msg_id, app_key, kind, target, envelope, policy, biz_id, created_at,"
+                    " start_at, expires_at, fanout, state, priority, next_run_at, parent_msg_id)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        msg_id,
+                        app_key,
+                        kind,
+                        json.dumps(target),
+                        envelope,
+                        json.dumps(policy),
+                        None if parent_msg_id else policy.get("biz_id"),
+                        now,
+                        policy.get("start_at"),
+                        expires_at,
+                        fanout,
+                        state,
+                        priority,
+                        next_run_at,
+                        parent_msg_id,
+                    ),
+                )
+            except sqlite3.IntegrityError:
+                raise Conflict(
+                    f"biz_id {policy.get('biz_id')!r} was already used", code="duplicate_biz_id"
+                ) from None
             self._insert_deliveries(msg_id, device_ids, now)
             if task_id is not None:
                 self._conn.execute(
@@ -528,12 +563,14 @@ class Store(TargetingQueries):
         return fanout
 
     def pending_deliveries(self) -> list[PendingDelivery]:
-        """Every undelivered, unexpired delivery: what the bridge re-publishes at start."""
+        """Every undelivered, unexpired delivery of a message that is out: what the bridge re-publishes
+        at start. Drafts and scheduled messages wait for their time; held deliveries for theirs."""
         marks = ",".join("?" * len(_PENDING))
         rows = self._conn.execute(
             "SELECT d.msg_id, m.app_key, d.device_id, d.state, m.envelope, m.expires_at, m.fanout"
             " FROM deliveries d JOIN messages m ON m.msg_id = d.msg_id"
-            f" WHERE d.state IN ({marks}) AND m.expires_at > ? ORDER BY d.msg_id",
+            f" WHERE d.state IN ({marks}) AND m.expires_at > ? AND m.state = 'active'"
+            " AND (d.state != 'queued' OR d.not_before IS NULL) ORDER BY d.msg_id",
             (*_PENDING, self.clock.now()),
         )
         return [PendingDelivery(r[0], r[1], r[2], DeliveryState(r[3]), bytes(r[4]), r[5], r[6]) for r in rows]

@@ -91,7 +91,7 @@ class TargetingQueries:
         """A device as the API shows it: attributes, tags, aliases, presence."""
         row = self._conn.execute(
             "SELECT device_id, install_id, platform, app_version, channel, locale, is_test, online, last_seen,"
-            " created_at FROM devices WHERE device_id = ? AND app_key = ?",
+            " created_at, timezone FROM devices WHERE device_id = ? AND app_key = ?",
             (device_id, app_key),
         ).fetchone()
         if row is None:
@@ -107,6 +107,7 @@ class TargetingQueries:
             "online",
             "last_seen",
             "created_at",
+            "timezone",
         )
         doc = dict(zip(keys, row, strict=True))
         doc["test"], doc["online"] = bool(doc["test"]), bool(doc["online"])
@@ -122,7 +123,13 @@ class TargetingQueries:
 
     def update_device(self, app_key: str, device_id: str, **attrs: Any) -> None:
         """Set attributes (``test``, ``app_version``, ``channel``, ``locale``) of a device of ``app_key``."""
-        columns = {"test": "is_test", "app_version": "app_version", "channel": "channel", "locale": "locale"}
+        columns = {
+            "test": "is_test",
+            "app_version": "app_version",
+            "channel": "channel",
+            "locale": "locale",
+            "timezone": "timezone",
+        }
         sets = [(columns[k], int(v) if k == "test" else v) for k, v in attrs.items() if k in columns]
         if not sets:
             return
