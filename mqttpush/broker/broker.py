@@ -22,8 +22,10 @@ What we replace, and why (see shared/notes/amqtt-0.12.1.md):
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import math
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -35,6 +37,7 @@ from amqtt.mqtt.connack import NOT_AUTHORIZED, ConnackPacket
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.session import OUTGOING, Session
 
+from mqttpush.broker.index import RetainedIndex, SubscriptionIndex
 from mqttpush.errors import StartupError
 from mqttpush.topics import (
     DeviceIdentity,
@@ -43,6 +46,7 @@ from mqttpush.topics import (
     may_receive,
     may_subscribe,
     topic_matches,
+    valid_filter,
 )
 
 log = logging.getLogger("mqttpush.broker")
@@ -57,6 +61,9 @@ Tap = Callable[[str, bytes, Identity], None]
 """Called for each client PUBLISH matching a tapped filter: ``(topic, payload, publisher)``."""
 
 KEEPALIVE_GRACE = 1.5  # MQTT-3.1.2-24
+
+# The QoS of the PUBLISH being routed, for the client task handling it (amqtt drops it on the way).
+_publish_qos: contextvars.ContextVar[int | None] = contextvars.ContextVar("publish_qos", default=None)
 
 
 class PacketTooLarge(Exception):
@@ -134,6 +141,7 @@ class PushBroker(Broker):  # type: ignore[misc]
         on_presence: PresenceHook | None = None,
         connect_timeout: float = 10.0,
         max_packet: int = 256 * 1024,
+        offline_queue: int = 1000,
     ) -> None:
         config = {
             "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}"}},
@@ -144,12 +152,13 @@ class PushBroker(Broker):  # type: ignore[misc]
         self._on_presence = on_presence
         self._connect_timeout = connect_timeout
         self._max_packet = max_packet
+        self._offline_queue = offline_queue
         self._identities: dict[str, Identity] = {}
         self._current_handler: dict[str, BrokerProtocolHandler] = {}
-        self._session_filters: dict[str, dict[str, int]] = {}
-        # Retained messages grouped by their parent topic, so the inbox filter ``…/m/+`` of a
-        # device finds its own messages without scanning every retained message.
-        self._retained_by_parent: dict[str, dict[str, RetainedApplicationMessage]] = {}
+        # Who gets a PUBLISH: exact filters in a dict, wildcards in a trie (amqtt walked every filter).
+        self._subs: SubscriptionIndex[str] = SubscriptionIndex()
+        # Retained messages by topic, found by filter in O(matches) (amqtt scanned them all).
+        self._retained: RetainedIndex[RetainedApplicationMessage] = RetainedIndex()
         self._taps: list[tuple[str, Tap]] = []
         self._background: set[asyncio.Task[Any]] = set()
         self._stopping = False
@@ -176,7 +185,11 @@ class PushBroker(Broker):  # type: ignore[misc]
         self._taps.append((topic_filter, callback))
 
     def retained_topics(self) -> list[str]:
-        return list(self._retained_messages)
+        return self._retained.topics()
+
+    def retained_payload(self, topic: str) -> bytes | None:
+        found = self._retained.get(topic)
+        return bytes(found.data) if found is not None else None
 
     async def start(self) -> None:
         # amqtt logs a traceback for a busy port; the caller gets one clear StartupError instead.
@@ -289,7 +302,7 @@ class PushBroker(Broker):  # type: ignore[misc]
 
         await handler.start()
         await self._publish_session_retained_messages(client_session)
-        for topic_filter, qos in list(self._session_filters.get(client_id, {}).items()):
+        for topic_filter, qos in self._subs.filters_of(client_id).items():
             await self._publish_retained_messages_for_subscription((topic_filter, qos), client_session)
         await self._client_message_loop(client_session, handler)
 
@@ -312,13 +325,16 @@ class PushBroker(Broker):  # type: ignore[misc]
         if not self._stopping and entry is not None and entry[0].transitions.is_connected():
             return
         await super()._cleanup_session(client_id)
-        self._session_filters.pop(client_id, None)
+        self._subs.remove_all(client_id)
         if client_id not in self._sessions:
             self._identities.pop(client_id, None)
 
     async def _delete_session(self, client_id: str) -> None:
         await super()._delete_session(client_id)
-        self._session_filters.pop(client_id, None)
+        self._subs.remove_all(client_id)
+
+    async def _del_all_subscriptions(self, session: Session) -> None:
+        self._subs.remove_all(session.client_id)
 
     # --- ACL -----------------------------------------------------------------------------------
 
@@ -333,15 +349,17 @@ class PushBroker(Broker):  # type: ignore[misc]
         return may_receive(identity, topic)
 
     async def add_subscription(self, subscription: tuple[str, int], session: Session) -> int:
-        granted: int = await super().add_subscription(subscription, session)
-        if granted != 0x80:
-            self._session_filters.setdefault(session.client_id, {})[subscription[0]] = granted
+        """Grant (QoS) or refuse (0x80) one filter; the ACL is decided here, once, not per message."""
+        topic_filter, qos = subscription
+        identity = self._identities.get(session.client_id)
+        if not valid_filter(topic_filter) or identity is None or not may_subscribe(identity, topic_filter):
+            return 0x80
+        granted = min(max(qos, 0), 2)
+        self._subs.add(topic_filter, session.client_id, granted)
         return granted
 
     def _del_subscription(self, a_filter: str, session: Session) -> int:
-        deleted: int = super()._del_subscription(a_filter, session)
-        self._session_filters.get(session.client_id, {}).pop(a_filter, None)
-        return deleted
+        return int(self._subs.remove(a_filter, session.client_id))
 
     # --- retained and queued messages ------------------------------------------------------------
 
@@ -352,39 +370,24 @@ class PushBroker(Broker):  # type: ignore[misc]
         data: bytes | bytearray | None,
         qos: int | None = None,
     ) -> None:
-        await super().retain_message(source_session, topic_name, data, qos)
+        # Kept in our index only (amqtt's dict and its per-message plugin events are not needed).
         if topic_name is None:
             return
-        parent = topic_name.rpartition("/")[0]
-        stored = self._retained_messages.get(topic_name)
-        if stored is not None:
-            self._retained_by_parent.setdefault(parent, {})[topic_name] = stored
+        if data:
+            self._retained.set(topic_name, RetainedApplicationMessage(source_session, topic_name, data, qos))
         else:
-            bucket = self._retained_by_parent.get(parent)
-            if bucket is not None:
-                bucket.pop(topic_name, None)
-                if not bucket:
-                    del self._retained_by_parent[parent]
-
-    def _retained_matching(self, topic_filter: str) -> list[RetainedApplicationMessage]:
-        head, _, last = topic_filter.rpartition("/")
-        if last == "+" and "+" not in head and "#" not in head:
-            return list(self._retained_by_parent.get(head, {}).values())
-        if "+" not in topic_filter and "#" not in topic_filter:
-            found = self._retained_messages.get(topic_filter)
-            return [found] if found is not None else []
-        return [m for t, m in list(self._retained_messages.items()) if topic_matches(t, topic_filter)]
+            self._retained.discard(topic_name)  # MQTT-3.3.1-10: an empty retained message clears
 
     async def _publish_retained_messages_for_subscription(
         self, subscription: tuple[str, int], session: Session
     ) -> None:
         client_id: str = session.client_id
-        granted = self._session_filters.get(client_id, {}).get(subscription[0])
+        granted = self._subs.filters_of(client_id).get(subscription[0])
         identity = self._identities.get(client_id)
         handler = self._get_handler(session)
         if granted is None or identity is None or handler is None:
             return
-        for retained in self._retained_matching(subscription[0]):
+        for _topic, retained in self._retained.match(subscription[0]):
             if may_receive(identity, retained.topic):
                 qos = min(granted, retained.qos if retained.qos is not None else granted)
                 self._spawn(handler.mqtt_publish(retained.topic, retained.data, qos, retain=True))
@@ -426,4 +429,35 @@ class PushBroker(Broker):  # type: ignore[misc]
                         except Exception:
                             # a consumer's bug must not take the publishing client's connection down
                             log.exception("tap failed topic=%s", topic)
+        if force_qos is None and session is not None:
+            force_qos = _publish_qos.get()  # the QoS the client published with
         await super()._broadcast_message(session, topic, data, force_qos)
+
+    async def _handle_message_delivery(self, client_session: Session, handler: BrokerProtocolHandler,
+                                       wait_deliver: asyncio.Future[Any]) -> bool:
+        message = wait_deliver.result()
+        _publish_qos.set(message.qos if message is not None and message.qos is not None else 0)
+        return bool(await super()._handle_message_delivery(client_session, handler, wait_deliver))
+
+    async def _run_broadcast(self, running_tasks: deque[asyncio.Task[Any]]) -> None:
+        """Deliver one message: indexed matching, QoS = min(published, granted) (MQTT-3.8.4-6),
+        a bounded queue for offline persistent sessions (oldest dropped first)."""
+        broadcast = await self._broadcast_queue.get()
+        topic: str = broadcast["topic"]
+        data = broadcast["data"]
+        published_qos = broadcast.get("qos")
+        for client_id, granted in self._subs.match(topic).items():
+            entry = self._sessions.get(client_id)
+            identity = self._identities.get(client_id)
+            if entry is None or identity is None or not may_receive(identity, topic):
+                continue
+            session, handler = entry
+            qos = granted if published_qos is None else min(published_qos, granted)
+            if session.transitions.state != "connected":
+                if not session.clean_session and qos > 0:
+                    queue = session.retained_messages
+                    if queue.qsize() >= self._offline_queue:
+                        queue.get_nowait()
+                    queue.put_nowait(RetainedApplicationMessage(broadcast["session"], topic, data, qos))
+                continue
+            running_tasks.append(asyncio.ensure_future(handler.mqtt_publish(topic, data, qos, retain=False)))

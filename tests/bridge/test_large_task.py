@@ -47,4 +47,4 @@ def test_100k_device_tag_task_runs_in_the_background(running: Running) -> None:
     assert (task["targeted"], task["published"], task["failed"]) == (N, N, 0)
     assert len(progress) > 2, "the task finished before the API was asked twice: it blocked the API"
     # a liveness bound, not a performance target (those live in benchmarks/)
-    assert accepted_in < 5 and slowest_answer < 5, (accepted_in, slowest_answer)
+    assert accepted_in < 10 and slowest_answer < 10, (accepted_in, slowest_answer)

@@ -61,7 +61,7 @@ def test_start_at_sends_later(clocked: Running) -> None:
     assert _states(r, msg_id) == {device: "accepted"} and _retained(r, msg_id) == []
     r.advance(1)
     assert _states(r, msg_id) == {device: "published"}
-    payload = json.loads(r.server.broker._retained_messages[_retained(r, msg_id)[0]].data)
+    payload = json.loads(r.server.broker.retained_payload(_retained(r, msg_id)[0]) or b"null")
     assert payload["sent_at"] == now + 3600  # stamped when it went out
 
 
@@ -279,11 +279,11 @@ def test_repush_until_opened(clocked: Running) -> None:
     )
     r.advance(600)
     topic = f"mqttpush/{r.app_key}/d/{b}/m/{msg_id}"
-    assert json.loads(r.server.broker._retained_messages[topic].data)["repush"] == 1
+    assert json.loads(r.server.broker.retained_payload(topic) or b"null")["repush"] == 1
     r.advance(600)
-    assert json.loads(r.server.broker._retained_messages[topic].data)["repush"] == 2
+    assert json.loads(r.server.broker.retained_payload(topic) or b"null")["repush"] == 2
     r.advance(6000)
-    assert json.loads(r.server.broker._retained_messages[topic].data)["repush"] == 2  # at most max
+    assert json.loads(r.server.broker.retained_payload(topic) or b"null")["repush"] == 2  # at most max
     with r.client() as c:
         history = {d["device_id"]: d["history"] for d in c.message(msg_id)["deliveries"]}
     assert [h.get("detail") for h in history[b] if h["state"] == "published"] == [None, "repush", "repush"]
