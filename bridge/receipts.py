@@ -14,6 +14,8 @@ from mqttpush.store import Store
 
 log = logging.getLogger("mqttpush.receipts")
 
+_BATCH = 1000
+
 
 @dataclass(frozen=True, slots=True)
 class Receipt:
@@ -63,15 +65,19 @@ class Receipts:
 
     async def run(self) -> None:
         while True:
-            r = await self._queue.get()
-            fanout = await self._store.run(
-                self._store.apply_receipt, r.app_key, r.device_id, r.msg_id, r.event
+            batch = [await self._queue.get()]
+            while not self._queue.empty() and len(batch) < _BATCH:
+                batch.append(self._queue.get_nowait())
+            # Coalesced: one transaction for every receipt that arrived meanwhile.
+            fanouts = await self._store.run(
+                self._store.apply_receipts, [(r.app_key, r.device_id, r.msg_id, r.event) for r in batch]
             )
-            if fanout == "inbox":
-                # Any receipt proves the device has the message: it must not come back on reconnect.
-                await self._publisher.clear_retained(topics.inbox_topic(r.app_key, r.device_id, r.msg_id))
-            elif fanout is None:
-                log.info("receipt for unknown delivery device_id=%s msg_id=%s", r.device_id, r.msg_id)
-            self.handled += 1
+            for r, fanout in zip(batch, fanouts, strict=True):
+                if fanout == "inbox":
+                    # Any receipt proves the device has the message: it must not come back on reconnect.
+                    await self._publisher.clear_retained(topics.inbox_topic(r.app_key, r.device_id, r.msg_id))
+                elif fanout is None:
+                    log.info("receipt for unknown delivery device_id=%s msg_id=%s", r.device_id, r.msg_id)
+            self.handled += len(batch)
             async with self._handled_changed:
                 self._handled_changed.notify_all()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -46,6 +47,19 @@ from mqttpush.topics import (
 )
 
 log = logging.getLogger("mqttpush.server")
+
+
+def raise_fd_limit() -> int:
+    """Lift the soft open-files limit to the hard one (each device is a socket); returns the limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            log.warning("could not raise the open files limit from %d", soft)
+    return int(soft)
 
 
 class _ApiServer(uvicorn.Server):
@@ -130,6 +144,7 @@ class BrokerNode:
         return None
 
     async def start(self) -> None:
+        raise_fd_limit()
         await self.store.run(self.store.reset_presence)
         await self.broker.start()
         self._tasks.start(self.presence.run())

@@ -433,8 +433,9 @@ class PushBroker(Broker):  # type: ignore[misc]
             force_qos = _publish_qos.get()  # the QoS the client published with
         await super()._broadcast_message(session, topic, data, force_qos)
 
-    async def _handle_message_delivery(self, client_session: Session, handler: BrokerProtocolHandler,
-                                       wait_deliver: asyncio.Future[Any]) -> bool:
+    async def _handle_message_delivery(
+        self, client_session: Session, handler: BrokerProtocolHandler, wait_deliver: asyncio.Future[Any]
+    ) -> bool:
         message = wait_deliver.result()
         _publish_qos.set(message.qos if message is not None and message.qos is not None else 0)
         return bool(await super()._handle_message_delivery(client_session, handler, wait_deliver))

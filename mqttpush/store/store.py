@@ -530,36 +530,45 @@ class Store(TargetingQueries, PolicyQueries):
     def apply_receipt(self, app_key: str, device_id: str, msg_id: str, event: ReceiptEvent) -> str | None:
         """Store a device's receipt. Returns the message's fanout (``inbox``: its inbox topic can be
         cleared now; ``topic``: a broadcast), or None for a receipt that matches no delivery."""
+        return self.apply_receipts([(app_key, device_id, msg_id, event)])[0]
+
+    def apply_receipts(self, receipts: list[tuple[str, str, str, ReceiptEvent]]) -> list[str | None]:
+        """Many receipts in one transaction (receipts come in bursts: one fsync, not one each)."""
         now = self.clock.now()
         with self._tx():
-            msg = self._conn.execute(
-                "SELECT fanout FROM messages WHERE msg_id = ? AND app_key = ?", (msg_id, app_key)
-            ).fetchone()
-            if msg is None:
-                return None
-            fanout = str(msg[0])
-            row = self._conn.execute(
-                "SELECT state FROM deliveries WHERE msg_id = ? AND device_id = ?", (msg_id, device_id)
-            ).fetchone()
-            if row is None and fanout == "topic":
-                # A device that registered after the broadcast went out still gets it (retained): count it.
-                self._insert_deliveries(msg_id, [device_id], now)
-                self._record(msg_id, device_id, DeliveryState.PUBLISHED, now, "joined broadcast")
-                row = (DeliveryState.PUBLISHED.value,)
-            if row is None:
-                return None
-            current = DeliveryState(row[0])
-            new = DeliveryState(event.value)
-            if advances(current, new):
-                # opened/dismissed imply arrival: keep the arrival time in the history too
-                if new is not DeliveryState.ARRIVED and advances(current, DeliveryState.ARRIVED):
-                    self._record(msg_id, device_id, DeliveryState.ARRIVED, now, "implied")
-                self._record(msg_id, device_id, new, now, None)
-            else:
-                self._conn.execute(
-                    "INSERT INTO delivery_events (msg_id, device_id, state, at, detail) VALUES (?, ?, ?, ?, ?)",
-                    (msg_id, device_id, new.value, now, f"receipt while {current.value}"),
-                )
+            return [self._apply_receipt(a, d, m, e, now) for a, d, m, e in receipts]
+
+    def _apply_receipt(
+        self, app_key: str, device_id: str, msg_id: str, event: ReceiptEvent, now: float
+    ) -> str | None:
+        msg = self._conn.execute(
+            "SELECT fanout FROM messages WHERE msg_id = ? AND app_key = ?", (msg_id, app_key)
+        ).fetchone()
+        if msg is None:
+            return None
+        fanout = str(msg[0])
+        row = self._conn.execute(
+            "SELECT state FROM deliveries WHERE msg_id = ? AND device_id = ?", (msg_id, device_id)
+        ).fetchone()
+        if row is None and fanout == "topic":
+            # A device that registered after the broadcast went out still gets it (retained): count it.
+            self._insert_deliveries(msg_id, [device_id], now)
+            self._record(msg_id, device_id, DeliveryState.PUBLISHED, now, "joined broadcast")
+            row = (DeliveryState.PUBLISHED.value,)
+        if row is None:
+            return None
+        current = DeliveryState(row[0])
+        new = DeliveryState(event.value)
+        if advances(current, new):
+            # opened/dismissed imply arrival: keep the arrival time in the history too
+            if new is not DeliveryState.ARRIVED and advances(current, DeliveryState.ARRIVED):
+                self._record(msg_id, device_id, DeliveryState.ARRIVED, now, "implied")
+            self._record(msg_id, device_id, new, now, None)
+        else:
+            self._conn.execute(
+                "INSERT INTO delivery_events (msg_id, device_id, state, at, detail) VALUES (?, ?, ?, ?, ?)",
+                (msg_id, device_id, new.value, now, f"receipt while {current.value}"),
+            )
         return fanout
 
     def pending_deliveries(self) -> list[PendingDelivery]:

@@ -132,3 +132,43 @@ async def test_oversized_packet_closes_the_connection(running: Running) -> None:
     ok, code, _ = await RawClient.connect(r.mqtt_port, device, device, token)  # and the server is fine
     assert code == 0
     await ok.disconnect()
+
+
+async def test_witness_plain_amqtt_upgrades_qos(plain: PlainAmqtt) -> None:  # noqa: F811
+    sub, _, _ = await RawClient.connect(plain.port, "sub", "sub")
+    assert await sub.subscribe("t/+", qos=1) == [1]
+    pub, _, _ = await RawClient.connect(plain.port, "pub", "pub")
+    pub.publish("t/1", b"x", qos=0)
+    got = await sub.next_publish(10)
+    assert got is not None and got.qos == 1  # QoS 0 published, delivered as QoS 1
+    await sub.close()
+    await pub.close()
+
+
+async def test_delivered_qos_is_the_minimum_of_published_and_granted(running: Running) -> None:
+    r = running
+    ((device, token),) = r.register()
+    user, password = Store(r.data_dir).service_credentials()
+    dev, _, _ = await RawClient.connect(r.mqtt_port, device, device, token)
+    assert await dev.subscribe(f"mqttpush/{r.app_key}/d/{device}/m/+", qos=1) == [1]
+    svc, _, _ = await RawClient.connect(r.mqtt_port, "svc", user, password)
+    svc.publish(f"mqttpush/{r.app_key}/d/{device}/m/q0", b"{}", qos=0)
+    svc.publish(f"mqttpush/{r.app_key}/d/{device}/m/q1", b"{}", qos=1)
+    first, second = await dev.next_publish(10), await dev.next_publish(10)
+    assert first is not None and second is not None
+    assert sorted((p.topic.rsplit("/", 1)[1], p.qos) for p in (first, second)) == [("q0", 0), ("q1", 1)]
+    await dev.disconnect()
+    await svc.disconnect()
+
+
+def test_fd_limit_is_raised_to_the_hard_limit() -> None:
+    import resource
+
+    from mqttpush.server import raise_fd_limit
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    limit = raise_fd_limit()
+    assert limit >= soft
+    assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == (
+        hard if hard != resource.RLIM_INFINITY else limit
+    )
