@@ -18,12 +18,16 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from bridge.channels.base import PushMessage
 from bridge.policy import DeviceGate, SendPolicy, gate, local_midnight
 from bridge.publisher import Publisher
+from bridge.router import route
+from bridge.vendors import Forward, VendorGateway
 from mqttpush import topics
 from mqttpush.clock import Clock, SystemClock
 from mqttpush.models import DeliveryState
@@ -60,6 +64,9 @@ class Dispatcher:
         self._idle = asyncio.Event()
         self._idle.set()
         self._pace_next: dict[str, float] = {}
+        self.gateway: VendorGateway | None = None
+        """Vendor channels, for devices the router sends there (None: MQTT only)."""
+        self._vendor_plan: dict[str, dict[str, list[tuple[str, str]]]] = {}
         self.on_hold: Callable[[], None] | None = None
         """Told when deliveries are held, so the scheduler wakes for the earliest release."""
 
@@ -98,7 +105,7 @@ class Dispatcher:
                 if out.broadcast:
                     await self._publish_broadcast(out)
                     continue
-                device_ids = await self._apply_policy(out)
+                device_ids = await self._route(out, await self._apply_policy(out))
                 published: list[tuple[str, str]] = []
                 for i in range(0, len(device_ids), _CONCURRENCY):
                     chunk = device_ids[i : i + _CONCURRENCY]
@@ -119,6 +126,7 @@ class Dispatcher:
                     if len(moved) != len(published):
                         await self._take_back(set(published) - set(moved))
                     await self._after_publish(out, [d for _, d in moved])
+                self._forward(out)
             if self._queue.empty():
                 self._idle.set()
 
@@ -167,6 +175,51 @@ class Dispatcher:
             if self.on_hold is not None:
                 self.on_hold()
         return tuple(devices)
+
+    async def _route(self, out: Outbound, device_ids: tuple[str, ...]) -> tuple[str, ...]:
+        """Split devices between MQTT and vendor channels (bridge/router.py); returns the MQTT ones.
+
+        The vendor half is sent after the MQTT publishes (``_forward``), so a vendor failure never
+        overtakes an MQTT copy that is still on its way.
+        """
+        gateway = self.gateway
+        if gateway is None or not device_ids or out.policy.strategy == "mqtt":
+            return device_ids
+        configured = await gateway.configured(out.app_key)
+        if not configured and out.policy.strategy != "vendor":
+            return device_ids
+        facts = await self._store.run(self._store.route_facts, list(device_ids))
+        now = self._clock.now()
+        mqtt: list[str] = []
+        forwards: dict[str, list[tuple[str, str]]] = {}
+        impossible: list[str] = []
+        for device_id in device_ids:
+            r = route(out.policy.strategy, facts[device_id], configured, now)
+            if r.mqtt:
+                mqtt.append(device_id)
+            if r.vendor is not None and r.token is not None:
+                forwards.setdefault(r.vendor, []).append((device_id, r.token))
+            elif r.failure is not None:
+                impossible.append(device_id)
+        if impossible:
+            await self._store.run(
+                self._store.record_vendor_outcomes,
+                out.app_key,
+                "none",
+                [(out.msg_id, d, "failed", "no_vendor_token", None) for d in impossible],
+            )
+        self._vendor_plan[out.msg_id] = forwards
+        return tuple(mqtt)
+
+    def _forward(self, out: Outbound) -> None:
+        plan = self._vendor_plan.pop(out.msg_id, None)
+        if not plan or self.gateway is None:
+            return
+        envelope = json.loads(out.payload)
+        ttl = max(0, int(float(envelope.get("expires_at", 0)) - self._clock.now()))
+        message = PushMessage(out.msg_id, envelope, ttl, "high" if out.policy.priority == 0 else "normal")
+        for vendor, items in plan.items():
+            self.gateway.submit(out.app_key, vendor, [Forward(message, d, t) for d, t in items])
 
     async def _take_back(self, keys: set[tuple[str, str]]) -> None:
         """Deliveries cancelled, recalled or expired while their publish was in flight: clear them again."""

@@ -315,6 +315,9 @@ class SendPolicy:
     repush_after: float | None = None
     repush_max: int = 0
     inbox_limit: int = 1000
+    strategy: str | None = None
+    """mqtt | mqtt_else_vendor (default) | vendor_first | vendor (bridge/router.py)."""
+    ttl: int | None = None
 
     @property
     def gated(self) -> bool:
@@ -351,4 +354,6 @@ class SendPolicy:
             repush_after=float(after) if after is not None else None,
             repush_max=most,
             inbox_limit=int(settings.get("inbox_limit") or 1000),
+            strategy=policy.get("strategy"),
+            ttl=policy.get("ttl"),
         )

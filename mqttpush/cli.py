@@ -409,6 +409,69 @@ def app_list(data_dir: Path, as_json: bool) -> None:
     _emit({"apps": apps}, as_json, human)
 
 
+@app.group("vendor")
+def app_vendor() -> None:
+    """Vendor channel credentials of an app (local admin)."""
+
+
+@app_vendor.command("set")
+@click.argument("app_key")
+@_data_dir_option
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="VENDORS.json: one optional object per vendor (apns, fcm, hms, mipush, webpush).",
+)
+@json_option
+def app_vendor_set(app_key: str, data_dir: Path, config_file: Path, as_json: bool) -> None:
+    """Check and store vendor credentials; secrets are sealed in the store and never printed."""
+    from bridge.vendors import check_vendor_config
+    from mqttpush.store import Store
+
+    raw = _json_arg(config_file.read_text(), "--config")
+    if not isinstance(raw, dict) or not raw:
+        raise click.BadParameter("must be a JSON object with one entry per vendor", param_hint="--config")
+    with _errors():
+        store = Store(data_dir)
+        if store.get_app(app_key) is None:
+            store.close()
+            _fail(f"unknown app key {app_key} [unknown_app]")
+        stored = []
+        for vendor, obj in raw.items():
+            config = check_vendor_config(
+                vendor, obj, config_file.parent.resolve(), store.vendor_config(app_key, vendor)
+            )
+            store.put_vendor_config(app_key, vendor, config)
+            stored.append(vendor)
+        store.close()
+    _emit(
+        {"app_key": app_key, "vendors": stored},
+        as_json,
+        lambda: click.echo("configured: " + " ".join(stored)),
+    )
+
+
+@app.command("vapid")
+@click.argument("app_key")
+@_data_dir_option
+@json_option
+def app_vapid(app_key: str, data_dir: Path, as_json: bool) -> None:
+    """The app's VAPID public key for WebPush, generated on first use."""
+    from bridge.vendors import ensure_vapid
+    from mqttpush.store import Store
+
+    with _errors():
+        store = Store(data_dir)
+        if store.get_app(app_key) is None:
+            store.close()
+            _fail(f"unknown app key {app_key} [unknown_app]")
+        public_key = ensure_vapid(store, app_key)
+        store.close()
+    _emit({"public_key": public_key}, as_json, lambda: click.echo(public_key))
+
+
 @main.command("service-credentials")
 @_data_dir_option
 @json_option
@@ -581,6 +644,45 @@ def _alias_command(action: str, doc: str) -> None:
 _alias_command("set", "Bind ALIAS to this device only (replacing its alias of that type).")
 _alias_command("add", "Bind ALIAS to this device too (one alias, several devices: phone and tablet).")
 _alias_command("remove", "Unbind ALIAS from this device.")
+
+
+@device.command("token")
+@click.argument("device_id")
+@click.option("--vendor", type=click.Choice(["apns", "fcm", "hms", "mipush", "webpush"]), required=True)
+@click.option("--token", default=None, help="The vendor's device token (apns, fcm, hms, mipush).")
+@click.option(
+    "--subscription",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="webpush: a file with the browser's PushSubscription JSON.",
+)
+@_auth_options
+@json_option
+def device_token(
+    device_id: str,
+    vendor: str,
+    token: str | None,
+    subscription: Path | None,
+    url: str,
+    app_key: str,
+    app_secret: str,
+    as_json: bool,
+) -> None:
+    """Register a device's vendor token (or WebPush subscription) for pushes while it is not on MQTT."""
+    from mqttpush.client import PushClient
+
+    sub: dict[str, Any] | None = None
+    if vendor == "webpush":
+        if subscription is None:
+            raise click.UsageError("--vendor webpush needs --subscription SUB.json")
+        sub = _json_arg(subscription.read_text(), "--subscription")
+        if not isinstance(sub, dict):
+            raise click.BadParameter("must hold a JSON object", param_hint="--subscription")
+    elif token is None:
+        raise click.UsageError(f"--vendor {vendor} needs --token")
+    with _errors(), PushClient(url, app_key, app_secret) as client:
+        doc = client.set_vendor_token(device_id, vendor, token, sub)
+    _emit(doc, as_json, lambda: click.echo(" ".join(t["vendor"] for t in doc["tokens"])))
 
 
 @device.command("import")

@@ -88,6 +88,25 @@ class PushClient:
         result: dict[str, Any] = self._call("POST", f"/api/v1/messages/{msg_id}/recall")
         return result
 
+    def set_vendor_token(
+        self,
+        device_id: str,
+        vendor: str,
+        token: str | None = None,
+        subscription: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"vendor": vendor}
+        if token is not None:
+            body["token"] = token
+        if subscription is not None:
+            body["subscription"] = subscription
+        result: dict[str, Any] = self._call("PUT", f"/api/v1/devices/{device_id}/tokens", body)
+        return result
+
+    def vendors(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", "/api/v1/vendors")
+        return result
+
     def settings(self) -> dict[str, Any]:
         result: dict[str, Any] = self._call("GET", "/api/v1/settings")
         return result

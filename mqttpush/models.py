@@ -233,6 +233,16 @@ class AppSettings(BaseModel):
     inbox_limit: int = Field(default=1000, ge=1, le=100_000)
 
 
+class VendorTokenRequest(BaseModel):
+    """A device's token for a vendor channel; WebPush gives its subscription instead."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    vendor: str = Field(pattern=r"^(apns|fcm|hms|mipush|webpush)$")
+    token: str | None = Field(default=None, min_length=1, max_length=4096)
+    subscription: dict[str, Any] | None = None
+
+
 class ApproveRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

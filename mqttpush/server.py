@@ -27,6 +27,7 @@ from bridge.publisher import BrokerPublisher, MqttPublisher, Publisher
 from bridge.receipts import Receipts
 from bridge.scheduler import Scheduler
 from bridge.tasks import TaskRunner
+from bridge.vendors import VendorGateway, make_channel
 from mqttpush.api.app import ApiContext, create_api
 from mqttpush.broker import PushBroker
 from mqttpush.clock import Clock, SystemClock
@@ -173,6 +174,8 @@ class BridgeNode:
             store, publisher, self.dispatcher, self.intake, clock, config.expiry_interval
         )
         self.dispatcher.on_hold = self.scheduler.wake
+        self.vendors = VendorGateway(store, clock, make_channel)
+        self.dispatcher.gateway = self.vendors
         self.intake.on_scheduled = self.scheduler.wake
         self.mqtt_api = MqttApi(store, self.intake, publisher)
         self.presence = _Presence(store)
@@ -252,7 +255,10 @@ class BridgeNode:
             await asyncio.gather(self._http_task, return_exceptions=True)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self.dispatcher.drained(), 5)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.vendors.drained(), 5)
         await self._tasks.cancel()
+        await self.vendors.close()
         if self._http_socket is not None:
             self._http_socket.close()
 

@@ -45,6 +45,7 @@ from mqttpush.models import (
     PushRequest,
     TagsRequest,
     TemplateRequest,
+    VendorTokenRequest,
 )
 from mqttpush.store import Store
 
@@ -435,6 +436,65 @@ def create_api(ctx: ApiContext) -> FastAPI:
         assert ctx.publisher is not None
         told = await ctx.intake.recall(app, msg_id, ctx.publisher)
         return {"msg_id": msg_id, "revoked_devices": told}
+
+    @api.put("/api/v1/devices/{device_id}/tokens")
+    async def set_vendor_token(device_id: str, request: Request) -> dict[str, Any]:
+        """Register a vendor token (APNs, FCM, HMS, MiPush) or a WebPush subscription for a device."""
+        app_key, _, body = await _app_or_device(request, device_id)
+        req = _parse(VendorTokenRequest, body)
+        if req.vendor == "webpush":
+            sub = req.subscription
+            keys = sub.get("keys") if isinstance(sub, dict) else None
+            if (
+                not isinstance(sub, dict)
+                or not str(sub.get("endpoint", "")).startswith("https://")
+                or not isinstance(keys, dict)
+                or not keys.get("p256dh")
+                or not keys.get("auth")
+            ):
+                raise InvalidContent(
+                    'webpush needs "subscription": {"endpoint": "https://...", "keys": {"p256dh", "auth"}}',
+                    code="bad_subscription",
+                )
+            token = json.dumps(
+                {"endpoint": sub["endpoint"], "keys": {"p256dh": keys["p256dh"], "auth": keys["auth"]}}
+            )
+        elif req.token is None or any(c.isspace() for c in req.token):
+            raise InvalidContent(f"{req.vendor} needs a token without spaces", code="bad_vendor_token")
+        else:
+            token = req.token
+        await store.run(store.set_vendor_token, app_key, device_id, req.vendor, token)
+        tokens = await store.run(store.vendor_tokens, device_id)
+        return {
+            "device_id": device_id,
+            "tokens": [{"vendor": t["vendor"], "updated_at": t["updated_at"]} for t in tokens],
+        }
+
+    @api.delete("/api/v1/devices/{device_id}/tokens/{vendor}")
+    async def remove_vendor_token(device_id: str, vendor: str, request: Request) -> dict[str, Any]:
+        app_key, _, _ = await _app_or_device(request, device_id)
+        await store.run(store.device_doc, app_key, device_id)  # 404 for another app's device
+        removed = await store.run(store.remove_vendor_token, device_id, vendor)
+        return {"device_id": device_id, "removed": removed}
+
+    @api.get("/api/v1/webpush/key")
+    async def webpush_key(request: Request) -> dict[str, Any]:
+        """The app's VAPID public key, for a browser's ``pushManager.subscribe`` (X-MQTTPush-Key)."""
+        app = await _app_by_key(request)
+        config = await store.run(store.vendor_config, app.app_key, "webpush")
+        if not config or not config.get("vapid_public_key"):
+            raise NotFound("this app has no VAPID key yet (mqttpush app vapid)", code="no_vapid_key")
+        return {"public_key": config["vapid_public_key"]}
+
+    @api.get("/api/v1/vendors")
+    async def vendors(request: Request) -> dict[str, Any]:
+        """Configured vendor channels, their counters, and alarms (e.g. rejected credentials)."""
+        app, _ = await _signed(request)
+        return {
+            "configured": await store.run(store.vendors_configured, app.app_key),
+            "counters": await store.run(store.vendor_counters, app.app_key),
+            "alarms": await store.run(store.alarms, app.app_key),
+        }
 
     @api.get("/api/v1/settings")
     async def get_settings(request: Request) -> dict[str, Any]:

@@ -44,6 +44,7 @@ from mqttpush.models import (
 from mqttpush.store.policy import PolicyQueries
 from mqttpush.store.targeting import TargetingQueries
 from mqttpush.store.tx import Transaction
+from mqttpush.store.vendors import VendorQueries
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -112,7 +113,7 @@ class _Sealer:
         return self._aead.decrypt(sealed[:12], sealed[12:], None).decode()
 
 
-class Store(TargetingQueries, PolicyQueries):
+class Store(TargetingQueries, PolicyQueries, VendorQueries):
     """The source of truth: apps, devices, messages, deliveries and their history."""
 
     def __init__(
@@ -195,6 +196,12 @@ class Store(TargetingQueries, PolicyQueries):
                 for statement in _statements(sql):
                     self._conn.execute(statement)
                 self._conn.execute(f"PRAGMA user_version={version}")
+
+    def _seal(self, plain: str) -> bytes:
+        return self._sealer.seal(plain)
+
+    def _unseal(self, sealed: bytes) -> str:
+        return self._sealer.open(sealed)
 
     # --- apps -------------------------------------------------------------------------------
 

@@ -1,0 +1,99 @@
+"""What every vendor channel shares: the message it forwards, the request it builds, and the
+outcome it classifies a vendor's answer into. Pure: the vendor knowledge lives in each module's
+``build_request`` and ``classify`` (no I/O); ``send`` is a thin async shell around them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class PushMessage:
+    """One message for one device, as a vendor channel sees it."""
+
+    msg_id: str
+    envelope: dict[str, Any]
+    """The device envelope (DESIGN §2): id, app, type ("notification"|"message"), title, body, data,
+    sent_at, expires_at, and optional image, url, sound, badge, category."""
+    ttl: int
+    """Seconds left until the message expires (>= 0)."""
+    priority: str = "normal"
+    """"high" or "normal"."""
+    collapse_key: str | None = None
+
+    @property
+    def is_notification(self) -> bool:
+        return self.envelope.get("type") == "notification"
+
+
+@dataclass(frozen=True, slots=True)
+class VendorRequest:
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class VendorResponse:
+    status: int
+    headers: dict[str, str]
+    """Lower-case header names."""
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    vendor_id: str | None = None
+    """The vendor's id for the accepted message (apns-id, FCM name, ...), when it gives one."""
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    reason: str
+    after: float | None = None
+    """Seconds to wait (Retry-After), or None to use the dispatcher's backoff."""
+
+
+@dataclass(frozen=True, slots=True)
+class DropToken:
+    """The vendor says this token will never work again: remove it from the registry."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Fail:
+    reason: str
+    auth: bool = False
+    """True when the app's credentials are the problem (an app-level alarm, not a per-message retry)."""
+
+
+Outcome = Delivered | Retry | DropToken | Fail
+
+
+class PayloadTooLargeForVendor(ValueError):
+    """The vendor's payload limit (4096 bytes for APNs and FCM) would be exceeded."""
+
+
+@dataclass
+class ChannelStats:
+    sent: int = 0
+    delivered: int = 0
+    retried: int = 0
+    dropped_tokens: int = 0
+    failed: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+class Channel(Protocol):
+    """An open connection to one vendor for one app's credentials."""
+
+    name: str
+
+    async def send(self, message: PushMessage, token: str) -> Outcome:
+        """Build, send, classify. Network errors become ``Retry``; never raises for vendor answers."""
+        ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,481 @@
+"""Huawei Push Kit (HMS Core, Android): one message to one token over the v1 REST API.
+
+Vendor knowledge lives in two pure functions: :func:`build_request` (a ``PushMessage`` and a push
+token → the ``POST {base_url}/v1/{app_id}/messages:send`` request) and :func:`classify` (the
+answer → ``Delivered`` / ``Retry`` / ``DropToken`` / ``Fail``). The access token comes from
+Huawei's OAuth 2.0 client-credentials grant (:func:`build_token_request`,
+:func:`classify_token_response`), cached by :class:`AccessTokenCache` until shortly before it
+expires. :class:`HmsChannel` is the thin async shell that sends.
+
+Result codes (Push Kit server API): 80000000 success; 80100000 some tokens failed (the failed ones
+are listed in ``msg``); 80100001/80100003/80100004/80100013/80100016 malformed or refused content;
+80200001 OAuth authentication error; 80200003 OAuth token expired; 80300002 the app may not push;
+80300007 all tokens invalid; 80300008 message body too large; 80300010 token count out of range;
+80300011 no right to send high-priority messages; 81000001 internal error. HTTP 503 is Huawei's
+traffic control (rate limit); 429 and other 5xx are treated alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import ssl
+import time
+import zlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+import httpx
+
+from bridge.channels.base import (
+    ChannelStats,
+    Delivered,
+    DropToken,
+    Fail,
+    Outcome,
+    PayloadTooLargeForVendor,
+    PushMessage,
+    Retry,
+    VendorRequest,
+    VendorResponse,
+)
+from mqttpush.errors import InvalidContent
+
+log = logging.getLogger(__name__)
+
+NAME = "hms"
+DEFAULT_BASE_URL = "https://push-api.cloud.huawei.com"
+DEFAULT_TOKEN_URL = "https://oauth-login.cloud.huawei.com/oauth2/v3/token"
+MAX_MESSAGE_BYTES = 4096
+"""Push Kit's limit on the message content (the ``message`` object without its token list)."""
+MAX_TTL = 15 * 24 * 3600
+"""Push Kit caches a message for at most 15 days."""
+TOKEN_REFRESH_MARGIN = 300.0
+"""Fetch a new access token this many seconds before the cached one expires."""
+TOKEN_REFUSAL_HOLD = 60.0
+"""After Huawei refuses the client credentials, answer sends with that refusal this long instead of
+asking again for every message."""
+
+SUCCESS = "80000000"
+PARTIAL_SUCCESS = "80100000"
+OAUTH_ERROR = "80200001"
+OAUTH_TOKEN_EXPIRED = "80200003"
+NO_PUSH_PERMISSION = "80300002"
+ALL_TOKENS_INVALID = "80300007"
+BODY_TOO_LARGE = "80300008"
+INTERNAL_ERROR = "81000001"
+
+_CONTENT_ERRORS = {
+    "80100001": "parameter_error",
+    "80100002": "sync_message_needs_one_token",
+    "80100003": "incorrect_message_structure",
+    "80100004": "ttl_already_passed",
+    "80100013": "invalid_collapse_key",
+    "80100016": "sensitive_content",
+    "80300010": "token_count_out_of_range",
+    "80300011": "no_high_priority_permission",
+}
+# The failures a fresh access token can cure; the channel refetches once on these.
+_REFRESHABLE = frozenset({"oauth_error", "oauth_token_expired", "unauthorized"})
+
+
+@dataclass(frozen=True, slots=True)
+class HmsCredentials:
+    """The ``hms`` object of VENDORS.json (DESIGN §7)."""
+
+    app_id: str
+    client_id: str
+    client_secret: str = field(repr=False)
+    base_url: str = DEFAULT_BASE_URL
+    token_url: str = DEFAULT_TOKEN_URL
+    ca_file: str | None = None
+    """PEM bundle to trust instead of the system store (None: system trust store)."""
+
+
+def load_credentials(obj: Mapping[str, Any], base_dir: Path) -> HmsCredentials:
+    """Read the ``hms`` VENDORS.json object; relative ``ca_file`` paths are taken from ``base_dir``.
+
+    ``client_id`` defaults to ``app_id`` (Huawei issues the app's OAuth client id equal to its app
+    id). Raises ``InvalidContent(code="bad_vendor_config")`` naming the offending key.
+    """
+    if not isinstance(obj, Mapping):
+        raise _bad_config("the hms entry must be a JSON object")
+    app_id = _required_str(obj, "app_id")
+    client_id = _optional_str(obj, "client_id") or app_id
+    return HmsCredentials(
+        app_id=app_id,
+        client_id=client_id,
+        client_secret=_required_str(obj, "client_secret"),
+        base_url=_https_url(obj, "base_url", DEFAULT_BASE_URL),
+        token_url=_https_url(obj, "token_url", DEFAULT_TOKEN_URL),
+        ca_file=_ca_file(obj, base_dir),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure: request building and answer classification
+
+
+def build_request(message: PushMessage, token: str, creds: HmsCredentials, auth: str) -> VendorRequest:
+    """The Push Kit send request for ``message`` to one ``token``; ``auth`` is the OAuth access token.
+
+    A notification envelope becomes ``android.notification`` (tapping opens the app) and a
+    ``"message"`` envelope a data message; both carry the envelope JSON in ``message.data`` so the
+    app can deduplicate by id. Raises :class:`PayloadTooLargeForVendor` over 4096 bytes of content.
+    """
+    envelope = message.envelope
+    android: dict[str, Any] = {
+        "urgency": "HIGH" if message.priority == "high" else "NORMAL",
+        # Push Kit has no "deliver now or never": 1 s is the shortest lifetime it takes.
+        "ttl": f"{min(max(message.ttl, 1), MAX_TTL)}s",
+    }
+    if message.collapse_key:
+        android["collapse_key"] = collapse_group(message.collapse_key)
+    if message.is_notification:
+        android["notification"] = _notification(envelope, message.collapse_key)
+    content: dict[str, Any] = {
+        "data": json.dumps(envelope, ensure_ascii=False, separators=(",", ":")),
+        "android": android,
+    }
+    size = len(json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode())
+    if size > MAX_MESSAGE_BYTES:
+        raise PayloadTooLargeForVendor(f"HMS message content is {size} bytes, over {MAX_MESSAGE_BYTES}")
+    body = {"validate_only": False, "message": {**content, "token": [token]}}
+    return VendorRequest(
+        method="POST",
+        url=f"{creds.base_url}/v1/{creds.app_id}/messages:send",
+        headers={
+            "authorization": f"Bearer {auth}",
+            "content-type": "application/json; charset=UTF-8",
+        },
+        body=json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode(),
+    )
+
+
+def collapse_group(collapse_key: str) -> int:
+    """Push Kit collapses offline messages by an integer group 1..100; map our key onto one, stably."""
+    return zlib.crc32(collapse_key.encode()) % 100 + 1
+
+
+def _notification(envelope: Mapping[str, Any], collapse_key: str | None) -> dict[str, Any]:
+    notification: dict[str, Any] = {
+        "title": str(envelope.get("title") or ""),
+        "body": str(envelope.get("body") or ""),
+        "click_action": {"type": 3},  # 3 = start the app
+    }
+    image = envelope.get("image")
+    if isinstance(image, str) and image.startswith("https://"):
+        notification["image"] = image  # Push Kit fetches only HTTPS images
+    sound = envelope.get("sound")
+    if isinstance(sound, str) and sound and sound != "default":
+        notification["sound"] = f"/raw/{sound}"  # a resource in the app's res/raw
+        notification["default_sound"] = False
+    else:
+        notification["default_sound"] = True
+    if collapse_key:
+        notification["tag"] = collapse_key  # a newer notification with the same tag replaces it
+    return notification
+
+
+def classify(response: VendorResponse) -> Outcome:
+    """Map a Push Kit answer for a single-token send onto an outcome."""
+    body = _json_object(response.body)
+    code = str(body.get("code", "")) if body is not None else ""
+    request_id = body.get("requestId") if body is not None else None
+    if code == PARTIAL_SUCCESS and _partial_failed(body):
+        # With one token, a failure count or an illegal-token list can only mean ours.
+        return DropToken("illegal_token")
+    if code in (SUCCESS, PARTIAL_SUCCESS):
+        return Delivered(vendor_id=str(request_id) if request_id else None)
+    if code == ALL_TOKENS_INVALID:
+        return DropToken("invalid_token")
+    if code == OAUTH_TOKEN_EXPIRED:
+        return Fail("oauth_token_expired", auth=True)
+    if code == OAUTH_ERROR:
+        return Fail("oauth_error", auth=True)
+    if code == NO_PUSH_PERMISSION:
+        return Fail("no_push_permission", auth=True)
+    if code == BODY_TOO_LARGE:
+        return Fail("payload_too_large")
+    if code == INTERNAL_ERROR:
+        return Retry("vendor_internal_error", after=_retry_after(response.headers))
+    if code in _CONTENT_ERRORS:
+        return Fail(_CONTENT_ERRORS[code])
+    status = response.status
+    if status == 401:
+        return Fail("unauthorized", auth=True)
+    if status == 429 or status >= 500:
+        return Retry(
+            "rate_limited" if status in (429, 503) else f"http_{status}", after=_retry_after(response.headers)
+        )
+    return Fail(f"http_{status}" + (f"_code_{code}" if code else ""))
+
+
+def _partial_failed(body: Mapping[str, Any] | None) -> bool:
+    """Read 80100000's ``msg``: a JSON string {"success", "failure", "illegal_tokens": [...]}."""
+    msg = body.get("msg") if body is not None else None
+    detail = _json_object(msg.encode()) if isinstance(msg, str) else None
+    if detail is None:
+        return True  # no detail to read: the failure Huawei reports is our only token's
+    failures = detail.get("failure")
+    illegal = detail.get("illegal_tokens") or detail.get("illegalTokens")
+    return bool(illegal) or (isinstance(failures, int) and failures > 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure: the OAuth 2.0 client-credentials grant
+
+
+@dataclass(frozen=True, slots=True)
+class AccessToken:
+    value: str = field(repr=False)
+    expires_at: float
+
+
+def build_token_request(creds: HmsCredentials) -> VendorRequest:
+    """``POST token_url`` with ``grant_type=client_credentials``, the client id and secret."""
+    form = {
+        "grant_type": "client_credentials",
+        "client_id": creds.client_id,
+        "client_secret": creds.client_secret,
+    }
+    return VendorRequest(
+        method="POST",
+        url=creds.token_url,
+        headers={"content-type": "application/x-www-form-urlencoded"},
+        body=urlencode(form).encode(),
+    )
+
+
+def classify_token_response(response: VendorResponse, now: float) -> AccessToken | Retry | Fail:
+    """A new access token, or why there is none (``Retry`` when Huawei is busy, ``Fail(auth=True)``
+    when it refuses the client id/secret)."""
+    body = _json_object(response.body) or {}
+    token = body.get("access_token")
+    expires_in = body.get("expires_in")
+    if response.status == 200 and isinstance(token, str) and token and isinstance(expires_in, int | float):
+        return AccessToken(value=token, expires_at=now + float(expires_in))
+    if response.status == 429 or response.status >= 500:
+        return Retry("oauth_unavailable", after=_retry_after(response.headers))
+    detail = body.get("error_description") or body.get("error") or f"http_{response.status}"
+    return Fail(f"oauth_rejected: {detail}", auth=True)
+
+
+class AccessTokenCache:
+    """The current access token, trusted until ``margin`` seconds before it expires."""
+
+    def __init__(self, now: Callable[[], float] = time.time, margin: float = TOKEN_REFRESH_MARGIN) -> None:
+        self._now = now
+        self._margin = margin
+        self._token: AccessToken | None = None
+
+    def get(self) -> str | None:
+        token = self._token
+        if token is None or self._now() >= token.expires_at - self._margin:
+            return None
+        return token.value
+
+    def put(self, token: AccessToken) -> None:
+        self._token = token
+
+    def invalidate(self, value: str) -> None:
+        """Forget ``value`` (the token a send was refused with), but not a newer one fetched since."""
+        if self._token is not None and self._token.value == value:
+            self._token = None
+
+
+# ---------------------------------------------------------------------------------------------
+# The channel: a thin async shell
+
+
+class HmsChannel:
+    """Sends to Huawei Push Kit for one app's credentials over one shared HTTP/2 client."""
+
+    name = NAME
+
+    def __init__(
+        self,
+        creds: HmsCredentials,
+        *,
+        max_concurrency: int = 100,
+        timeout: float = 10.0,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        self.creds = creds
+        self.stats = ChannelStats()
+        self._now = now
+        self._tokens = AccessTokenCache(now)
+        self._refusal: tuple[Fail, float] | None = None
+        self._token_lock = asyncio.Lock()
+        self._limit = asyncio.Semaphore(max_concurrency)
+        self._client = httpx.AsyncClient(http2=True, verify=_verify(creds.ca_file), timeout=timeout)
+
+    async def __aenter__(self) -> HmsChannel:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def send(self, message: PushMessage, token: str) -> Outcome:
+        """Build, send, classify; refetch the access token once if Huawei refuses it."""
+        self.stats.sent += 1
+        async with self._limit:
+            outcome = await self._send(message, token)
+        _count(self.stats, outcome)
+        _log_outcome(message, token, outcome)
+        return outcome
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    async def _send(self, message: PushMessage, token: str) -> Outcome:
+        refreshed = False
+        while True:
+            access = await self._access_token()
+            if not isinstance(access, str):
+                return access
+            try:
+                request = build_request(message, token, self.creds, access)
+            except PayloadTooLargeForVendor as exc:
+                log.info("hms payload too large msg_id=%s: %s", message.msg_id, exc)
+                self.stats.extra["too_large"] = self.stats.extra.get("too_large", 0) + 1
+                return Fail("payload_too_large")
+            response = await _exchange(self._client, request)
+            if isinstance(response, Retry):
+                return response
+            outcome = classify(response)
+            if isinstance(outcome, Fail) and outcome.reason in _REFRESHABLE and not refreshed:
+                refreshed = True
+                self._tokens.invalidate(access)
+                self.stats.extra["auth_refreshes"] = self.stats.extra.get("auth_refreshes", 0) + 1
+                continue
+            return outcome
+
+    async def _access_token(self) -> str | Retry | Fail:
+        token = self._tokens.get()
+        if token is not None:
+            return token
+        async with self._token_lock:  # one fetch at a time; the others reuse its result
+            token = self._tokens.get()
+            if token is not None:
+                return token
+            if self._refusal is not None and self._now() < self._refusal[1]:
+                return self._refusal[0]
+            response = await _exchange(self._client, build_token_request(self.creds))
+            if isinstance(response, Retry):
+                return response
+            result = classify_token_response(response, self._now())
+            if isinstance(result, AccessToken):
+                self._tokens.put(result)
+                self._refusal = None
+                self.stats.extra["token_fetches"] = self.stats.extra.get("token_fetches", 0) + 1
+                return result.value
+            if isinstance(result, Fail):
+                self._refusal = (result, self._now() + TOKEN_REFUSAL_HOLD)
+                log.warning("hms access token refused app_id=%s reason=%s", self.creds.app_id, result.reason)
+            return result
+
+
+async def _exchange(client: httpx.AsyncClient, request: VendorRequest) -> VendorResponse | Retry:
+    try:
+        response = await client.request(
+            request.method, request.url, headers=request.headers, content=request.body
+        )
+    except httpx.TransportError as exc:
+        log.info("hms network error url=%s error=%s", urlsplit(request.url).netloc, type(exc).__name__)
+        return Retry("network")
+    return VendorResponse(
+        status=response.status_code,
+        headers={k.lower(): v for k, v in response.headers.items()},
+        body=response.content,
+    )
+
+
+def _count(stats: ChannelStats, outcome: Outcome) -> None:
+    if isinstance(outcome, Delivered):
+        stats.delivered += 1
+    elif isinstance(outcome, Retry):
+        stats.retried += 1
+    elif isinstance(outcome, DropToken):
+        stats.dropped_tokens += 1
+    else:
+        stats.failed += 1
+
+
+def _log_outcome(message: PushMessage, token: str, outcome: Outcome) -> None:
+    if isinstance(outcome, DropToken):
+        log.info("hms drop token=%s msg_id=%s reason=%s", _redact(token), message.msg_id, outcome.reason)
+    elif isinstance(outcome, Fail):
+        level = logging.WARNING if outcome.auth else logging.INFO
+        log.log(level, "hms failed msg_id=%s reason=%s auth=%s", message.msg_id, outcome.reason, outcome.auth)
+
+
+def _redact(token: str) -> str:
+    return token[:6] + "…"
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    """Retry-After in delta-seconds; an HTTP-date falls back to the dispatcher's backoff."""
+    value = headers.get("retry-after", "").strip()
+    return float(value) if value.isdigit() else None
+
+
+def _json_object(data: bytes) -> dict[str, Any] | None:
+    try:
+        value = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _verify(ca_file: str | None) -> ssl.SSLContext | bool:
+    return ssl.create_default_context(cafile=ca_file) if ca_file else True
+
+
+# ---------------------------------------------------------------------------------------------
+# VENDORS.json validation
+
+
+def _bad_config(message: str) -> InvalidContent:
+    return InvalidContent(f"VENDORS.json hms: {message}", code="bad_vendor_config")
+
+
+def _required_str(obj: Mapping[str, Any], key: str) -> str:
+    value = obj.get(key)
+    if not isinstance(value, str) or not value.strip():
+        raise _bad_config(f"{key!r} is required (a non-empty string)")
+    return value.strip()
+
+
+def _optional_str(obj: Mapping[str, Any], key: str) -> str | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise _bad_config(f"{key!r} must be a non-empty string when given")
+    return value.strip()
+
+
+def _https_url(obj: Mapping[str, Any], key: str, default: str) -> str:
+    value = _optional_str(obj, key) or default
+    parts = urlsplit(value)
+    if parts.scheme != "https" or not parts.netloc:
+        raise _bad_config(f"{key!r} must be an https:// URL, got {value!r}")
+    return value.rstrip("/")
+
+
+def _ca_file(obj: Mapping[str, Any], base_dir: Path) -> str | None:
+    value = _optional_str(obj, "ca_file")
+    if value is None:
+        return None
+    path = Path(value) if Path(value).is_absolute() else base_dir / value
+    if not path.is_file():
+        raise _bad_config(f"'ca_file' {str(path)!r} is not a readable file")
+    return str(path)

@@ -1,0 +1,382 @@
+"""Xiaomi MiPush: one message to one registration id over the v3 server API.
+
+Vendor knowledge lives in two pure functions: :func:`build_request` (a ``PushMessage`` and a regid →
+``POST {base_url}/v3/message/regid``, form-encoded, ``Authorization: key=<app_secret>``) and
+:func:`classify` (the answer → ``Delivered`` / ``Retry`` / ``DropToken`` / ``Fail``).
+:class:`MiPushChannel` is the thin async shell that sends. The app secret is a static key: there is
+no token to refresh.
+
+Answers are JSON ``{"result": "ok"|"error", "code", "reason", "description", "trace_id", "data"}``.
+Success is code 0 with ``data.id`` (and ``data.bad_regids``, a comma-separated list, when some
+regids were refused); code 20301 "No valid targets!" means every regid was refused. Documented
+server error codes used here: 1/10001/10002/10003/26003/65029 internal or busy, 10027 and 21303
+calls too frequent, 10034 daily quota used up (all retried); 21301/21302 authentication failed,
+22000 invalid app (a wrong app secret), 22006/22007/22022 invalid app id, key or package name,
+10031/10036 app blacklisted or its operations forbidden (app alarms); 65009 message content too
+long; 10008/10016/10017/21305 bad or missing parameters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import ssl
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+import httpx
+
+from bridge.channels.base import (
+    ChannelStats,
+    Delivered,
+    DropToken,
+    Fail,
+    Outcome,
+    PayloadTooLargeForVendor,
+    PushMessage,
+    Retry,
+    VendorRequest,
+    VendorResponse,
+)
+from mqttpush.errors import InvalidContent
+
+log = logging.getLogger(__name__)
+
+NAME = "mipush"
+DEFAULT_BASE_URL = "https://api.xmpush.xiaomi.com"
+MAX_PAYLOAD_BYTES = 4096
+"""MiPush's limit on the message content (``payload``, the envelope JSON)."""
+MAX_TITLE_CHARS = 49
+"""A notification title must be shorter than 50 characters (each CJK or Latin character counts 1)."""
+MAX_DESCRIPTION_CHARS = 127
+"""A notification description must be shorter than 128 characters."""
+
+NO_VALID_TARGETS = 20301
+_RETRY = {
+    1: "vendor_internal_error",
+    10001: "vendor_system_error",
+    10002: "vendor_busy",
+    10003: "vendor_remote_error",
+    10027: "rate_limited",
+    10034: "daily_quota_exceeded",
+    21303: "rate_limited",
+    26003: "vendor_internal_error",
+    65029: "vendor_remote_error",
+}
+_AUTH = {
+    10031: "app_blacklisted",
+    10036: "app_operation_forbidden",
+    21301: "authentication_failed",
+    21302: "authentication_failed",
+    22000: "invalid_app_secret",
+    22006: "invalid_app_id",
+    22007: "invalid_app_key",
+    22022: "invalid_package_name",
+}
+_FAIL = {
+    10008: "parameter_error",
+    10016: "missing_parameter",
+    10017: "invalid_parameter",
+    21305: "missing_parameter",
+    65009: "payload_too_large",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class MiPushCredentials:
+    """The ``mipush`` object of VENDORS.json (DESIGN §7)."""
+
+    app_secret: str = field(repr=False)
+    package_name: str
+    base_url: str = DEFAULT_BASE_URL
+    ca_file: str | None = None
+    """PEM bundle to trust instead of the system store (None: system trust store)."""
+    channel_id: str | None = None
+    """Optional notification channel registered with Xiaomi (``extra.channel_id``); Xiaomi uses it
+    to tell private messages from public ones and to apply their quotas."""
+
+
+def load_credentials(obj: Mapping[str, Any], base_dir: Path) -> MiPushCredentials:
+    """Read the ``mipush`` VENDORS.json object; relative ``ca_file`` paths are taken from ``base_dir``.
+
+    Raises ``InvalidContent(code="bad_vendor_config")`` naming the offending key.
+    """
+    if not isinstance(obj, Mapping):
+        raise _bad_config("the mipush entry must be a JSON object")
+    return MiPushCredentials(
+        app_secret=_required_str(obj, "app_secret"),
+        package_name=_required_str(obj, "package_name"),
+        base_url=_https_url(obj, "base_url", DEFAULT_BASE_URL),
+        ca_file=_ca_file(obj, base_dir),
+        channel_id=_optional_str(obj, "channel_id"),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure: request building and answer classification
+
+
+def build_request(
+    message: PushMessage, token: str, creds: MiPushCredentials, auth: str = ""
+) -> VendorRequest:
+    """The MiPush send request for ``message`` to one regid ``token``.
+
+    ``auth`` is unused: MiPush authenticates with the static app secret from ``creds``. A
+    notification envelope becomes a notification-bar message (``pass_through=0``; tapping opens the
+    app, which receives ``payload``), a ``"message"`` envelope a pass-through message
+    (``pass_through=1``). ``payload`` is the envelope JSON either way. Raises
+    :class:`PayloadTooLargeForVendor` when the payload is over 4096 bytes.
+    """
+    envelope = message.envelope
+    payload = json.dumps(envelope, ensure_ascii=False, separators=(",", ":"))
+    size = len(payload.encode())
+    if size > MAX_PAYLOAD_BYTES:
+        raise PayloadTooLargeForVendor(f"MiPush payload is {size} bytes, over {MAX_PAYLOAD_BYTES}")
+    form: dict[str, str] = {
+        "registration_id": token,
+        "restricted_package_name": creds.package_name,
+        "payload": payload,
+        "time_to_live": str(max(message.ttl, 0) * 1000),
+    }
+    title, description = _texts(envelope)
+    if message.is_notification and (title or description):
+        form.update(
+            {
+                "pass_through": "0",
+                # MiPush refuses an all-blank title or description: each stands in for the other.
+                "title": (title or description)[:MAX_TITLE_CHARS],
+                "description": (description or title)[:MAX_DESCRIPTION_CHARS],
+                "notify_type": "-1",  # DEFAULT_ALL: default sound, vibration and light
+                # Same notify_id replaces the shown notification: one per collapse key, else per message.
+                "notify_id": str(notify_id(message.collapse_key or message.msg_id)),
+                "extra.notify_effect": "1",  # tapping opens the app's launcher activity
+                "extra.notify_foreground": "1",
+            }
+        )
+        sound = envelope.get("sound")
+        if isinstance(sound, str) and sound and sound != "default":
+            form["extra.sound_uri"] = f"android.resource://{creds.package_name}/raw/{sound}"
+    else:
+        # Nothing to show (a data message, or a notification without any text): the app handles it.
+        form["pass_through"] = "1"
+    if creds.channel_id:
+        form["extra.channel_id"] = creds.channel_id
+    return VendorRequest(
+        method="POST",
+        url=f"{creds.base_url}/v3/message/regid",
+        headers={
+            "authorization": f"key={creds.app_secret}",
+            "content-type": "application/x-www-form-urlencoded; charset=UTF-8",
+        },
+        body=urlencode(form).encode(),
+    )
+
+
+def notify_id(key: str) -> int:
+    """A stable notify_id for ``key`` in MiPush's range 0..2**31-1."""
+    return zlib.crc32(key.encode()) & 0x7FFFFFFF
+
+
+def _texts(envelope: Mapping[str, Any]) -> tuple[str, str]:
+    title = str(envelope.get("title") or "").strip()
+    body = str(envelope.get("body") or "").strip()
+    return title, body
+
+
+def classify(response: VendorResponse) -> Outcome:
+    """Map a MiPush answer for a single-regid send onto an outcome."""
+    body = _json_object(response.body)
+    if body is None:
+        return _classify_status(response)
+    code = _int_code(body.get("code"))
+    raw_data = body.get("data")
+    data: dict[str, Any] = raw_data if isinstance(raw_data, dict) else {}
+    if body.get("result") == "ok" and code in (0, None):
+        if data.get("bad_regids") or data.get("bad_regIds"):
+            return DropToken("bad_regid")  # one regid sent, so the refused one is ours
+        message_id = data.get("id")
+        return Delivered(vendor_id=str(message_id) if message_id else None)
+    if code is None:
+        return _classify_status(response)
+    if code == NO_VALID_TARGETS:
+        reason = str(body.get("reason") or "").lower()
+        if "target" in reason or "regid" in reason or "registration" in reason:
+            return DropToken("invalid_regid")
+        return Fail("send_failed")
+    if code in _RETRY:
+        return Retry(_RETRY[code], after=_retry_after(response.headers))
+    if code in _AUTH:
+        return Fail(_AUTH[code], auth=True)
+    if code in _FAIL:
+        return Fail(_FAIL[code])
+    if response.status != 200:
+        return _classify_status(response)
+    return Fail(f"code_{code}")
+
+
+def _int_code(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.lstrip("-").isdigit():
+        return int(value)
+    return None
+
+
+def _classify_status(response: VendorResponse) -> Outcome:
+    status = response.status
+    if status in (401, 403):
+        return Fail("unauthorized", auth=True)
+    if status == 429 or status >= 500:
+        return Retry(
+            "rate_limited" if status in (429, 503) else f"http_{status}", after=_retry_after(response.headers)
+        )
+    return Fail(f"http_{status}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The channel: a thin async shell
+
+
+class MiPushChannel:
+    """Sends to Xiaomi MiPush for one app's credentials over one shared HTTP/2 client."""
+
+    name = NAME
+
+    def __init__(
+        self, creds: MiPushCredentials, *, max_concurrency: int = 100, timeout: float = 10.0
+    ) -> None:
+        self.creds = creds
+        self.stats = ChannelStats()
+        self._limit = asyncio.Semaphore(max_concurrency)
+        self._client = httpx.AsyncClient(http2=True, verify=_verify(creds.ca_file), timeout=timeout)
+
+    async def __aenter__(self) -> MiPushChannel:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def send(self, message: PushMessage, token: str) -> Outcome:
+        """Build, send, classify. Network errors become ``Retry("network")``."""
+        self.stats.sent += 1
+        async with self._limit:
+            outcome = await self._send(message, token)
+        _count(self.stats, outcome)
+        _log_outcome(message, token, outcome)
+        return outcome
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    async def _send(self, message: PushMessage, token: str) -> Outcome:
+        try:
+            request = build_request(message, token, self.creds)
+        except PayloadTooLargeForVendor as exc:
+            log.info("mipush payload too large msg_id=%s: %s", message.msg_id, exc)
+            self.stats.extra["too_large"] = self.stats.extra.get("too_large", 0) + 1
+            return Fail("payload_too_large")
+        try:
+            response = await self._client.request(
+                request.method, request.url, headers=request.headers, content=request.body
+            )
+        except httpx.TransportError as exc:
+            log.info("mipush network error msg_id=%s error=%s", message.msg_id, type(exc).__name__)
+            return Retry("network")
+        return classify(
+            VendorResponse(
+                status=response.status_code,
+                headers={k.lower(): v for k, v in response.headers.items()},
+                body=response.content,
+            )
+        )
+
+
+def _count(stats: ChannelStats, outcome: Outcome) -> None:
+    if isinstance(outcome, Delivered):
+        stats.delivered += 1
+    elif isinstance(outcome, Retry):
+        stats.retried += 1
+    elif isinstance(outcome, DropToken):
+        stats.dropped_tokens += 1
+    else:
+        stats.failed += 1
+
+
+def _log_outcome(message: PushMessage, token: str, outcome: Outcome) -> None:
+    if isinstance(outcome, DropToken):
+        log.info("mipush drop token=%s msg_id=%s reason=%s", token[:6] + "…", message.msg_id, outcome.reason)
+    elif isinstance(outcome, Fail):
+        level = logging.WARNING if outcome.auth else logging.INFO
+        log.log(
+            level, "mipush failed msg_id=%s reason=%s auth=%s", message.msg_id, outcome.reason, outcome.auth
+        )
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    """Retry-After in delta-seconds; an HTTP-date falls back to the dispatcher's backoff."""
+    value = headers.get("retry-after", "").strip()
+    return float(value) if value.isdigit() else None
+
+
+def _json_object(data: bytes) -> dict[str, Any] | None:
+    try:
+        value = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _verify(ca_file: str | None) -> ssl.SSLContext | bool:
+    return ssl.create_default_context(cafile=ca_file) if ca_file else True
+
+
+# ---------------------------------------------------------------------------------------------
+# VENDORS.json validation
+
+
+def _bad_config(message: str) -> InvalidContent:
+    return InvalidContent(f"VENDORS.json mipush: {message}", code="bad_vendor_config")
+
+
+def _required_str(obj: Mapping[str, Any], key: str) -> str:
+    value = obj.get(key)
+    if not isinstance(value, str) or not value.strip():
+        raise _bad_config(f"{key!r} is required (a non-empty string)")
+    return value.strip()
+
+
+def _optional_str(obj: Mapping[str, Any], key: str) -> str | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise _bad_config(f"{key!r} must be a non-empty string when given")
+    return value.strip()
+
+
+def _https_url(obj: Mapping[str, Any], key: str, default: str) -> str:
+    value = _optional_str(obj, key) or default
+    parts = urlsplit(value)
+    if parts.scheme != "https" or not parts.netloc:
+        raise _bad_config(f"{key!r} must be an https:// URL, got {value!r}")
+    return value.rstrip("/")
+
+
+def _ca_file(obj: Mapping[str, Any], base_dir: Path) -> str | None:
+    value = _optional_str(obj, "ca_file")
+    if value is None:
+        return None
+    path = Path(value) if Path(value).is_absolute() else base_dir / value
+    if not path.is_file():
+        raise _bad_config(f"'ca_file' {str(path)!r} is not a readable file")
+    return str(path)

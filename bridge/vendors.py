@@ -1,0 +1,245 @@
+"""Forwarding to vendor channels: retries with backoff and jitter (honouring Retry-After), a rate
+limit per vendor, dead tokens removed, auth failures raised as an app-level alarm, and every
+outcome stored on the delivery (``forwarded(vendor)`` or ``failed(reason)``)."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bridge.channels.base import (
+    Channel,
+    Delivered,
+    DropToken,
+    Fail,
+    PayloadTooLargeForVendor,
+    PushMessage,
+    Retry,
+)
+from mqttpush.clock import Clock
+from mqttpush.errors import InvalidContent
+from mqttpush.store import Store
+
+log = logging.getLogger("mqttpush.vendors")
+
+ChannelFactory = Callable[[str, dict[str, Any]], Channel]
+"""``(vendor, stored config) -> Channel``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """One message for one device through one vendor."""
+
+    message: PushMessage
+    device_id: str
+    token: str
+
+
+class _RateLimit:
+    """At most ``rate`` sends a second, on the gateway's clock."""
+
+    def __init__(self, clock: Clock, rate: float) -> None:
+        self._clock, self._interval, self._next = clock, 1.0 / rate, 0.0
+
+    async def wait(self) -> None:
+        now = self._clock.now()
+        slot = max(now, self._next)
+        self._next = slot + self._interval
+        if slot > now:
+            await self._clock.sleep(slot - now)
+
+
+class VendorGateway:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        factory: ChannelFactory,
+        *,
+        max_attempts: int = 5,
+        backoff: float = 1.0,
+        max_backoff: float = 300.0,
+        rate_per_second: float = 2000.0,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._factory = factory
+        self._max_attempts = max_attempts
+        self._backoff = backoff
+        self._max_backoff = max_backoff
+        self._rate = rate_per_second
+        self._channels: dict[tuple[str, str], Channel] = {}
+        self._limits: dict[tuple[str, str], _RateLimit] = {}
+        self._configured: dict[str, frozenset[str]] = {}
+        self._pending: set[asyncio.Task[None]] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def configured(self, app_key: str) -> frozenset[str]:
+        """Vendors this app has credentials for (cached; :meth:`forget` after a change)."""
+        if app_key not in self._configured:
+            self._configured[app_key] = frozenset(
+                await self._store.run(self._store.vendors_configured, app_key)
+            )
+        return self._configured[app_key]
+
+    async def forget(self, app_key: str) -> None:
+        """Credentials changed: drop cached facts and open channels of this app."""
+        self._configured.pop(app_key, None)
+        for key in [k for k in self._channels if k[0] == app_key]:
+            await self._channels.pop(key).close()
+
+    def submit(self, app_key: str, vendor: str, forwards: list[Forward]) -> None:
+        """Forward in the background; outcomes land in the store."""
+        if not forwards:
+            return
+        self._idle.clear()
+        task = asyncio.ensure_future(self._run(app_key, vendor, forwards))
+        self._pending.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._pending.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("vendor forwarding failed: %r", task.exception())
+        if not self._pending:
+            self._idle.set()
+
+    async def drained(self) -> None:
+        await self._idle.wait()
+
+    async def close(self) -> None:
+        for task in list(self._pending):
+            task.cancel()
+        await asyncio.gather(*self._pending, return_exceptions=True)
+        for channel in self._channels.values():
+            await channel.close()
+        self._channels.clear()
+
+    async def _channel(self, app_key: str, vendor: str) -> Channel | None:
+        key = (app_key, vendor)
+        if key not in self._channels:
+            config = await self._store.run(self._store.vendor_config, app_key, vendor)
+            if config is None:
+                return None
+            self._channels[key] = self._factory(vendor, config)
+            self._limits[key] = _RateLimit(self._clock, float(config.get("rate_per_second", self._rate)))
+        return self._channels[key]
+
+    async def _run(self, app_key: str, vendor: str, forwards: list[Forward]) -> None:
+        channel = await self._channel(app_key, vendor)
+        if channel is None:
+            await self._record(app_key, vendor, [(f, "failed", "no credentials") for f in forwards])
+            return
+        attempt, todo = 0, forwards
+        while todo:
+            attempt += 1
+            results = await asyncio.gather(*(self._send(app_key, vendor, channel, f) for f in todo))
+            outcomes: list[tuple[Forward, str, str | None]] = []
+            retry: list[Forward] = []
+            wait = 0.0
+            for f, outcome in zip(todo, results, strict=True):
+                if isinstance(outcome, Delivered):
+                    outcomes.append((f, "forwarded", outcome.vendor_id))
+                elif isinstance(outcome, DropToken):
+                    outcomes.append((f, "dropped_token", outcome.reason))
+                elif isinstance(outcome, Fail):
+                    if outcome.auth:
+                        await self._store.run(self._store.raise_alarm, app_key, vendor, outcome.reason)
+                    outcomes.append((f, "failed", ("auth: " if outcome.auth else "") + outcome.reason))
+                elif attempt >= self._max_attempts:
+                    outcomes.append((f, "failed", f"gave up after {attempt} attempts: {outcome.reason}"))
+                else:
+                    retry.append(f)
+                    wait = max(wait, outcome.after or 0.0)
+            await self._record(app_key, vendor, outcomes)
+            if retry:
+                backoff = min(self._max_backoff, self._backoff * 2 ** (attempt - 1))
+                await self._clock.sleep(max(wait, backoff * random.uniform(0.5, 1.0)))
+            todo = retry
+
+    async def _send(self, app_key: str, vendor: str, channel: Channel, f: Forward) -> Any:
+        await self._limits[(app_key, vendor)].wait()
+        try:
+            return await channel.send(f.message, f.token)
+        except PayloadTooLargeForVendor as exc:
+            return Fail(f"payload too large: {exc}")
+        except Exception as exc:  # a channel bug must not lose the outcome
+            log.exception("channel %s failed", vendor)
+            return Retry(reason=f"channel error: {exc!r}")
+
+    async def _record(
+        self, app_key: str, vendor: str, outcomes: list[tuple[Forward, str, str | None]]
+    ) -> None:
+        if outcomes:
+            rows = [(f.message.msg_id, f.device_id, kind, detail, f.token) for f, kind, detail in outcomes]
+            await self._store.run(self._store.record_vendor_outcomes, app_key, vendor, rows)
+
+
+# --- the channel modules, by vendor name -------------------------------------------------------
+
+_CHANNEL_CLASSES = {
+    "apns": "ApnsChannel",
+    "fcm": "FcmChannel",
+    "hms": "HmsChannel",
+    "mipush": "MiPushChannel",
+    "webpush": "WebPushChannel",
+}
+
+
+def _module(vendor: str) -> Any:
+    if vendor not in _CHANNEL_CLASSES:
+        raise InvalidContent(
+            f"unknown vendor {vendor!r}; known: {', '.join(_CHANNEL_CLASSES)}", code="bad_vendor_config"
+        )
+    return importlib.import_module(f"bridge.channels.{vendor}")
+
+
+def _credentials(vendor: str, config: dict[str, Any]) -> Any:
+    module = _module(vendor)
+    obj, base_dir = config["obj"], Path(config["base_dir"])
+    if vendor == "webpush":
+        return module.load_credentials(obj, base_dir, vapid_private_key=config.get("vapid_private_pem") or "")
+    return module.load_credentials(obj, base_dir)
+
+
+def check_vendor_config(
+    vendor: str, obj: Any, base_dir: Path, existing: dict[str, Any] | None
+) -> dict[str, Any]:
+    """Validate one VENDORS.json entry (raises 422 ``bad_vendor_config``) and return what to store:
+    the entry as given, where its relative paths are, and an existing VAPID key pair."""
+    if vendor == "webpush":
+        existing = existing or {}
+        if not existing.get("vapid_private_pem"):
+            private_pem, public_key = _module("webpush").generate_vapid_keys()
+            existing = existing | {"vapid_private_pem": private_pem, "vapid_public_key": public_key}
+    config = {"obj": obj, "base_dir": str(base_dir)}
+    if vendor == "webpush":
+        config |= {
+            k: existing[k] for k in ("vapid_private_pem", "vapid_public_key") if existing and k in existing
+        }
+    _credentials(vendor, config)
+    return config
+
+
+def ensure_vapid(store: Store, app_key: str) -> str:
+    """The app's VAPID public key, creating the key pair (and a default webpush entry) if missing."""
+    config = store.vendor_config(app_key, "webpush")
+    if config and config.get("vapid_public_key"):
+        return str(config["vapid_public_key"])
+    obj = (config or {}).get("obj") or {"subject": "mailto:push@localhost"}
+    config = check_vendor_config("webpush", obj, Path((config or {}).get("base_dir") or "."), config)
+    store.put_vendor_config(app_key, "webpush", config)
+    return str(config["vapid_public_key"])
+
+
+def make_channel(vendor: str, config: dict[str, Any]) -> Channel:
+    """Open a channel from stored credentials (the gateway's factory)."""
+    channel: Channel = getattr(_module(vendor), _CHANNEL_CLASSES[vendor])(_credentials(vendor, config))
+    return channel

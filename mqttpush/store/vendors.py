@@ -1,0 +1,213 @@
+"""Store queries for vendor channels (issue 6): tokens, credentials, routing facts, alarms."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from mqttpush.clock import Clock
+from mqttpush.errors import NotFound
+from mqttpush.models import DeliveryState
+
+if TYPE_CHECKING:
+    from mqttpush.store.tx import Transaction
+
+VENDORS = ("apns", "fcm", "hms", "mipush", "webpush")
+
+
+@dataclass(frozen=True, slots=True)
+class RouteFacts:
+    """What the router needs to know about one device."""
+
+    device_id: str
+    platform: str
+    channel: str | None
+    online: bool
+    last_seen: float | None
+    tokens: tuple[tuple[str, str], ...]  # (vendor, token), newest first
+
+
+class VendorQueries:
+    _conn: sqlite3.Connection
+    clock: Clock
+
+    def _tx(self) -> Transaction:
+        raise NotImplementedError
+
+    def _record(
+        self, msg_id: str, device_id: str, state: DeliveryState, at: float, detail: str | None
+    ) -> None:
+        raise NotImplementedError
+
+    def _seal(self, plain: str) -> bytes:
+        raise NotImplementedError
+
+    def _unseal(self, sealed: bytes) -> str:
+        raise NotImplementedError
+
+    def set_vendor_token(self, app_key: str, device_id: str, vendor: str, token: str) -> None:
+        row = self._conn.execute("SELECT app_key FROM devices WHERE device_id = ?", (device_id,)).fetchone()
+        if row is None or row[0] != app_key:
+            raise NotFound(f"no device {device_id!r} in this app", code="unknown_device")
+        self._conn.execute(
+            "INSERT OR REPLACE INTO vendor_tokens (device_id, vendor, token, updated_at) VALUES (?, ?, ?, ?)",
+            (device_id, vendor, token, self.clock.now()),
+        )
+
+    def set_vendor_tokens(self, rows: list[tuple[str, str, str]]) -> None:
+        """Many ``(device_id, vendor, token)`` at once (a fleet migrating in, benchmarks)."""
+        now = self.clock.now()
+        with self._tx():
+            self._conn.executemany(
+                "INSERT OR REPLACE INTO vendor_tokens (device_id, vendor, token, updated_at) VALUES (?, ?, ?, ?)",
+                [(d, v, t, now) for d, v, t in rows],
+            )
+
+    def remove_vendor_token(self, device_id: str, vendor: str, token: str | None = None) -> int:
+        if token is None:
+            cur = self._conn.execute(
+                "DELETE FROM vendor_tokens WHERE device_id = ? AND vendor = ?", (device_id, vendor)
+            )
+        else:
+            cur = self._conn.execute(
+                "DELETE FROM vendor_tokens WHERE device_id = ? AND vendor = ? AND token = ?",
+                (device_id, vendor, token),
+            )
+        return cur.rowcount
+
+    def vendor_tokens(self, device_id: str) -> list[dict[str, Any]]:
+        return [
+            {"vendor": r[0], "token": r[1], "updated_at": r[2]}
+            for r in self._conn.execute(
+                "SELECT vendor, token, updated_at FROM vendor_tokens WHERE device_id = ? ORDER BY updated_at DESC",
+                (device_id,),
+            )
+        ]
+
+    def route_facts(self, device_ids: list[str]) -> dict[str, RouteFacts]:
+        out: dict[str, RouteFacts] = {}
+        tokens: dict[str, list[tuple[str, str]]] = {}
+        for i in range(0, len(device_ids), 500):
+            chunk = device_ids[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            for device_id, vendor, token in self._conn.execute(
+                f"SELECT device_id, vendor, token FROM vendor_tokens WHERE device_id IN ({marks})"
+                " ORDER BY updated_at DESC",
+                chunk,
+            ):
+                tokens.setdefault(device_id, []).append((vendor, token))
+            for device_id, platform, channel, online, last_seen in self._conn.execute(
+                f"SELECT device_id, platform, channel, online, last_seen FROM devices WHERE device_id IN ({marks})",
+                chunk,
+            ):
+                out[device_id] = RouteFacts(
+                    device_id, platform, channel, bool(online), last_seen, tuple(tokens.get(device_id, ()))
+                )
+        return out
+
+    def put_vendor_config(self, app_key: str, vendor: str, config: dict[str, Any]) -> None:
+        self._conn.execute(
+            "INSERT OR REPLACE INTO vendor_credentials (app_key, vendor, config_enc, updated_at) VALUES (?, ?, ?, ?)",
+            (app_key, vendor, self._seal(json.dumps(config)), self.clock.now()),
+        )
+        self._conn.execute("DELETE FROM vendor_alarms WHERE app_key = ? AND vendor = ?", (app_key, vendor))
+
+    def vendor_config(self, app_key: str, vendor: str) -> dict[str, Any] | None:
+        row = self._conn.execute(
+            "SELECT config_enc FROM vendor_credentials WHERE app_key = ? AND vendor = ?", (app_key, vendor)
+        ).fetchone()
+        result: dict[str, Any] | None = json.loads(self._unseal(row[0])) if row else None
+        return result
+
+    def vendors_configured(self, app_key: str) -> list[str]:
+        return [
+            r[0]
+            for r in self._conn.execute(
+                "SELECT vendor FROM vendor_credentials WHERE app_key = ? ORDER BY vendor", (app_key,)
+            )
+        ]
+
+    def raise_alarm(self, app_key: str, vendor: str, reason: str) -> None:
+        self._conn.execute(
+            "INSERT INTO vendor_alarms (app_key, vendor, reason, at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (app_key, vendor) DO UPDATE SET reason = excluded.reason, at = excluded.at,"
+            " count = count + 1",
+            (app_key, vendor, reason, self.clock.now()),
+        )
+
+    def alarms(self, app_key: str) -> list[dict[str, Any]]:
+        return [
+            {"vendor": r[0], "reason": r[1], "at": r[2], "count": r[3]}
+            for r in self._conn.execute(
+                "SELECT vendor, reason, at, count FROM vendor_alarms WHERE app_key = ? ORDER BY vendor",
+                (app_key,),
+            )
+        ]
+
+    def vendor_counters(self, app_key: str) -> dict[str, dict[str, int]]:
+        return {
+            r[0]: {"forwarded": r[1], "dropped_tokens": r[2], "failed": r[3]}
+            for r in self._conn.execute(
+                "SELECT vendor, forwarded, dropped_tokens, failed FROM vendor_counters WHERE app_key = ?",
+                (app_key,),
+            )
+        }
+
+    def record_vendor_outcomes(
+        self, app_key: str, vendor: str, outcomes: Iterable[tuple[str, str, str, str | None, str | None]]
+    ) -> None:
+        """Store what the vendor said, one transaction per batch.
+
+        Each outcome is ``(msg_id, device_id, kind, detail, token)``; kind is ``forwarded``,
+        ``failed`` or ``dropped_token`` (the token is removed from the registry, the delivery fails).
+        """
+        now = self.clock.now()
+        counts = {"forwarded": 0, "dropped_tokens": 0, "failed": 0}
+        with self._tx():
+            for msg_id, device_id, kind, detail, token in outcomes:
+                row = self._conn.execute(
+                    "SELECT state, channel FROM deliveries WHERE msg_id = ? AND device_id = ?",
+                    (msg_id, device_id),
+                ).fetchone()
+                if row is None:
+                    continue
+                channels = set(filter(None, (row[1] or "").split(",")))
+                if kind == "forwarded":
+                    counts["forwarded"] += 1
+                    # Not published on MQTT (still accepted or held): the vendor is its only channel.
+                    channels = {vendor} if row[0] in ("accepted", "queued") else channels | {vendor}
+                    self._conn.execute(
+                        "UPDATE deliveries SET channel = ?, attempts = attempts + 1 WHERE msg_id = ? AND device_id = ?",
+                        (",".join(sorted(channels)), msg_id, device_id),
+                    )
+                    if row[0] in ("accepted", "queued"):
+                        self._record(msg_id, device_id, DeliveryState.FORWARDED, now, vendor)
+                    else:
+                        self._conn.execute(
+                            "INSERT INTO delivery_events (msg_id, device_id, state, at, detail) VALUES (?,?,?,?,?)",
+                            (msg_id, device_id, "forwarded", now, vendor),
+                        )
+                    continue
+                if kind == "dropped_token" and token is not None:
+                    counts["dropped_tokens"] += 1
+                    self._conn.execute(
+                        "DELETE FROM vendor_tokens WHERE device_id = ? AND vendor = ? AND token = ?",
+                        (device_id, vendor, token),
+                    )
+                counts["failed"] += 1
+                if row[0] in ("accepted", "queued"):
+                    self._record(msg_id, device_id, DeliveryState.FAILED, now, f"{vendor}: {detail}")
+                else:  # also on MQTT: the delivery goes on; the vendor copy failed
+                    self._conn.execute(
+                        "INSERT INTO delivery_events (msg_id, device_id, state, at, detail) VALUES (?,?,?,?,?)",
+                        (msg_id, device_id, "failed", now, f"{vendor}: {detail}"),
+                    )
+            self._conn.execute(
+                "INSERT INTO vendor_counters (app_key, vendor, forwarded, dropped_tokens, failed) VALUES (?,?,?,?,?)"
+                " ON CONFLICT (app_key, vendor) DO UPDATE SET forwarded = forwarded + excluded.forwarded,"
+                " dropped_tokens = dropped_tokens + excluded.dropped_tokens, failed = failed + excluded.failed",
+                (app_key, vendor, counts["forwarded"], counts["dropped_tokens"], counts["failed"]),
+            )
