@@ -28,6 +28,8 @@ from mqttpush.store import Store
 
 log = logging.getLogger("mqttpush.vendors")
 
+_SLICE = 200
+
 ChannelFactory = Callable[[str, dict[str, Any]], Channel]
 """``(vendor, stored config) -> Channel``."""
 
@@ -140,7 +142,12 @@ class VendorGateway:
         attempt, todo = 0, forwards
         while todo:
             attempt += 1
-            results = await asyncio.gather(*(self._send(app_key, vendor, channel, f) for f in todo))
+            results: list[Any] = []
+            # In slices: thousands of ready coroutines at once would starve the API on the same loop.
+            for i in range(0, len(todo), _SLICE):
+                results += await asyncio.gather(
+                    *(self._send(app_key, vendor, channel, f) for f in todo[i : i + _SLICE])
+                )
             outcomes: list[tuple[Forward, str, str | None]] = []
             retry: list[Forward] = []
             wait = 0.0

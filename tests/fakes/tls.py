@@ -149,6 +149,9 @@ async def tls_server(app: Any, *, cert_dir: Path | str | None = None) -> AsyncIt
         config.errorlog = log
         config.accesslog = None
         config.graceful_timeout = 1.0
+        # Vendors keep one HTTP/2 connection open for as long as it is used; hypercorn's default
+        # closes it every 1,000 requests, which would hide (or fake) connection churn.
+        config.keep_alive_max_requests = 10_000_000
 
         stop = asyncio.Event()
         server = asyncio.create_task(serve(app, config, shutdown_trigger=stop.wait), name="tls_server")
