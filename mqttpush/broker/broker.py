@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import logging
 import math
 from collections import deque
@@ -31,7 +32,7 @@ from typing import Any
 
 from amqtt.adapters import ReaderAdapter, StreamReaderAdapter, StreamWriterAdapter, WriterAdapter
 from amqtt.broker import Broker, RetainedApplicationMessage
-from amqtt.contexts import Action
+from amqtt.contexts import Action, ListenerType
 from amqtt.errors import AMQTTError, BrokerError, MQTTError, NoDataError
 from amqtt.mqtt.connack import NOT_AUTHORIZED, ConnackPacket
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
@@ -142,6 +143,7 @@ class PushBroker(Broker):  # type: ignore[misc]
         connect_timeout: float = 10.0,
         max_packet: int = 256 * 1024,
         offline_queue: int = 1000,
+        backlog: int = 4096,
     ) -> None:
         config = {
             "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}"}},
@@ -153,6 +155,7 @@ class PushBroker(Broker):  # type: ignore[misc]
         self._connect_timeout = connect_timeout
         self._max_packet = max_packet
         self._offline_queue = offline_queue
+        self._backlog = backlog
         self._identities: dict[str, Identity] = {}
         self._current_handler: dict[str, BrokerProtocolHandler] = {}
         # Who gets a PUBLISH: exact filters in a dict, wildcards in a trie (amqtt walked every filter).
@@ -210,6 +213,24 @@ class PushBroker(Broker):  # type: ignore[misc]
         await super().shutdown()
 
     # --- CONNECT -------------------------------------------------------------------------------
+
+    async def _create_server_instance(
+        self, listener_name: str, listener_type: Any, address: str | None, port: int, ssl_context: Any
+    ) -> Any:
+        if listener_type != ListenerType.TCP:
+            return await super()._create_server_instance(
+                listener_name, listener_type, address, port, ssl_context
+            )
+        # amqtt left asyncio's backlog of 100: a reconnect storm overflowed it and clients waited out
+        # TCP's SYN backoff (1 s, 3 s, 7 s...) while the broker sat idle. The kernel caps it (somaxconn).
+        return await asyncio.start_server(
+            functools.partial(self.stream_connected, listener_name=listener_name),
+            address,
+            port,
+            reuse_address=True,
+            ssl=ssl_context,
+            backlog=self._backlog,
+        )
 
     async def stream_connected(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, listener_name: str

@@ -172,3 +172,17 @@ def test_fd_limit_is_raised_to_the_hard_limit() -> None:
     assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == (
         hard if hard != resource.RLIM_INFINITY else limit
     )
+
+
+def test_listen_backlog_holds_a_reconnect_storm(running: Running) -> None:
+    """amqtt listened with asyncio's default backlog of 100: a storm of CONNECTs overflowed it and
+    clients waited out TCP's SYN backoff. The kernel shows a listening socket's backlog as Send-Q."""
+    import subprocess
+
+    out = subprocess.run(
+        ["ss", "-Hltn", f"sport = :{running.mqtt_port}"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    backlog = int(out[2])  # State Recv-Q Send-Q Local Peer
+    with open("/proc/sys/net/core/somaxconn") as f:
+        somaxconn = int(f.read())
+    assert backlog == min(4096, somaxconn) and backlog > 100

@@ -255,3 +255,38 @@ class _Lazy:
                         return
             return
         await app(scope, receive, send)
+
+
+async def test_fcm_retry_then_delivered_and_auth_failure_alarm(running: Running, tmp_path: Path) -> None:
+    r = running
+    holder: dict[str, Any] = {}
+    async with tls_server(_Lazy(holder)) as (base_url, ca_file):
+        key = write_service_account(tmp_path / "sa.json", token_uri=f"{base_url}/token")
+        fake = FakeFcm(
+            project_id="mqttpush-test",
+            client_email="push@mqttpush-test.iam.gserviceaccount.com",
+            public_key=key.public_key(),
+            retry_after="0",
+        )
+        holder["app"] = fake
+        _configure(
+            r, "fcm", {"service_account_file": "sa.json", "base_url": base_url, "ca_file": ca_file}, tmp_path
+        )
+        (busy, _), (denied, _) = r.register(2, platform="android")
+        with r.client() as c:
+            c.set_vendor_token(busy, "fcm", FCM_TOKEN + "busy")
+            c.set_vendor_token(denied, "fcm", FCM_TOKEN + "denied")
+        fake.quota_once.add(FCM_TOKEN + "busy")  # 429 QUOTA_EXCEEDED, then fine: retried with backoff
+        fake.third_party_auth.add(FCM_TOKEN + "denied")  # the app's APNs credentials in Firebase are bad
+        retried = await _push(r, busy)
+        d = await _delivery(r, retried)
+        assert d["state"] == "forwarded" and d["attempts"] == 1
+        assert [a for a in fake.answers if a[1] == "RESOURCE_EXHAUSTED" or a[0] == 429]
+        refused = await _push(r, denied)
+        d = await _delivery(r, refused)
+        assert d["state"] == "failed" and (d["error"] or "").startswith("fcm: auth:")
+        with r.client() as c:
+            (alarm,) = c.vendors()["alarms"]
+        assert alarm["vendor"] == "fcm"
+        assert Store(r.data_dir).vendor_tokens(denied) != []  # a credentials problem keeps the token
+        await _hang_up(r)

@@ -1,0 +1,1 @@
+"""Benchmarks of mqttpush against mosquitto: ``python -m benchmarks.run`` (see README.md)."""
