@@ -32,7 +32,6 @@ import hashlib
 import json
 import logging
 import re
-import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -59,6 +58,8 @@ from bridge.channels.base import (
     Retry,
     VendorRequest,
     VendorResponse,
+    redact,
+    tls_verify,
 )
 from mqttpush.errors import InvalidContent
 
@@ -362,14 +363,6 @@ class ProviderToken:
         return True
 
 
-def _short(token: str) -> str:
-    return token[:8] + "…"
-
-
-def _verify(ca_file: Path | None) -> ssl.SSLContext | bool:
-    return ssl.create_default_context(cafile=str(ca_file)) if ca_file else True
-
-
 class ApnsChannel:
     """Sends to APNs for one app over one multiplexed HTTP/2 connection."""
 
@@ -388,7 +381,7 @@ class ApnsChannel:
         self.provider_token = ProviderToken(creds, now=now)
         self._now = now
         self._slots = asyncio.Semaphore(max_concurrency)
-        self._client = httpx.AsyncClient(http2=True, verify=_verify(creds.ca_file), timeout=timeout)
+        self._client = httpx.AsyncClient(http2=True, verify=tls_verify(creds.ca_file), timeout=timeout)
 
     async def __aenter__(self) -> ApnsChannel:
         return self
@@ -417,7 +410,7 @@ class ApnsChannel:
         elif isinstance(outcome, DropToken):
             self.stats.dropped_tokens += 1
             log.info(
-                "apns drop_token reason=%s token=%s msg=%s", outcome.reason, _short(token), message.msg_id
+                "apns drop_token reason=%s token=%s msg=%s", outcome.reason, redact(token), message.msg_id
             )
         else:
             self.stats.failed += 1
@@ -425,7 +418,7 @@ class ApnsChannel:
                 "apns fail reason=%s auth=%s token=%s msg=%s",
                 outcome.reason,
                 outcome.auth,
-                _short(token),
+                redact(token),
                 message.msg_id,
             )
         return outcome
@@ -448,7 +441,7 @@ class ApnsChannel:
                 )
             except httpx.TransportError as exc:
                 self._bump("network_errors")
-                log.warning("apns network_error error=%s token=%s", type(exc).__name__, _short(token))
+                log.warning("apns network_error error=%s token=%s", type(exc).__name__, redact(token))
                 return Retry("network")
             outcome = classify(
                 VendorResponse(

@@ -4,7 +4,10 @@ outcome it classifies a vendor's answer into. Pure: the vendor knowledge lives i
 
 from __future__ import annotations
 
+import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 
@@ -97,3 +100,33 @@ class Channel(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+# --- small things every channel needs --------------------------------------------------------
+
+
+def tls_verify(ca_file: str | Path | None) -> ssl.SSLContext | bool:
+    """httpx ``verify``: a private CA bundle (tests, private deployments) or the system trust store."""
+    return ssl.create_default_context(cafile=str(ca_file)) if ca_file else True
+
+
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    """Retry-After in delta-seconds; an HTTP-date falls back to the dispatcher's backoff."""
+    value = headers.get("retry-after", "").strip()
+    return float(value) if value.isdigit() else None
+
+
+def redact(token: str) -> str:
+    """Enough of a device token to tell log lines apart, never the whole token."""
+    return token[:8] + "…"
+
+
+def count(stats: ChannelStats, outcome: Outcome) -> None:
+    if isinstance(outcome, Delivered):
+        stats.delivered += 1
+    elif isinstance(outcome, Retry):
+        stats.retried += 1
+    elif isinstance(outcome, DropToken):
+        stats.dropped_tokens += 1
+    else:
+        stats.failed += 1

@@ -41,7 +41,6 @@ import hashlib
 import json
 import logging
 import re
-import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -68,6 +67,8 @@ from bridge.channels.base import (
     Retry,
     VendorRequest,
     VendorResponse,
+    redact,
+    tls_verify,
 )
 from mqttpush.errors import InvalidContent
 
@@ -517,14 +518,6 @@ class AccessToken:
             self._grant = None
 
 
-def _short(token: str) -> str:
-    return token[:8] + "…"
-
-
-def _verify(ca_file: Path | None) -> ssl.SSLContext | bool:
-    return ssl.create_default_context(cafile=str(ca_file)) if ca_file else True
-
-
 class FcmChannel:
     """Sends to FCM for one Firebase project over one multiplexed HTTP/2 connection."""
 
@@ -543,7 +536,7 @@ class FcmChannel:
         self.access_token = AccessToken(creds, now=now)
         self._now = now
         self._slots = asyncio.Semaphore(max_concurrency)
-        self._client = httpx.AsyncClient(http2=True, verify=_verify(creds.ca_file), timeout=timeout)
+        self._client = httpx.AsyncClient(http2=True, verify=tls_verify(creds.ca_file), timeout=timeout)
 
     async def __aenter__(self) -> FcmChannel:
         return self
@@ -576,7 +569,7 @@ class FcmChannel:
                 outcome = await self._send(message, token)
             except httpx.TransportError as exc:
                 self._bump("network_errors")
-                log.warning("fcm network_error error=%s token=%s", type(exc).__name__, _short(token))
+                log.warning("fcm network_error error=%s token=%s", type(exc).__name__, redact(token))
                 outcome = Retry("network")
         if isinstance(outcome, Delivered):
             self.stats.delivered += 1
@@ -585,7 +578,7 @@ class FcmChannel:
         elif isinstance(outcome, DropToken):
             self.stats.dropped_tokens += 1
             log.info(
-                "fcm drop_token reason=%s token=%s msg=%s", outcome.reason, _short(token), message.msg_id
+                "fcm drop_token reason=%s token=%s msg=%s", outcome.reason, redact(token), message.msg_id
             )
         else:
             self.stats.failed += 1
@@ -593,7 +586,7 @@ class FcmChannel:
                 "fcm fail reason=%s auth=%s token=%s msg=%s",
                 outcome.reason,
                 outcome.auth,
-                _short(token),
+                redact(token),
                 message.msg_id,
             )
         return outcome

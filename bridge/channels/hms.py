@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import ssl
 import time
 import zlib
 from collections.abc import Callable, Mapping
@@ -43,6 +42,10 @@ from bridge.channels.base import (
     Retry,
     VendorRequest,
     VendorResponse,
+    count,
+    redact,
+    retry_after,
+    tls_verify,
 )
 from mqttpush.errors import InvalidContent
 
@@ -203,7 +206,7 @@ def classify(response: VendorResponse) -> Outcome:
     if code == BODY_TOO_LARGE:
         return Fail("payload_too_large")
     if code == INTERNAL_ERROR:
-        return Retry("vendor_internal_error", after=_retry_after(response.headers))
+        return Retry("vendor_internal_error", after=retry_after(response.headers))
     if code in _CONTENT_ERRORS:
         return Fail(_CONTENT_ERRORS[code])
     status = response.status
@@ -211,7 +214,7 @@ def classify(response: VendorResponse) -> Outcome:
         return Fail("unauthorized", auth=True)
     if status == 429 or status >= 500:
         return Retry(
-            "rate_limited" if status in (429, 503) else f"http_{status}", after=_retry_after(response.headers)
+            "rate_limited" if status in (429, 503) else f"http_{status}", after=retry_after(response.headers)
         )
     return Fail(f"http_{status}" + (f"_code_{code}" if code else ""))
 
@@ -261,7 +264,7 @@ def classify_token_response(response: VendorResponse, now: float) -> AccessToken
     if response.status == 200 and isinstance(token, str) and token and isinstance(expires_in, int | float):
         return AccessToken(value=token, expires_at=now + float(expires_in))
     if response.status == 429 or response.status >= 500:
-        return Retry("oauth_unavailable", after=_retry_after(response.headers))
+        return Retry("oauth_unavailable", after=retry_after(response.headers))
     detail = body.get("error_description") or body.get("error") or f"http_{response.status}"
     return Fail(f"oauth_rejected: {detail}", auth=True)
 
@@ -313,7 +316,7 @@ class HmsChannel:
         self._refusal: tuple[Fail, float] | None = None
         self._token_lock = asyncio.Lock()
         self._limit = asyncio.Semaphore(max_concurrency)
-        self._client = httpx.AsyncClient(http2=True, verify=_verify(creds.ca_file), timeout=timeout)
+        self._client = httpx.AsyncClient(http2=True, verify=tls_verify(creds.ca_file), timeout=timeout)
 
     async def __aenter__(self) -> HmsChannel:
         return self
@@ -328,7 +331,7 @@ class HmsChannel:
         self.stats.sent += 1
         async with self._limit:
             outcome = await self._send(message, token)
-        _count(self.stats, outcome)
+        count(self.stats, outcome)
         _log_outcome(message, token, outcome)
         return outcome
 
@@ -398,33 +401,12 @@ async def _exchange(client: httpx.AsyncClient, request: VendorRequest) -> Vendor
     )
 
 
-def _count(stats: ChannelStats, outcome: Outcome) -> None:
-    if isinstance(outcome, Delivered):
-        stats.delivered += 1
-    elif isinstance(outcome, Retry):
-        stats.retried += 1
-    elif isinstance(outcome, DropToken):
-        stats.dropped_tokens += 1
-    else:
-        stats.failed += 1
-
-
 def _log_outcome(message: PushMessage, token: str, outcome: Outcome) -> None:
     if isinstance(outcome, DropToken):
-        log.info("hms drop token=%s msg_id=%s reason=%s", _redact(token), message.msg_id, outcome.reason)
+        log.info("hms drop token=%s msg_id=%s reason=%s", redact(token), message.msg_id, outcome.reason)
     elif isinstance(outcome, Fail):
         level = logging.WARNING if outcome.auth else logging.INFO
         log.log(level, "hms failed msg_id=%s reason=%s auth=%s", message.msg_id, outcome.reason, outcome.auth)
-
-
-def _redact(token: str) -> str:
-    return token[:6] + "…"
-
-
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    """Retry-After in delta-seconds; an HTTP-date falls back to the dispatcher's backoff."""
-    value = headers.get("retry-after", "").strip()
-    return float(value) if value.isdigit() else None
 
 
 def _json_object(data: bytes) -> dict[str, Any] | None:
@@ -433,10 +415,6 @@ def _json_object(data: bytes) -> dict[str, Any] | None:
     except (ValueError, UnicodeDecodeError):
         return None
     return value if isinstance(value, dict) else None
-
-
-def _verify(ca_file: str | None) -> ssl.SSLContext | bool:
-    return ssl.create_default_context(cafile=ca_file) if ca_file else True
 
 
 # ---------------------------------------------------------------------------------------------

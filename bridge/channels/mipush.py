@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import ssl
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -43,6 +42,9 @@ from bridge.channels.base import (
     Retry,
     VendorRequest,
     VendorResponse,
+    count,
+    retry_after,
+    tls_verify,
 )
 from mqttpush.errors import InvalidContent
 
@@ -210,7 +212,7 @@ def classify(response: VendorResponse) -> Outcome:
             return DropToken("invalid_regid")
         return Fail("send_failed")
     if code in _RETRY:
-        return Retry(_RETRY[code], after=_retry_after(response.headers))
+        return Retry(_RETRY[code], after=retry_after(response.headers))
     if code in _AUTH:
         return Fail(_AUTH[code], auth=True)
     if code in _FAIL:
@@ -236,7 +238,7 @@ def _classify_status(response: VendorResponse) -> Outcome:
         return Fail("unauthorized", auth=True)
     if status == 429 or status >= 500:
         return Retry(
-            "rate_limited" if status in (429, 503) else f"http_{status}", after=_retry_after(response.headers)
+            "rate_limited" if status in (429, 503) else f"http_{status}", after=retry_after(response.headers)
         )
     return Fail(f"http_{status}")
 
@@ -256,7 +258,7 @@ class MiPushChannel:
         self.creds = creds
         self.stats = ChannelStats()
         self._limit = asyncio.Semaphore(max_concurrency)
-        self._client = httpx.AsyncClient(http2=True, verify=_verify(creds.ca_file), timeout=timeout)
+        self._client = httpx.AsyncClient(http2=True, verify=tls_verify(creds.ca_file), timeout=timeout)
 
     async def __aenter__(self) -> MiPushChannel:
         return self
@@ -271,7 +273,7 @@ class MiPushChannel:
         self.stats.sent += 1
         async with self._limit:
             outcome = await self._send(message, token)
-        _count(self.stats, outcome)
+        count(self.stats, outcome)
         _log_outcome(message, token, outcome)
         return outcome
 
@@ -301,17 +303,6 @@ class MiPushChannel:
         )
 
 
-def _count(stats: ChannelStats, outcome: Outcome) -> None:
-    if isinstance(outcome, Delivered):
-        stats.delivered += 1
-    elif isinstance(outcome, Retry):
-        stats.retried += 1
-    elif isinstance(outcome, DropToken):
-        stats.dropped_tokens += 1
-    else:
-        stats.failed += 1
-
-
 def _log_outcome(message: PushMessage, token: str, outcome: Outcome) -> None:
     if isinstance(outcome, DropToken):
         log.info("mipush drop token=%s msg_id=%s reason=%s", token[:6] + "…", message.msg_id, outcome.reason)
@@ -322,22 +313,12 @@ def _log_outcome(message: PushMessage, token: str, outcome: Outcome) -> None:
         )
 
 
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    """Retry-After in delta-seconds; an HTTP-date falls back to the dispatcher's backoff."""
-    value = headers.get("retry-after", "").strip()
-    return float(value) if value.isdigit() else None
-
-
 def _json_object(data: bytes) -> dict[str, Any] | None:
     try:
         value = json.loads(data)
     except (ValueError, UnicodeDecodeError):
         return None
     return value if isinstance(value, dict) else None
-
-
-def _verify(ca_file: str | None) -> ssl.SSLContext | bool:
-    return ssl.create_default_context(cafile=ca_file) if ca_file else True
 
 
 # ---------------------------------------------------------------------------------------------

@@ -47,6 +47,8 @@ from bridge.channels.base import (
     Retry,
     VendorRequest,
     VendorResponse,
+    count,
+    retry_after,
 )
 from mqttpush.errors import InvalidContent
 
@@ -235,12 +237,12 @@ def classify(response: VendorResponse) -> Outcome:
     if status == 413:
         return Fail("payload_too_large")
     if status == 429:
-        return Retry("rate_limited", after=_retry_after(response.headers))
+        return Retry("rate_limited", after=retry_after(response.headers))
     if status in (400, 401, 403):
         # Our requests are well formed by construction, so these are the VAPID JWT or key.
         return Fail(f"vapid_rejected_{status}", auth=True)
     if status >= 500:
-        return Retry(f"http_{status}", after=_retry_after(response.headers))
+        return Retry(f"http_{status}", after=retry_after(response.headers))
     return Fail(f"http_{status}")
 
 
@@ -304,7 +306,7 @@ class WebPushChannel:
         self.stats.sent += 1
         async with self._limit:
             outcome = await self._send(message, token)
-        _count(self.stats, outcome)
+        count(self.stats, outcome)
         _log_outcome(message, token, outcome)
         return outcome
 
@@ -346,17 +348,6 @@ class WebPushChannel:
             return outcome
 
 
-def _count(stats: ChannelStats, outcome: Outcome) -> None:
-    if isinstance(outcome, Delivered):
-        stats.delivered += 1
-    elif isinstance(outcome, Retry):
-        stats.retried += 1
-    elif isinstance(outcome, DropToken):
-        stats.dropped_tokens += 1
-    else:
-        stats.failed += 1
-
-
 def _log_outcome(message: PushMessage, token: str, outcome: Outcome) -> None:
     # The subscription's endpoint path is its capability: log only where it points.
     where = _token_origin(token)
@@ -374,12 +365,6 @@ def _token_origin(token: str) -> str:
         return origin(parse_subscription(token).endpoint)
     except InvalidContent:
         return "?"
-
-
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    """Retry-After in delta-seconds; an HTTP-date falls back to the dispatcher's backoff."""
-    value = headers.get("retry-after", "").strip()
-    return float(value) if value.isdigit() else None
 
 
 def _public_b64(key: ec.EllipticCurvePrivateKey) -> str:

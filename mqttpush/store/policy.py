@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from mqttpush.clock import Clock
 from mqttpush.errors import Conflict, NotFound
 from mqttpush.models import DeliveryState
-
-if TYPE_CHECKING:
-    from mqttpush.store.tx import Transaction
+from mqttpush.store.core import StoreCore, chunks
 
 HELD_BATCH = 5000
 
@@ -49,18 +45,7 @@ class DueDelivery:
     repushes: int
 
 
-class PolicyQueries:
-    _conn: sqlite3.Connection
-    clock: Clock
-
-    def _tx(self) -> Transaction:
-        raise NotImplementedError
-
-    def _record(
-        self, msg_id: str, device_id: str, state: DeliveryState, at: float, detail: str | None
-    ) -> None:
-        raise NotImplementedError
-
+class PolicyQueries(StoreCore):
     # --- app settings -------------------------------------------------------------------------
 
     def app_settings(self, app_key: str) -> dict[str, Any]:
@@ -284,9 +269,7 @@ class PolicyQueries:
 
     def device_zones(self, device_ids: list[str]) -> dict[str, str | None]:
         out: dict[str, str | None] = {}
-        for i in range(0, len(device_ids), 500):
-            chunk = device_ids[i : i + 500]
-            marks = ",".join("?" * len(chunk))
+        for chunk, marks in chunks(device_ids):
             out.update(
                 {
                     r[0]: r[1]

@@ -41,6 +41,7 @@ from mqttpush.models import (
     Registration,
     advances,
 )
+from mqttpush.store.core import chunks
 from mqttpush.store.policy import PolicyQueries
 from mqttpush.store.targeting import TargetingQueries
 from mqttpush.store.tx import Transaction
@@ -346,9 +347,7 @@ class Store(TargetingQueries, PolicyQueries, VendorQueries):
         """The subset of ``device_ids`` registered to ``app_key``."""
         wanted = list(dict.fromkeys(device_ids))
         found: set[str] = set()
-        for i in range(0, len(wanted), 500):
-            chunk = wanted[i : i + 500]
-            marks = ",".join("?" * len(chunk))
+        for chunk, marks in chunks(wanted):
             rows = self._conn.execute(
                 f"SELECT device_id FROM devices WHERE app_key = ? AND device_id IN ({marks})",
                 (app_key, *chunk),
@@ -473,9 +472,7 @@ class Store(TargetingQueries, PolicyQueries, VendorQueries):
     def _insert_deliveries(self, msg_id: str, device_ids: list[str], now: float) -> list[str]:
         """Insert ``accepted`` deliveries that do not exist yet; returns the device ids inserted."""
         existing: set[str] = set()
-        for i in range(0, len(device_ids), 500):
-            chunk = device_ids[i : i + 500]
-            marks = ",".join("?" * len(chunk))
+        for chunk, marks in chunks(device_ids):
             existing.update(
                 r[0]
                 for r in self._conn.execute(

@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import json
 import secrets
-import sqlite3
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from mqttpush import ids
-from mqttpush.clock import Clock
 from mqttpush.errors import Conflict, InvalidContent, NotFound
 from mqttpush.models import DeliveryState
-
-if TYPE_CHECKING:
-    from mqttpush.store.tx import Transaction
+from mqttpush.store.core import StoreCore, chunks
 
 MAX_TAGS_PER_DEVICE = 100
 MAX_ALIASES_PER_DEVICE = 10
@@ -63,22 +59,7 @@ FROM deliveries WHERE msg_id = ?
 """
 
 
-class TargetingQueries:
-    _conn: sqlite3.Connection
-    clock: Clock
-    broker_hasher: Callable[[str], str] | None
-
-    def _tx(self) -> Transaction:
-        raise NotImplementedError
-
-    def _record(
-        self, msg_id: str, device_id: str, state: DeliveryState, at: float, detail: str | None
-    ) -> None:
-        raise NotImplementedError
-
-    def _insert_deliveries(self, msg_id: str, device_ids: list[str], now: float) -> list[str]:
-        raise NotImplementedError
-
+class TargetingQueries(StoreCore):
     # --- devices: attributes, tags, aliases -----------------------------------------------------
 
     def _device_app(self, device_id: str) -> str:
@@ -180,9 +161,7 @@ class TargetingQueries:
 
     def tags_for(self, device_ids: list[str]) -> dict[str, set[str]]:
         out: dict[str, set[str]] = {d: set() for d in device_ids}
-        for i in range(0, len(device_ids), 500):
-            chunk = device_ids[i : i + 500]
-            marks = ",".join("?" * len(chunk))
+        for chunk, marks in chunks(device_ids):
             for device_id, tag in self._conn.execute(
                 f"SELECT device_id, tag FROM device_tags WHERE device_id IN ({marks})", chunk
             ):
@@ -224,9 +203,7 @@ class TargetingQueries:
     def devices_for_aliases(self, app_key: str, alias_type: str, aliases: list[str]) -> dict[str, list[str]]:
         """alias → its device ids (aliases bound to no device are absent)."""
         out: dict[str, list[str]] = {}
-        for i in range(0, len(aliases), 500):
-            chunk = aliases[i : i + 500]
-            marks = ",".join("?" * len(chunk))
+        for chunk, marks in chunks(aliases):
             for alias, device_id in self._conn.execute(
                 f"SELECT alias, device_id FROM aliases WHERE app_key = ? AND alias_type = ? AND alias IN ({marks})"
                 " ORDER BY alias, device_id",
@@ -237,9 +214,7 @@ class TargetingQueries:
 
     def test_devices(self, app_key: str, device_ids: list[str]) -> set[str]:
         found: set[str] = set()
-        for i in range(0, len(device_ids), 500):
-            chunk = device_ids[i : i + 500]
-            marks = ",".join("?" * len(chunk))
+        for chunk, marks in chunks(device_ids):
             found.update(
                 r[0]
                 for r in self._conn.execute(

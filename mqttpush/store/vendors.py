@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from mqttpush.clock import Clock
 from mqttpush.errors import NotFound
 from mqttpush.models import DeliveryState
-
-if TYPE_CHECKING:
-    from mqttpush.store.tx import Transaction
+from mqttpush.store.core import StoreCore, chunks
 
 VENDORS = ("apns", "fcm", "hms", "mipush", "webpush")
 
@@ -30,24 +26,7 @@ class RouteFacts:
     tokens: tuple[tuple[str, str], ...]  # (vendor, token), newest first
 
 
-class VendorQueries:
-    _conn: sqlite3.Connection
-    clock: Clock
-
-    def _tx(self) -> Transaction:
-        raise NotImplementedError
-
-    def _record(
-        self, msg_id: str, device_id: str, state: DeliveryState, at: float, detail: str | None
-    ) -> None:
-        raise NotImplementedError
-
-    def _seal(self, plain: str) -> bytes:
-        raise NotImplementedError
-
-    def _unseal(self, sealed: bytes) -> str:
-        raise NotImplementedError
-
+class VendorQueries(StoreCore):
     def set_vendor_token(self, app_key: str, device_id: str, vendor: str, token: str) -> None:
         row = self._conn.execute("SELECT app_key FROM devices WHERE device_id = ?", (device_id,)).fetchone()
         if row is None or row[0] != app_key:
@@ -90,9 +69,7 @@ class VendorQueries:
     def route_facts(self, device_ids: list[str]) -> dict[str, RouteFacts]:
         out: dict[str, RouteFacts] = {}
         tokens: dict[str, list[tuple[str, str]]] = {}
-        for i in range(0, len(device_ids), 500):
-            chunk = device_ids[i : i + 500]
-            marks = ",".join("?" * len(chunk))
+        for chunk, marks in chunks(device_ids):
             for device_id, vendor, token in self._conn.execute(
                 f"SELECT device_id, vendor, token FROM vendor_tokens WHERE device_id IN ({marks})"
                 " ORDER BY updated_at DESC",

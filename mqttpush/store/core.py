@@ -1,0 +1,40 @@
+"""What the store's query mixins may use of :class:`~mqttpush.store.store.Store` (declared once here)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+
+from mqttpush.clock import Clock
+from mqttpush.models import DeliveryState
+from mqttpush.store.tx import Transaction
+
+
+def chunks(items: Sequence[str], size: int = 500) -> Iterator[tuple[list[str], str]]:
+    """``(chunk, "?,?,…")`` pieces of ``items`` for ``IN (…)`` queries (SQLite caps bound parameters)."""
+    for i in range(0, len(items), size):
+        chunk = list(items[i : i + size])
+        yield chunk, ",".join("?" * len(chunk))
+
+
+class StoreCore:
+    _conn: sqlite3.Connection
+    clock: Clock
+    broker_hasher: Callable[[str], str] | None
+
+    def _tx(self) -> Transaction:
+        raise NotImplementedError
+
+    def _record(
+        self, msg_id: str, device_id: str, state: DeliveryState, at: float, detail: str | None
+    ) -> None:
+        raise NotImplementedError
+
+    def _insert_deliveries(self, msg_id: str, device_ids: list[str], now: float) -> list[str]:
+        raise NotImplementedError
+
+    def _seal(self, plain: str) -> bytes:
+        raise NotImplementedError
+
+    def _unseal(self, sealed: bytes) -> str:
+        raise NotImplementedError
