@@ -43,6 +43,22 @@ def _errors() -> Iterator[None]:
         _fail(f"{exc.message} [{exc.code}]")
 
 
+@contextlib.contextmanager
+def _local_store(data_dir: Path, app_key: str | None = None, **options: Any) -> Iterator[Any]:
+    """The store in ``data_dir`` for a local admin command (works beside a running server); with
+    ``app_key``, refuse an unknown app. Errors follow the CLI contract (message, exit status 2)."""
+    from mqttpush.store import Store
+
+    with _errors():
+        store = Store(data_dir, **options)
+        try:
+            if app_key is not None and store.get_app(app_key) is None:
+                _fail(f"unknown app key {app_key} [unknown_app]")
+            yield store
+        finally:
+            store.close()
+
+
 def _emit(doc: Any, as_json: bool, human: Callable[[], None] | None = None) -> None:
     if as_json or human is None:
         click.echo(json.dumps(doc))
@@ -335,15 +351,13 @@ def mosquitto_config(
 ) -> None:
     """Write a mosquitto.conf with password and ACL files from the store (for `mqttpush bridge --broker`)."""
     from bridge.mosquitto import MosquittoSync, mosquitto_conf, write_atomically
-    from mqttpush.store import Store
 
     if mqtt_port == 0:
         raise click.BadParameter("mosquitto needs a fixed port", param_hint="--mqtt-port")
-    with _errors():
-        store = Store(data_dir)
+    with _local_store(data_dir) as store:
         sync = MosquittoSync(store, out, pid_file)
         devices = sync.write()
-        store.close()
+    with _errors():
         conf = out / "mosquitto.conf"
         write_atomically(
             conf,
@@ -380,12 +394,9 @@ def app() -> None:
 @json_option
 def app_create(name: str, data_dir: Path, as_json: bool) -> None:
     """Create an app; prints its key and secret (the secret is shown here only)."""
-    from mqttpush.store import Store
 
-    with _errors():
-        store = Store(data_dir)
+    with _local_store(data_dir) as store:
         created = store.create_app(name)
-        store.close()
     doc = {"app_key": created.app_key, "app_secret": created.secret}
     _emit(doc, as_json, lambda: click.echo(f"app_key:    {created.app_key}\napp_secret: {created.secret}"))
 
@@ -395,12 +406,9 @@ def app_create(name: str, data_dir: Path, as_json: bool) -> None:
 @json_option
 def app_list(data_dir: Path, as_json: bool) -> None:
     """List apps with their device counts."""
-    from mqttpush.store import Store
 
-    with _errors():
-        store = Store(data_dir)
+    with _local_store(data_dir) as store:
         apps = store.list_apps()
-        store.close()
 
     def human() -> None:
         for a in apps:
@@ -428,16 +436,11 @@ def app_vendor() -> None:
 def app_vendor_set(app_key: str, data_dir: Path, config_file: Path, as_json: bool) -> None:
     """Check and store vendor credentials; secrets are sealed in the store and never printed."""
     from bridge.vendors import check_vendor_config
-    from mqttpush.store import Store
 
     raw = _json_arg(config_file.read_text(), "--config")
     if not isinstance(raw, dict) or not raw:
         raise click.BadParameter("must be a JSON object with one entry per vendor", param_hint="--config")
-    with _errors():
-        store = Store(data_dir)
-        if store.get_app(app_key) is None:
-            store.close()
-            _fail(f"unknown app key {app_key} [unknown_app]")
+    with _local_store(data_dir, app_key) as store:
         stored = []
         for vendor, obj in raw.items():
             config = check_vendor_config(
@@ -445,7 +448,6 @@ def app_vendor_set(app_key: str, data_dir: Path, config_file: Path, as_json: boo
             )
             store.put_vendor_config(app_key, vendor, config)
             stored.append(vendor)
-        store.close()
     _emit(
         {"app_key": app_key, "vendors": stored},
         as_json,
@@ -460,15 +462,9 @@ def app_vendor_set(app_key: str, data_dir: Path, config_file: Path, as_json: boo
 def app_vapid(app_key: str, data_dir: Path, as_json: bool) -> None:
     """The app's VAPID public key for WebPush, generated on first use."""
     from bridge.vendors import ensure_vapid
-    from mqttpush.store import Store
 
-    with _errors():
-        store = Store(data_dir)
-        if store.get_app(app_key) is None:
-            store.close()
-            _fail(f"unknown app key {app_key} [unknown_app]")
+    with _local_store(data_dir, app_key) as store:
         public_key = ensure_vapid(store, app_key)
-        store.close()
     _emit({"public_key": public_key}, as_json, lambda: click.echo(public_key))
 
 
@@ -477,12 +473,9 @@ def app_vapid(app_key: str, data_dir: Path, as_json: bool) -> None:
 @json_option
 def service_credentials(data_dir: Path, as_json: bool) -> None:
     """The bridge's privileged MQTT identity (publish/subscribe under mqttpush/#)."""
-    from mqttpush.store import Store
 
-    with _errors():
-        store = Store(data_dir)
+    with _local_store(data_dir) as store:
         username, password = store.service_credentials()
-        store.close()
     _emit(
         {"username": username, "password": password},
         as_json,
@@ -695,7 +688,6 @@ def device_import(file: Path, data_dir: Path, app_key: str, as_json: bool) -> No
     locale, channel, test) — local admin, a fleet migrating in."""
     from bridge.mosquitto import password_hash
     from mqttpush.models import Platform
-    from mqttpush.store import Store
 
     rows = []
     for n, line in enumerate(file.read_text().splitlines(), 1):
@@ -713,15 +705,10 @@ def device_import(file: Path, data_dir: Path, app_key: str, as_json: bool) -> No
         except ValueError as exc:
             raise click.BadParameter(f"line {n}: {exc}", param_hint="FILE") from None
         rows.append(row)
-    with _errors():
-        store = Store(data_dir, broker_hasher=password_hash)
-        if store.get_app(app_key) is None:
-            store.close()
-            _fail(f"unknown app key {app_key} [unknown_app]")
+    with _local_store(data_dir, app_key, broker_hasher=password_hash) as store:
         devices = []
         for i in range(0, len(rows), 5000):
             devices += store.import_devices(app_key, rows[i : i + 5000])
-        store.close()
     _emit(
         {"imported": len(devices), "devices": devices},
         as_json,
@@ -736,12 +723,9 @@ def device_import(file: Path, data_dir: Path, app_key: str, as_json: bool) -> No
 @json_option
 def device_list(data_dir: Path, app_key: str, limit: int, as_json: bool) -> None:
     """List an app's devices (local admin)."""
-    from mqttpush.store import Store
 
-    with _errors():
-        store = Store(data_dir)
+    with _local_store(data_dir) as store:
         devices = store.list_devices(app_key, limit)
-        store.close()
     docs = [
         {
             "device_id": d.device_id,
