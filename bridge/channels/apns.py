@@ -26,7 +26,6 @@ title/body as ``mqttpush_title``/``mqttpush_body``. ``aps`` and ``mqttpush_*`` d
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import hashlib
 import json
@@ -37,7 +36,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -48,10 +46,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from bridge.channels.base import (
-    ChannelStats,
     Delivered,
     DropToken,
     Fail,
+    HttpChannel,
     Outcome,
     PayloadTooLargeForVendor,
     PushMessage,
@@ -363,7 +361,7 @@ class ProviderToken:
         return True
 
 
-class ApnsChannel:
+class ApnsChannel(HttpChannel):
     """Sends to APNs for one app over one multiplexed HTTP/2 connection."""
 
     name = "apns"
@@ -377,30 +375,14 @@ class ApnsChannel:
         now: Callable[[], float] = time.time,
     ) -> None:
         self.creds = creds
-        self.stats = ChannelStats()
         self.provider_token = ProviderToken(creds, now=now)
         self._now = now
-        self._slots = asyncio.Semaphore(max_concurrency)
-        self._client = httpx.AsyncClient(http2=True, verify=tls_verify(creds.ca_file), timeout=timeout)
-
-    async def __aenter__(self) -> ApnsChannel:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        await self._client.aclose()
-
-    def _bump(self, key: str) -> None:
-        self.stats.extra[key] = self.stats.extra.get(key, 0) + 1
+        super().__init__(tls_verify(creds.ca_file), max_concurrency=max_concurrency, timeout=timeout)
 
     async def send(self, message: PushMessage, token: str) -> Outcome:
         """Build, send, classify; one resend with a fresh provider token after ExpiredProviderToken
         or InvalidProviderToken. Network errors become ``Retry("network")``."""
-        async with self._slots:
+        async with self._limit:
             self.stats.sent += 1
             outcome = await self._send(message, token)
         if isinstance(outcome, Delivered):

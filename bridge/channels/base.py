@@ -4,11 +4,15 @@ outcome it classifies a vendor's answer into. Pure: the vendor knowledge lives i
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from types import TracebackType
+from typing import Any, Protocol, Self
+
+import httpx
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,3 +134,31 @@ def count(stats: ChannelStats, outcome: Outcome) -> None:
         stats.dropped_tokens += 1
     else:
         stats.failed += 1
+
+
+class HttpChannel:
+    """The shell every vendor channel shares: one HTTP/2 client (one TLS connection, many
+    streams), at most ``max_concurrency`` requests in flight, and counters."""
+
+    name = ""
+
+    def __init__(
+        self, verify: ssl.SSLContext | bool, *, max_concurrency: int = 100, timeout: float = 10.0
+    ) -> None:
+        self.stats = ChannelStats()
+        self._limit = asyncio.Semaphore(max_concurrency)
+        self._client = httpx.AsyncClient(http2=True, verify=verify, timeout=timeout)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    def _bump(self, key: str) -> None:
+        self.stats.extra[key] = self.stats.extra.get(key, 0) + 1

@@ -46,7 +46,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -57,10 +56,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bridge.channels.base import (
-    ChannelStats,
     Delivered,
     DropToken,
     Fail,
+    HttpChannel,
     Outcome,
     PayloadTooLargeForVendor,
     PushMessage,
@@ -518,7 +517,7 @@ class AccessToken:
             self._grant = None
 
 
-class FcmChannel:
+class FcmChannel(HttpChannel):
     """Sends to FCM for one Firebase project over one multiplexed HTTP/2 connection."""
 
     name = "fcm"
@@ -532,25 +531,9 @@ class FcmChannel:
         now: Callable[[], float] = time.time,
     ) -> None:
         self.creds = creds
-        self.stats = ChannelStats()
         self.access_token = AccessToken(creds, now=now)
         self._now = now
-        self._slots = asyncio.Semaphore(max_concurrency)
-        self._client = httpx.AsyncClient(http2=True, verify=tls_verify(creds.ca_file), timeout=timeout)
-
-    async def __aenter__(self) -> FcmChannel:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        await self._client.aclose()
-
-    def _bump(self, key: str) -> None:
-        self.stats.extra[key] = self.stats.extra.get(key, 0) + 1
+        super().__init__(tls_verify(creds.ca_file), max_concurrency=max_concurrency, timeout=timeout)
 
     async def _post(self, request: VendorRequest) -> VendorResponse:
         response = await self._client.request(
@@ -563,7 +546,7 @@ class FcmChannel:
     async def send(self, message: PushMessage, token: str) -> Outcome:
         """Build, send, classify; one resend with a new access token after a 401 UNAUTHENTICATED.
         Network errors (to FCM or the token endpoint) become ``Retry("network")``."""
-        async with self._slots:
+        async with self._limit:
             self.stats.sent += 1
             try:
                 outcome = await self._send(message, token)

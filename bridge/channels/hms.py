@@ -25,17 +25,16 @@ import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import httpx
 
 from bridge.channels.base import (
-    ChannelStats,
     Delivered,
     DropToken,
     Fail,
+    HttpChannel,
     Outcome,
     PayloadTooLargeForVendor,
     PushMessage,
@@ -296,7 +295,7 @@ class AccessTokenCache:
 # The channel: a thin async shell
 
 
-class HmsChannel:
+class HmsChannel(HttpChannel):
     """Sends to Huawei Push Kit for one app's credentials over one shared HTTP/2 client."""
 
     name = NAME
@@ -310,21 +309,11 @@ class HmsChannel:
         now: Callable[[], float] = time.time,
     ) -> None:
         self.creds = creds
-        self.stats = ChannelStats()
         self._now = now
         self._tokens = AccessTokenCache(now)
         self._refusal: tuple[Fail, float] | None = None
         self._token_lock = asyncio.Lock()
-        self._limit = asyncio.Semaphore(max_concurrency)
-        self._client = httpx.AsyncClient(http2=True, verify=tls_verify(creds.ca_file), timeout=timeout)
-
-    async def __aenter__(self) -> HmsChannel:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
+        super().__init__(tls_verify(creds.ca_file), max_concurrency=max_concurrency, timeout=timeout)
 
     async def send(self, message: PushMessage, token: str) -> Outcome:
         """Build, send, classify; refetch the access token once if Huawei refuses it."""
@@ -334,9 +323,6 @@ class HmsChannel:
         count(self.stats, outcome)
         _log_outcome(message, token, outcome)
         return outcome
-
-    async def close(self) -> None:
-        await self._client.aclose()
 
     async def _send(self, message: PushMessage, token: str) -> Outcome:
         refreshed = False

@@ -18,24 +18,22 @@ long; 10008/10016/10017/21305 bad or missing parameters.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import httpx
 
 from bridge.channels.base import (
-    ChannelStats,
     Delivered,
     DropToken,
     Fail,
+    HttpChannel,
     Outcome,
     PayloadTooLargeForVendor,
     PushMessage,
@@ -247,7 +245,7 @@ def _classify_status(response: VendorResponse) -> Outcome:
 # The channel: a thin async shell
 
 
-class MiPushChannel:
+class MiPushChannel(HttpChannel):
     """Sends to Xiaomi MiPush for one app's credentials over one shared HTTP/2 client."""
 
     name = NAME
@@ -256,17 +254,7 @@ class MiPushChannel:
         self, creds: MiPushCredentials, *, max_concurrency: int = 100, timeout: float = 10.0
     ) -> None:
         self.creds = creds
-        self.stats = ChannelStats()
-        self._limit = asyncio.Semaphore(max_concurrency)
-        self._client = httpx.AsyncClient(http2=True, verify=tls_verify(creds.ca_file), timeout=timeout)
-
-    async def __aenter__(self) -> MiPushChannel:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
+        super().__init__(tls_verify(creds.ca_file), max_concurrency=max_concurrency, timeout=timeout)
 
     async def send(self, message: PushMessage, token: str) -> Outcome:
         """Build, send, classify. Network errors become ``Retry("network")``."""
@@ -276,9 +264,6 @@ class MiPushChannel:
         count(self.stats, outcome)
         _log_outcome(message, token, outcome)
         return outcome
-
-    async def close(self) -> None:
-        await self._client.aclose()
 
     async def _send(self, message: PushMessage, token: str) -> Outcome:
         try:

@@ -14,7 +14,6 @@ The app's VAPID key pair (EC P-256) is not in VENDORS.json: it is generated once
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import hashlib
@@ -26,7 +25,6 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -37,10 +35,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from bridge.channels.base import (
-    ChannelStats,
     Delivered,
     DropToken,
     Fail,
+    HttpChannel,
     Outcome,
     PayloadTooLargeForVendor,
     PushMessage,
@@ -271,7 +269,7 @@ class VapidCache:
         self._headers.pop(origin(endpoint), None)
 
 
-class WebPushChannel:
+class WebPushChannel(HttpChannel):
     """Sends Web Push messages for one app's VAPID key pair over one shared HTTP/2 client."""
 
     name = NAME
@@ -285,21 +283,11 @@ class WebPushChannel:
         now: Callable[[], float] = time.time,
     ) -> None:
         self.creds = creds
-        self.stats = ChannelStats()
         self._vapid = VapidCache(creds, now)
-        self._limit = asyncio.Semaphore(max_concurrency)
         verify: ssl.SSLContext | bool = (
             ssl.create_default_context(cafile=creds.ca_file) if creds.ca_file else True
         )
-        self._client = httpx.AsyncClient(http2=True, verify=verify, timeout=timeout)
-
-    async def __aenter__(self) -> WebPushChannel:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
+        super().__init__(verify, max_concurrency=max_concurrency, timeout=timeout)
 
     async def send(self, message: PushMessage, token: str) -> Outcome:
         """Encrypt, send, classify; re-sign the VAPID JWT once if the push service refuses it."""
@@ -309,9 +297,6 @@ class WebPushChannel:
         count(self.stats, outcome)
         _log_outcome(message, token, outcome)
         return outcome
-
-    async def close(self) -> None:
-        await self._client.aclose()
 
     async def _send(self, message: PushMessage, token: str) -> Outcome:
         try:
