@@ -104,3 +104,24 @@ def test_serve_refuses_a_busy_port_with_a_clear_error(data_dir: Path) -> None:
     finally:
         first.stop(signal.SIGTERM)
     assert os.path.exists(data_dir / "mqttpush.db")
+
+
+def test_biz_id_survives_a_restart(data_dir: Path) -> None:
+    app = Store(data_dir).create_app("idem")
+    server = ServeProcess(data_dir)
+    request = {"notification": {"title": "once"}, "policy": {"biz_id": "invoice-7-paid"}}
+    with PushClient(server.url, app.app_key, app.secret) as c:
+        reg = c.register_device("phone", "android")
+        first = c.push(request | {"target": {"devices": [reg["device_id"]]}})
+    assert server.stop(signal.SIGKILL) == -signal.SIGKILL
+    server = ServeProcess(data_dir)
+    try:
+        with PushClient(server.url, app.app_key, app.secret) as c:
+            again = c.push(request | {"target": {"devices": [reg["device_id"]]}})
+        assert again == first
+        client, got = _listen(server.url, reg["device_id"], reg["device_token"])
+        assert _drain(got, {first["msg_id"]}) == [first["msg_id"]]
+        client.disconnect()
+        assert len(Store(data_dir).list_messages(app.app_key, None, 10)) == 1
+    finally:
+        server.stop(signal.SIGTERM)

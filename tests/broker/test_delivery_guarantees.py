@@ -3,6 +3,7 @@ inflight window, packet size limit — each beside a witness of plain amqtt 0.12
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable
 
@@ -186,3 +187,31 @@ def test_listen_backlog_holds_a_reconnect_storm(running: Running) -> None:
     with open("/proc/sys/net/core/somaxconn") as f:
         somaxconn = int(f.read())
     assert backlog == min(4096, somaxconn) and backlog > 100
+
+
+async def _silent_socket_closed(port: int, within: float) -> bool:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        return await asyncio.wait_for(reader.read(1), within) == b""
+    except TimeoutError:
+        return False
+    finally:
+        writer.close()
+
+
+async def test_witness_plain_amqtt_waits_forever_for_connect(plain: PlainAmqtt) -> None:  # noqa: F811
+    assert not await _silent_socket_closed(plain.port, 1.5)
+
+
+async def test_idle_socket_without_connect_is_closed() -> None:
+    from mqttpush.broker import PushBroker
+
+    async def nobody(client_id: str, user: str | None, password: str | None) -> None:
+        return None
+
+    broker = PushBroker(host="127.0.0.1", port=0, authenticator=nobody, connect_timeout=0.5)
+    await broker.start()
+    try:
+        assert await _silent_socket_closed(broker.port, 10)
+    finally:
+        await broker.shutdown()
