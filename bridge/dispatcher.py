@@ -203,10 +203,7 @@ class Dispatcher:
                 impossible.append(device_id)
         if impossible:
             await self._store.run(
-                self._store.record_vendor_outcomes,
-                out.app_key,
-                "none",
-                [(out.msg_id, d, "failed", "no_vendor_token", None) for d in impossible],
+                self._store.drop, out.msg_id, impossible, "no_vendor_token", DeliveryState.FAILED
             )
         self._vendor_plan[out.msg_id] = forwards
         return tuple(mqtt)

@@ -309,7 +309,14 @@ class PolicyQueries(StoreCore):
                     (until, msg_id, device_id),
                 )
 
-    def drop(self, msg_id: str, device_ids: Iterable[str], reason: str) -> None:
+    def drop(
+        self,
+        msg_id: str,
+        device_ids: Iterable[str],
+        reason: str,
+        state: DeliveryState = DeliveryState.DROPPED,
+    ) -> None:
+        """End deliveries not yet delivered: ``dropped(reason)`` (or another terminal ``state``)."""
         now = self.clock.now()
         with self._tx():
             for device_id in device_ids:
@@ -317,7 +324,7 @@ class PolicyQueries(StoreCore):
                     "SELECT state FROM deliveries WHERE msg_id = ? AND device_id = ?", (msg_id, device_id)
                 ).fetchone()
                 if row is not None and row[0] in ("accepted", "queued", "published"):
-                    self._record(msg_id, device_id, DeliveryState.DROPPED, now, reason)
+                    self._record(msg_id, device_id, state, now, reason)
                     self._conn.execute(
                         "UPDATE deliveries SET next_repush_at = NULL WHERE msg_id = ? AND device_id = ?",
                         (msg_id, device_id),

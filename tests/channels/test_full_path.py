@@ -160,6 +160,11 @@ async def test_fcm_strategies_offline_online_vendor_first_vendor(running: Runnin
             assert len(fake.received) == 3
             assert (await _delivery(r, only_vendor))["channel"] == "fcm"
             assert await asyncio.to_thread(lambda: got.empty())
+
+            ((tokenless, _),) = r.register(platform="android")
+            nothing = await _push(r, tokenless, strategy="vendor")
+            d = await _delivery(r, nothing)
+            assert (d["state"], d["error"]) == ("failed", "no_vendor_token")
         finally:
             await asyncio.to_thread(client.disconnect)
             await _hang_up(r)
