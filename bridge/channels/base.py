@@ -5,14 +5,18 @@ outcome it classifies a vendor's answer into. Pure: the vendor knowledge lives i
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self
+from urllib.parse import urlsplit
 
 import httpx
+
+from mqttpush.errors import InvalidContent
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,3 +166,58 @@ class HttpChannel:
 
     def _bump(self, key: str) -> None:
         self.stats.extra[key] = self.stats.extra.get(key, 0) + 1
+
+
+def json_object(data: bytes) -> dict[str, Any] | None:
+    """A vendor's JSON answer as a dict, or None when it is not one."""
+    try:
+        value = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+class ConfigFields:
+    """Reads one VENDORS.json entry; every error names the vendor and the key (422 ``bad_vendor_config``)."""
+
+    def __init__(self, vendor: str, obj: Mapping[str, Any], base_dir: Path) -> None:
+        if not isinstance(obj, Mapping):
+            raise self._bad(vendor, f"the {vendor} entry must be a JSON object")
+        self.vendor, self.obj, self.base_dir = vendor, obj, base_dir
+
+    @staticmethod
+    def _bad(vendor: str, message: str) -> InvalidContent:
+        return InvalidContent(f"VENDORS.json {vendor}: {message}", code="bad_vendor_config")
+
+    def bad(self, message: str) -> InvalidContent:
+        return self._bad(self.vendor, message)
+
+    def required_str(self, key: str) -> str:
+        value = self.obj.get(key)
+        if not isinstance(value, str) or not value.strip():
+            raise self.bad(f"{key!r} is required (a non-empty string)")
+        return value.strip()
+
+    def optional_str(self, key: str) -> str | None:
+        value = self.obj.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value.strip():
+            raise self.bad(f"{key!r} must be a non-empty string when given")
+        return value.strip()
+
+    def https_url(self, key: str, default: str) -> str:
+        value = self.optional_str(key) or default
+        parts = urlsplit(value)
+        if parts.scheme != "https" or not parts.netloc:
+            raise self.bad(f"{key!r} must be an https:// URL, got {value!r}")
+        return value.rstrip("/")
+
+    def ca_file(self) -> str | None:
+        value = self.optional_str("ca_file")
+        if value is None:
+            return None
+        path = Path(value) if Path(value).is_absolute() else self.base_dir / value
+        if not path.is_file():
+            raise self.bad(f"'ca_file' {str(path)!r} is not a readable file")
+        return str(path)

@@ -31,6 +31,7 @@ from urllib.parse import urlencode, urlsplit
 import httpx
 
 from bridge.channels.base import (
+    ConfigFields,
     Delivered,
     DropToken,
     Fail,
@@ -42,11 +43,11 @@ from bridge.channels.base import (
     VendorRequest,
     VendorResponse,
     count,
+    json_object,
     redact,
     retry_after,
     tls_verify,
 )
-from mqttpush.errors import InvalidContent
 
 log = logging.getLogger(__name__)
 
@@ -105,17 +106,16 @@ def load_credentials(obj: Mapping[str, Any], base_dir: Path) -> HmsCredentials:
     ``client_id`` defaults to ``app_id`` (Huawei issues the app's OAuth client id equal to its app
     id). Raises ``InvalidContent(code="bad_vendor_config")`` naming the offending key.
     """
-    if not isinstance(obj, Mapping):
-        raise _bad_config("the hms entry must be a JSON object")
-    app_id = _required_str(obj, "app_id")
-    client_id = _optional_str(obj, "client_id") or app_id
+    f = ConfigFields("hms", obj, base_dir)
+    app_id = f.required_str("app_id")
+    client_id = f.optional_str("client_id") or app_id
     return HmsCredentials(
         app_id=app_id,
         client_id=client_id,
-        client_secret=_required_str(obj, "client_secret"),
-        base_url=_https_url(obj, "base_url", DEFAULT_BASE_URL),
-        token_url=_https_url(obj, "token_url", DEFAULT_TOKEN_URL),
-        ca_file=_ca_file(obj, base_dir),
+        client_secret=f.required_str("client_secret"),
+        base_url=f.https_url("base_url", DEFAULT_BASE_URL),
+        token_url=f.https_url("token_url", DEFAULT_TOKEN_URL),
+        ca_file=f.ca_file(),
     )
 
 
@@ -186,7 +186,7 @@ def _notification(envelope: Mapping[str, Any], collapse_key: str | None) -> dict
 
 def classify(response: VendorResponse) -> Outcome:
     """Map a Push Kit answer for a single-token send onto an outcome."""
-    body = _json_object(response.body)
+    body = json_object(response.body)
     code = str(body.get("code", "")) if body is not None else ""
     request_id = body.get("requestId") if body is not None else None
     if code == PARTIAL_SUCCESS and _partial_failed(body):
@@ -221,7 +221,7 @@ def classify(response: VendorResponse) -> Outcome:
 def _partial_failed(body: Mapping[str, Any] | None) -> bool:
     """Read 80100000's ``msg``: a JSON string {"success", "failure", "illegal_tokens": [...]}."""
     msg = body.get("msg") if body is not None else None
-    detail = _json_object(msg.encode()) if isinstance(msg, str) else None
+    detail = json_object(msg.encode()) if isinstance(msg, str) else None
     if detail is None:
         return True  # no detail to read: the failure Huawei reports is our only token's
     failures = detail.get("failure")
@@ -257,7 +257,7 @@ def build_token_request(creds: HmsCredentials) -> VendorRequest:
 def classify_token_response(response: VendorResponse, now: float) -> AccessToken | Retry | Fail:
     """A new access token, or why there is none (``Retry`` when Huawei is busy, ``Fail(auth=True)``
     when it refuses the client id/secret)."""
-    body = _json_object(response.body) or {}
+    body = json_object(response.body) or {}
     token = body.get("access_token")
     expires_in = body.get("expires_in")
     if response.status == 200 and isinstance(token, str) and token and isinstance(expires_in, int | float):
@@ -395,51 +395,5 @@ def _log_outcome(message: PushMessage, token: str, outcome: Outcome) -> None:
         log.log(level, "hms failed msg_id=%s reason=%s auth=%s", message.msg_id, outcome.reason, outcome.auth)
 
 
-def _json_object(data: bytes) -> dict[str, Any] | None:
-    try:
-        value = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
 # ---------------------------------------------------------------------------------------------
 # VENDORS.json validation
-
-
-def _bad_config(message: str) -> InvalidContent:
-    return InvalidContent(f"VENDORS.json hms: {message}", code="bad_vendor_config")
-
-
-def _required_str(obj: Mapping[str, Any], key: str) -> str:
-    value = obj.get(key)
-    if not isinstance(value, str) or not value.strip():
-        raise _bad_config(f"{key!r} is required (a non-empty string)")
-    return value.strip()
-
-
-def _optional_str(obj: Mapping[str, Any], key: str) -> str | None:
-    value = obj.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value.strip():
-        raise _bad_config(f"{key!r} must be a non-empty string when given")
-    return value.strip()
-
-
-def _https_url(obj: Mapping[str, Any], key: str, default: str) -> str:
-    value = _optional_str(obj, key) or default
-    parts = urlsplit(value)
-    if parts.scheme != "https" or not parts.netloc:
-        raise _bad_config(f"{key!r} must be an https:// URL, got {value!r}")
-    return value.rstrip("/")
-
-
-def _ca_file(obj: Mapping[str, Any], base_dir: Path) -> str | None:
-    value = _optional_str(obj, "ca_file")
-    if value is None:
-        return None
-    path = Path(value) if Path(value).is_absolute() else base_dir / value
-    if not path.is_file():
-        raise _bad_config(f"'ca_file' {str(path)!r} is not a readable file")
-    return str(path)

@@ -25,11 +25,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 import httpx
 
 from bridge.channels.base import (
+    ConfigFields,
     Delivered,
     DropToken,
     Fail,
@@ -41,10 +42,10 @@ from bridge.channels.base import (
     VendorRequest,
     VendorResponse,
     count,
+    json_object,
     retry_after,
     tls_verify,
 )
-from mqttpush.errors import InvalidContent
 
 log = logging.getLogger(__name__)
 
@@ -107,14 +108,13 @@ def load_credentials(obj: Mapping[str, Any], base_dir: Path) -> MiPushCredential
 
     Raises ``InvalidContent(code="bad_vendor_config")`` naming the offending key.
     """
-    if not isinstance(obj, Mapping):
-        raise _bad_config("the mipush entry must be a JSON object")
+    f = ConfigFields("mipush", obj, base_dir)
     return MiPushCredentials(
-        app_secret=_required_str(obj, "app_secret"),
-        package_name=_required_str(obj, "package_name"),
-        base_url=_https_url(obj, "base_url", DEFAULT_BASE_URL),
-        ca_file=_ca_file(obj, base_dir),
-        channel_id=_optional_str(obj, "channel_id"),
+        app_secret=f.required_str("app_secret"),
+        package_name=f.required_str("package_name"),
+        base_url=f.https_url("base_url", DEFAULT_BASE_URL),
+        ca_file=f.ca_file(),
+        channel_id=f.optional_str("channel_id"),
     )
 
 
@@ -191,7 +191,7 @@ def _texts(envelope: Mapping[str, Any]) -> tuple[str, str]:
 
 def classify(response: VendorResponse) -> Outcome:
     """Map a MiPush answer for a single-regid send onto an outcome."""
-    body = _json_object(response.body)
+    body = json_object(response.body)
     if body is None:
         return _classify_status(response)
     code = _int_code(body.get("code"))
@@ -298,51 +298,5 @@ def _log_outcome(message: PushMessage, token: str, outcome: Outcome) -> None:
         )
 
 
-def _json_object(data: bytes) -> dict[str, Any] | None:
-    try:
-        value = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
 # ---------------------------------------------------------------------------------------------
 # VENDORS.json validation
-
-
-def _bad_config(message: str) -> InvalidContent:
-    return InvalidContent(f"VENDORS.json mipush: {message}", code="bad_vendor_config")
-
-
-def _required_str(obj: Mapping[str, Any], key: str) -> str:
-    value = obj.get(key)
-    if not isinstance(value, str) or not value.strip():
-        raise _bad_config(f"{key!r} is required (a non-empty string)")
-    return value.strip()
-
-
-def _optional_str(obj: Mapping[str, Any], key: str) -> str | None:
-    value = obj.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value.strip():
-        raise _bad_config(f"{key!r} must be a non-empty string when given")
-    return value.strip()
-
-
-def _https_url(obj: Mapping[str, Any], key: str, default: str) -> str:
-    value = _optional_str(obj, key) or default
-    parts = urlsplit(value)
-    if parts.scheme != "https" or not parts.netloc:
-        raise _bad_config(f"{key!r} must be an https:// URL, got {value!r}")
-    return value.rstrip("/")
-
-
-def _ca_file(obj: Mapping[str, Any], base_dir: Path) -> str | None:
-    value = _optional_str(obj, "ca_file")
-    if value is None:
-        return None
-    path = Path(value) if Path(value).is_absolute() else base_dir / value
-    if not path.is_file():
-        raise _bad_config(f"'ca_file' {str(path)!r} is not a readable file")
-    return str(path)
