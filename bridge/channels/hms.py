@@ -393,7 +393,3 @@ def _log_outcome(message: PushMessage, token: str, outcome: Outcome) -> None:
     elif isinstance(outcome, Fail):
         level = logging.WARNING if outcome.auth else logging.INFO
         log.log(level, "hms failed msg_id=%s reason=%s auth=%s", message.msg_id, outcome.reason, outcome.auth)
-
-
-# ---------------------------------------------------------------------------------------------
-# VENDORS.json validation

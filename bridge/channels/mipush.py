@@ -296,7 +296,3 @@ def _log_outcome(message: PushMessage, token: str, outcome: Outcome) -> None:
         log.log(
             level, "mipush failed msg_id=%s reason=%s auth=%s", message.msg_id, outcome.reason, outcome.auth
         )
-
-
-# ---------------------------------------------------------------------------------------------
-# VENDORS.json validation
