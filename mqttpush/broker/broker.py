@@ -17,30 +17,34 @@ What we replace, and why (see shared/notes/amqtt-0.12.1.md):
 * **Takeover** by the same client id closes the old connection without letting it mark the
   new one offline.
 * A CONNECT must arrive within ``connect_timeout`` seconds of the socket opening.
+* **The message path** after CONNACK is ours (``connection.py``, ``wire.py``): packets parsed
+  from one buffer and handled inline, PUBLISH encoded to bytes once per subscriber, QoS 1/2
+  flows in the session's ``Outbox`` (unacknowledged messages kept across reconnects and re-sent
+  with DUP, an in-flight window, a bounded offline queue). amqtt keeps the listener, the CONNECT
+  parsing and the session objects.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import functools
 import logging
 import math
-from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import amqtt.broker as amqtt_broker_module
 import amqtt.mqtt.protocol.broker_handler as amqtt_broker_handler_module
 from amqtt.adapters import ReaderAdapter, StreamReaderAdapter, StreamWriterAdapter, WriterAdapter
-from amqtt.broker import Broker, RetainedApplicationMessage
-from amqtt.contexts import Action, ListenerType
+from amqtt.broker import Broker
+from amqtt.contexts import ListenerType
 from amqtt.errors import AMQTTError, BrokerError, MQTTError, NoDataError
-from amqtt.mqtt.connack import NOT_AUTHORIZED, ConnackPacket
-from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
-from amqtt.session import OUTGOING, Session
+from amqtt.mqtt.connack import NOT_AUTHORIZED
+from amqtt.session import Session
 from transitions import MachineError
 
+from mqttpush.broker import wire
+from mqttpush.broker.connection import Connection, Outbox
 from mqttpush.broker.index import RetainedIndex, SubscriptionIndex
 from mqttpush.errors import StartupError
 from mqttpush.topics import (
@@ -65,9 +69,7 @@ Tap = Callable[[str, bytes, Identity], None]
 """Called for each client PUBLISH matching a tapped filter: ``(topic, payload, publisher)``."""
 
 KEEPALIVE_GRACE = 1.5  # MQTT-3.1.2-24
-
-# The QoS of the PUBLISH being routed, for the client task handling it (amqtt drops it on the way).
-_publish_qos: contextvars.ContextVar[int | None] = contextvars.ContextVar("publish_qos", default=None)
+UNSUBACK = 0xB0
 
 
 class _SessionState:
@@ -105,8 +107,33 @@ class _SessionState:
 
 
 class _LeanSession(Session):  # type: ignore[misc]
+    def __init__(self) -> None:
+        super().__init__()
+        # amqtt's two asyncio queues per session are replaced by the outbox (see connection.py);
+        # they are made only if amqtt's own code asks for them (a plain amqtt broker in the process).
+        self._queues: list[Any] = [None, None]
+        self.outbox = Outbox(window=100, limit=1000)
+        self.link: Connection | None = None  # the connection that has CONNACK'd, while it lasts
+
+    def _queue(self, index: int) -> Any:
+        if self._queues[index] is None:
+            self._queues[index] = asyncio.Queue()
+        return self._queues[index]
+
+    def _set_queue(self, index: int, queue: Any) -> None:
+        if "_queues" in self.__dict__:  # amqtt's __init__ assigns them before ours runs
+            self._queues[index] = queue
+
+    retained_messages = property(lambda self: self._queue(0), lambda self, q: self._set_queue(0, q))
+    delivered_message_queue = property(lambda self: self._queue(1), lambda self, q: self._set_queue(1, q))
+
     def _init_states(self) -> None:
         self.transitions = _SessionState(self)
+
+    def clear_queues(self) -> None:
+        self.outbox.clear()
+        if self._queues != [None, None]:
+            super().clear_queues()
 
 
 # amqtt creates sessions by the module-level name in these two places; ours are lean.
@@ -119,9 +146,10 @@ class PacketTooLarge(Exception):
 
 
 class _LimitedReader(ReaderAdapter):  # type: ignore[misc]
-    # amqtt reads a packet's body with one read(remaining_length): refuse before buffering it.
-    def __init__(self, inner: ReaderAdapter, limit: int) -> None:
-        self._inner = inner
+    # amqtt reads CONNECT's body with one read(remaining_length): refuse before buffering it.
+    def __init__(self, stream: asyncio.StreamReader, limit: int) -> None:
+        self.stream = stream  # read in chunks by Connection once the client is connected
+        self._inner = StreamReaderAdapter(stream)
         self._limit = limit
 
     async def read(self, n: int = -1) -> bytes:
@@ -134,51 +162,10 @@ class _LimitedReader(ReaderAdapter):  # type: ignore[misc]
         self._inner.feed_eof()
 
 
-class _PushProtocolHandler(BrokerProtocolHandler):  # type: ignore[misc]
-    max_inflight = 100
-
-    def handle_read_timeout(self) -> None:
-        # The reader waited 1.5 × keepalive for a packet: the client is gone (half-open socket).
-        log.info("keepalive expired client_id=%s", self.session.client_id if self.session else None)
-        asyncio.get_running_loop().create_task(self.handle_connection_closed())
-
-    async def _handle_qos1_message_flow(self, app_message: Any) -> None:
-        """Outgoing QoS 1 without amqtt's 5 s give-up: a message stays in flight (in the session)
-        until its PUBACK, across reconnects, and is re-sent with DUP=1 (MQTT-4.4.0-1)."""
-        if app_message.direction != OUTGOING:
-            await super()._handle_qos1_message_flow(app_message)
-            return
-        session = self.session
-        packet_id = app_message.packet_id
-        slots = session.attributes.setdefault("mqttpush.inflight", asyncio.Semaphore(self.max_inflight))
-        async with slots:
-            session.inflight_out.setdefault(packet_id, app_message)
-            packet = app_message.build_publish_packet(dup=app_message.publish_packet is not None)
-            waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-            self._puback_waiters[packet_id] = waiter
-            try:
-                await self._send_packet(packet)
-                app_message.publish_packet = packet
-                app_message.puback_packet = await waiter
-                session.inflight_out.pop(packet_id, None)
-            finally:
-                self._puback_waiters.pop(packet_id, None)
-
-    async def _retry_deliveries(self) -> None:
-        # Re-send what the session still has in flight, in order, without holding up the connect
-        # (amqtt waited up to 10 s per message here, before the client's SUBSCRIBEs were handled).
-        for message in [*self.session.inflight_in.values(), *self.session.inflight_out.values()]:
-            task = asyncio.ensure_future(self._handle_message_flow(message))
-            task.add_done_callback(_ignore_result)
-
-
-def _ignore_result(task: asyncio.Task[Any]) -> None:
-    if not task.cancelled():
-        task.exception()  # a connection that ended meanwhile: the message stays in the session
-
-
 class PushBroker(Broker):  # type: ignore[misc]
     """The embedded broker. Start with ``await broker.start()``; ``broker.port`` is the bound port."""
+
+    max_inflight = 100
 
     def __init__(
         self,
@@ -200,17 +187,16 @@ class PushBroker(Broker):  # type: ignore[misc]
         self._authenticator = authenticator
         self._on_presence = on_presence
         self._connect_timeout = connect_timeout
-        self._max_packet = max_packet
+        self.max_packet = max_packet
         self._offline_queue = offline_queue
         self._backlog = backlog
         self._identities: dict[str, Identity] = {}
-        self._current_handler: dict[str, BrokerProtocolHandler] = {}
+        self._current_handler: dict[str, Connection] = {}
         # Who gets a PUBLISH: exact filters in a dict, wildcards in a trie (amqtt walked every filter).
         self._subs: SubscriptionIndex[str] = SubscriptionIndex()
         # Retained messages by topic, found by filter in O(matches) (amqtt scanned them all).
-        self._retained: RetainedIndex[RetainedApplicationMessage] = RetainedIndex()
+        self._retained: RetainedIndex[tuple[bytes, int]] = RetainedIndex()  # topic → (payload, qos)
         self._taps: list[tuple[str, Tap]] = []
-        self._background: set[asyncio.Task[Any]] = set()
         self._stopping = False
 
     # --- public surface (used in-process by the bridge's publisher) ---------------------------
@@ -221,14 +207,16 @@ class PushBroker(Broker):  # type: ignore[misc]
         return int(server.sockets[0].getsockname()[1])
 
     async def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
-        """Publish as the broker itself (no socket): retained first, then to current subscribers."""
-        if retain:
-            await self.retain_message(None, topic, payload, qos)
-        await self._broadcast_message(None, topic, payload, qos)
+        """Publish as the broker itself (no socket): retained first, then to current subscribers.
+
+        Done when it returns: the PUBLISH bytes are in each online subscriber's socket buffer (or
+        its session's queue), so this is a coroutine only for the ``Publisher`` interface.
+        """
+        self._route(topic, payload, qos, retain)
 
     async def clear_retained(self, topic: str) -> None:
         """Drop the retained message of ``topic`` without sending anything to subscribers."""
-        await self.retain_message(None, topic, b"", None)
+        self._retained.discard(topic)
 
     def tap(self, topic_filter: str, callback: Tap) -> None:
         """Have ``callback`` see every client PUBLISH on ``topic_filter`` that the ACL let through."""
@@ -239,7 +227,7 @@ class PushBroker(Broker):  # type: ignore[misc]
 
     def retained_payload(self, topic: str) -> bytes | None:
         found = self._retained.get(topic)
-        return bytes(found.data) if found is not None else None
+        return found[0] if found is not None else None
 
     async def start(self) -> None:
         # amqtt logs a traceback for a busy port; the caller gets one clear StartupError instead.
@@ -255,8 +243,6 @@ class PushBroker(Broker):  # type: ignore[misc]
 
     async def shutdown(self) -> None:
         self._stopping = True
-        for task in list(self._background):
-            task.cancel()
         await super().shutdown()
 
     # --- CONNECT -------------------------------------------------------------------------------
@@ -283,17 +269,15 @@ class PushBroker(Broker):  # type: ignore[misc]
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, listener_name: str
     ) -> None:
         await self._client_connected(
-            listener_name,
-            _LimitedReader(StreamReaderAdapter(reader), self._max_packet),
-            StreamWriterAdapter(writer),
+            listener_name, _LimitedReader(reader, self.max_packet), StreamWriterAdapter(writer)
         )
 
     async def _initialize_client_session(
         self, reader: ReaderAdapter, writer: WriterAdapter, remote_address: str, remote_port: int
-    ) -> tuple[BrokerProtocolHandler, Session]:
+    ) -> tuple[Connection, Session]:
         try:
             handler, incoming = await asyncio.wait_for(
-                _PushProtocolHandler.init_from_connect(reader, writer, self.plugins_manager),
+                Connection.init_from_connect(reader, writer, self.plugins_manager),
                 self._connect_timeout,
             )
         except TimeoutError as exc:
@@ -304,15 +288,16 @@ class PushBroker(Broker):  # type: ignore[misc]
         except MQTTError:
             await writer.close()
             raise
-        except (AMQTTError, NoDataError) as exc:
+        except (AMQTTError, NoDataError, PacketTooLarge) as exc:
             await writer.close()
             raise AMQTTError(exc) from exc
+        handler.broker = self
 
         client_id: str = incoming.client_id
         identity = await self._authenticator(client_id, incoming.username, incoming.password)
         if identity is None:
             log.info("connect refused client_id=%s address=%s", client_id, remote_address)
-            await ConnackPacket.build(0, NOT_AUTHORIZED).to_stream(writer)
+            writer.write(wire.encode_connack(False, NOT_AUTHORIZED))
             await writer.close()
             raise MQTTError(f"client {client_id!r} refused: bad credentials")
 
@@ -320,9 +305,9 @@ class PushBroker(Broker):  # type: ignore[misc]
         self._current_handler[client_id] = handler
         if existing is not None:
             old_session, old_handler = existing
+            old_session.link = None  # until the new connection's CONNACK: messages wait in the outbox
             if old_session.transitions.is_connected():
                 log.info("session takeover client_id=%s", client_id)
-                await old_handler.handle_connection_closed()
                 await self._stop_handler(old_handler)
                 old_session.transitions.disconnect()
 
@@ -347,6 +332,8 @@ class PushBroker(Broker):  # type: ignore[misc]
                 setattr(session, name, getattr(incoming, name))
             session.parent = 1
         session.keep_alive = math.ceil(incoming.keep_alive * KEEPALIVE_GRACE)
+        session.outbox.window = self.max_inflight
+        session.outbox.limit = self._offline_queue
         self._identities[client_id] = identity
         return handler, session
 
@@ -355,7 +342,7 @@ class PushBroker(Broker):  # type: ignore[misc]
         reader: ReaderAdapter,
         writer: WriterAdapter,
         client_session: Session,
-        handler: BrokerProtocolHandler,
+        handler: Connection,
         server: Any,
         listener_name: str,
     ) -> None:
@@ -363,28 +350,41 @@ class PushBroker(Broker):  # type: ignore[misc]
         client_session.transitions.connect()
         handler.attach(client_session, reader, writer)
         self._sessions[client_id] = (client_session, handler)
-        await handler.mqtt_connack_authorize(True)
+        # Nothing is written before the CONNACK, and from here on everything goes out in order:
+        # the unacknowledged messages again (DUP), what waited offline, then retained replay.
+        handler.write(wire.encode_connack(bool(client_session.parent), 0))
+        client_session.link = handler
         identity = self._identities[client_id]
         if isinstance(identity, DeviceIdentity) and self._on_presence is not None:
             self._on_presence(identity, True)
-
-        await handler.start()
-        await self._publish_session_retained_messages(client_session)
+        handler.begin()
+        client_session.outbox.resume(handler)
         for topic_filter, qos in self._subs.filters_of(client_id).items():
-            await self._publish_retained_messages_for_subscription((topic_filter, qos), client_session)
-        await self._client_message_loop(client_session, handler)
+            self._replay_retained(client_session, topic_filter, qos)
+        clean = await handler.wait_disconnect()
+        await self._end_connection(client_session, handler, clean)
 
-    async def _handle_disconnect(
-        self, client_session: Session, handler: BrokerProtocolHandler, disconnect_waiter: asyncio.Future[Any]
-    ) -> None:
-        client_id: str = client_session.client_id
+    async def _end_connection(self, session: Session, handler: Connection, clean: bool) -> None:
+        client_id: str = session.client_id
         if self._current_handler.get(client_id) is not handler:
             return  # taken over: the new connection owns the session and its presence now
         del self._current_handler[client_id]
+        session.link = None
         identity = self._identities.get(client_id)
         if isinstance(identity, DeviceIdentity) and self._on_presence is not None:
             self._on_presence(identity, False)
-        await super()._handle_disconnect(client_session, handler, disconnect_waiter)
+        if not clean and session.will_flag and session.will_topic and not self._stopping:
+            # MQTT-3.1.2-8: the connection ended without DISCONNECT; the Will goes through the same
+            # ACL as the client's own publishes (a device may announce only its own presence).
+            self._from_client(
+                client_id,
+                session.will_topic,
+                bytes(session.will_message or b""),
+                session.will_qos or 0,
+                bool(session.will_retain),
+            )
+        await self._stop_handler(handler)
+        session.transitions.disconnect()
 
     async def _cleanup_session(self, client_id: str) -> None:
         entry = self._sessions.get(client_id)
@@ -404,32 +404,88 @@ class PushBroker(Broker):  # type: ignore[misc]
     async def _del_all_subscriptions(self, session: Session) -> None:
         self._subs.remove_all(session.client_id)
 
-    # --- ACL -----------------------------------------------------------------------------------
-
-    async def _topic_filtering(self, session: Session, topic: str, action: Action) -> bool:
-        identity = self._identities.get(session.client_id)
-        if identity is None:
-            return False
-        if action == Action.SUBSCRIBE:
-            return may_subscribe(identity, topic)
-        if action == Action.PUBLISH:
-            return may_publish(identity, topic)
-        return may_receive(identity, topic)
-
-    async def add_subscription(self, subscription: tuple[str, int], session: Session) -> int:
-        """Grant (QoS) or refuse (0x80) one filter; the ACL is decided here, once, not per message."""
-        topic_filter, qos = subscription
-        identity = self._identities.get(session.client_id)
-        if not valid_filter(topic_filter) or identity is None or not may_subscribe(identity, topic_filter):
-            return 0x80
-        granted = min(max(qos, 0), 2)
-        self._subs.add(topic_filter, session.client_id, granted)
-        return granted
-
     def _del_subscription(self, a_filter: str, session: Session) -> int:
         return int(self._subs.remove(a_filter, session.client_id))
 
-    # --- retained and queued messages ------------------------------------------------------------
+    # --- what a connection's packets do (Connection calls these) -----------------------------------
+
+    def client_publish(self, link: Connection, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        self._from_client(link.session.client_id, topic, payload, qos, retain)
+
+    def client_subscribe(self, link: Connection, packet_id: int, wanted: list[tuple[str, int]]) -> None:
+        """Grant (QoS) or refuse (0x80) each filter; the ACL is decided here, once, not per message.
+        SUBACK first, then the retained messages of each granted filter (MQTT-3.3.1-6)."""
+        session = link.session
+        identity = self._identities.get(session.client_id)
+        codes: list[int] = []
+        for topic_filter, qos in wanted:
+            if (
+                not valid_filter(topic_filter)
+                or identity is None
+                or not may_subscribe(identity, topic_filter)
+            ):
+                codes.append(0x80)
+            else:
+                self._subs.add(topic_filter, session.client_id, qos)
+                codes.append(qos)
+        link.write(wire.encode_suback(packet_id, codes))
+        for (topic_filter, _), granted in zip(wanted, codes, strict=True):
+            if granted != 0x80:
+                self._replay_retained(session, topic_filter, granted)
+
+    def client_unsubscribe(self, link: Connection, packet_id: int, filters: list[str]) -> None:
+        for topic_filter in filters:
+            self._subs.remove(topic_filter, link.session.client_id)
+        link.write(wire.encode_ack(UNSUBACK, packet_id))
+
+    # --- routing ---------------------------------------------------------------------------------
+
+    def _from_client(self, client_id: str, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        identity = self._identities.get(client_id)
+        if identity is None or not may_publish(identity, topic):
+            log.info("publish refused client_id=%s topic=%s", client_id, topic)
+            return  # MQTT 3.1.1 has no negative PUBACK: acknowledged and dropped
+        for topic_filter, callback in self._taps:
+            if topic_matches(topic, topic_filter):
+                try:
+                    callback(topic, payload, identity)
+                except Exception:
+                    # a consumer's bug must not take the publishing client's connection down
+                    log.exception("tap failed topic=%s", topic)
+        self._route(topic, payload, qos, retain)
+
+    def _route(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        """Deliver one message: indexed matching, QoS = min(published, granted) (MQTT-3.8.4-6),
+        retain=0 to current subscribers (MQTT-3.3.1-9), queued for offline persistent sessions."""
+        if retain:
+            if payload:
+                self._retained.set(topic, (payload, qos))
+            else:
+                self._retained.discard(topic)  # MQTT-3.3.1-10: an empty retained message clears
+        topic_bytes = topic.encode()
+        sessions = self._sessions
+        identities = self._identities
+        for client_id, granted in self._subs.match(topic).items():
+            entry = sessions.get(client_id)
+            identity = identities.get(client_id)
+            if entry is None or identity is None or not may_receive(identity, topic):
+                continue
+            session = entry[0]
+            link = session.link
+            delivered_qos = qos if qos < granted else granted
+            if link is None and session.clean_session and not session.transitions.is_connected():
+                continue  # a clean session that is gone keeps nothing (MQTT-3.1.2-6)
+            session.outbox.offer(link, topic_bytes, payload, delivered_qos, False)
+
+    def _replay_retained(self, session: Session, topic_filter: str, granted: int) -> None:
+        identity = self._identities.get(session.client_id)
+        if identity is None:
+            return
+        for topic, (payload, qos) in self._retained.match(topic_filter):
+            if may_receive(identity, topic):
+                session.outbox.offer(session.link, topic.encode(), payload, min(granted, qos), True)
+
+    # --- amqtt paths that must not be taken any more ---------------------------------------------
 
     async def retain_message(
         self,
@@ -438,47 +494,11 @@ class PushBroker(Broker):  # type: ignore[misc]
         data: bytes | bytearray | None,
         qos: int | None = None,
     ) -> None:
-        # Kept in our index only (amqtt's dict and its per-message plugin events are not needed).
-        if topic_name is None:
-            return
-        if data:
-            self._retained.set(topic_name, RetainedApplicationMessage(source_session, topic_name, data, qos))
-        else:
-            self._retained.discard(topic_name)  # MQTT-3.3.1-10: an empty retained message clears
-
-    async def _publish_retained_messages_for_subscription(
-        self, subscription: tuple[str, int], session: Session
-    ) -> None:
-        client_id: str = session.client_id
-        granted = self._subs.filters_of(client_id).get(subscription[0])
-        identity = self._identities.get(client_id)
-        handler = self._get_handler(session)
-        if granted is None or identity is None or handler is None:
-            return
-        for _topic, retained in self._retained.match(subscription[0]):
-            if may_receive(identity, retained.topic):
-                qos = min(granted, retained.qos if retained.qos is not None else granted)
-                self._spawn(handler.mqtt_publish(retained.topic, retained.data, qos, retain=True))
-
-    async def _publish_session_retained_messages(self, session: Session) -> None:
-        handler = self._get_handler(session)
-        identity = self._identities.get(session.client_id)
-        while handler is not None and identity is not None and not session.retained_messages.empty():
-            queued = session.retained_messages.get_nowait()
-            if may_receive(identity, queued.topic):
-                self._spawn(handler.mqtt_publish(queued.topic, queued.data, queued.qos, retain=False))
-
-    def _spawn(self, coro: Awaitable[Any]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._background.add(task)
-        task.add_done_callback(self._reap)
-
-    def _reap(self, task: asyncio.Task[Any]) -> None:
-        self._background.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.debug("publish to client ended: %r", task.exception())
-
-    # --- taps ------------------------------------------------------------------------------------
+        if topic_name is not None:
+            if data:
+                self._retained.set(topic_name, (bytes(data), qos or 0))
+            else:
+                self._retained.discard(topic_name)
 
     async def _broadcast_message(
         self,
@@ -487,46 +507,5 @@ class PushBroker(Broker):  # type: ignore[misc]
         data: bytes | bytearray | None,
         force_qos: int | None = None,
     ) -> None:
-        if session is not None and topic is not None and self._taps:
-            identity = self._identities.get(session.client_id)
-            if identity is not None:
-                for topic_filter, callback in self._taps:
-                    if topic_matches(topic, topic_filter):
-                        try:
-                            callback(topic, bytes(data or b""), identity)
-                        except Exception:
-                            # a consumer's bug must not take the publishing client's connection down
-                            log.exception("tap failed topic=%s", topic)
-        if force_qos is None and session is not None:
-            force_qos = _publish_qos.get()  # the QoS the client published with
-        await super()._broadcast_message(session, topic, data, force_qos)
-
-    async def _handle_message_delivery(
-        self, client_session: Session, handler: BrokerProtocolHandler, wait_deliver: asyncio.Future[Any]
-    ) -> bool:
-        message = wait_deliver.result()
-        _publish_qos.set(message.qos if message is not None and message.qos is not None else 0)
-        return bool(await super()._handle_message_delivery(client_session, handler, wait_deliver))
-
-    async def _run_broadcast(self, running_tasks: deque[asyncio.Task[Any]]) -> None:
-        """Deliver one message: indexed matching, QoS = min(published, granted) (MQTT-3.8.4-6),
-        a bounded queue for offline persistent sessions (oldest dropped first)."""
-        broadcast = await self._broadcast_queue.get()
-        topic: str = broadcast["topic"]
-        data = broadcast["data"]
-        published_qos = broadcast.get("qos")
-        for client_id, granted in self._subs.match(topic).items():
-            entry = self._sessions.get(client_id)
-            identity = self._identities.get(client_id)
-            if entry is None or identity is None or not may_receive(identity, topic):
-                continue
-            session, handler = entry
-            qos = granted if published_qos is None else min(published_qos, granted)
-            if session.transitions.state != "connected":
-                if not session.clean_session and qos > 0:
-                    queue = session.retained_messages
-                    if queue.qsize() >= self._offline_queue:
-                        queue.get_nowait()
-                    queue.put_nowait(RetainedApplicationMessage(broadcast["session"], topic, data, qos))
-                continue
-            running_tasks.append(asyncio.ensure_future(handler.mqtt_publish(topic, data, qos, retain=False)))
+        if topic:
+            self._route(topic, bytes(data or b""), 0 if force_qos is None else force_qos, False)
