@@ -177,6 +177,15 @@ def may_publish(who: Identity, topic: str) -> bool:
     return topic in (receipt_topic(who.app, who.device), presence_topic(who.app, who.device))
 
 
+def receive_implied_by_subscribe(topic: str) -> bool:
+    """True when, for every identity, a granted filter that matches ``topic`` already implies
+    ``may_receive`` (the broker then skips the per-subscriber check, DESIGN §2 "decided once at
+    SUBSCRIBE"). False for the odd topics where it does not: outside ``mqttpush/`` (``$``-topics,
+    the bare root a ``mqttpush/#`` filter matches) and topics with an empty level. Proved by
+    ``tests/unit/test_topics.py::test_subscribe_implies_receive``."""
+    return topic.startswith(ROOT + "/") and "//" not in topic and not topic.endswith("/")
+
+
 def may_receive(who: Identity, topic: str) -> bool:
     """Delivery rule, applied to live and retained messages alike."""
     if isinstance(who, ServiceIdentity):

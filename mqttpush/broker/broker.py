@@ -53,6 +53,7 @@ from mqttpush.topics import (
     may_publish,
     may_receive,
     may_subscribe,
+    receive_implied_by_subscribe,
     topic_matches,
     valid_filter,
 )
@@ -464,12 +465,15 @@ class PushBroker(Broker):  # type: ignore[misc]
                 self._retained.discard(topic)  # MQTT-3.3.1-10: an empty retained message clears
         topic_bytes = topic.encode()
         sessions = self._sessions
-        identities = self._identities
+        check = not receive_implied_by_subscribe(topic)
         for client_id, granted in self._subs.match(topic).items():
             entry = sessions.get(client_id)
-            identity = identities.get(client_id)
-            if entry is None or identity is None or not may_receive(identity, topic):
+            if entry is None:
                 continue
+            if check:
+                identity = self._identities.get(client_id)
+                if identity is None or not may_receive(identity, topic):
+                    continue
             session = entry[0]
             link = session.link
             delivered_qos = qos if qos < granted else granted

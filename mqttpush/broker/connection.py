@@ -128,11 +128,14 @@ class Broker:
     def client_unsubscribe(self, link: Connection, packet_id: int, filters: list[str]) -> None: ...
 
 
-class Connection(BrokerProtocolHandler):  # type: ignore[misc]
+class Connection(BrokerProtocolHandler, asyncio.Protocol):  # type: ignore[misc]
     """The connection of one client, from CONNACK to close.
 
-    ``wait_disconnect()`` resolves True after a DISCONNECT, False when the connection ended any
-    other way (its Will is then due).
+    After CONNACK it is the transport's protocol itself (``data_received``): no reader task, no
+    stream buffer, no future per read. What it writes during one turn of the event loop goes out
+    in one ``transport.write`` at the end of the turn (a burst of PUBACKs to a publisher, or of
+    PUBLISHes to one subscriber, is one syscall). ``wait_disconnect()`` resolves True after a
+    DISCONNECT, False when the connection ended any other way (its Will is then due).
     """
 
     broker: Broker
@@ -144,8 +147,9 @@ class Connection(BrokerProtocolHandler):  # type: ignore[misc]
         self.logger = log
         self.reader: ReaderAdapter | None = None
         self.writer: WriterAdapter | None = None
-        self._transport: asyncio.WriteTransport | None = None
-        self._reader_task: asyncio.Task[None] | None = None
+        self._transport: asyncio.Transport | None = None
+        self._out: list[bytes] | None = None  # written this turn, not yet handed to the transport
+        self._buf = bytearray()
         self._keepalive: asyncio.TimerHandle | None = None
         self._disconnected: asyncio.Future[bool] | None = None
         self._last_read = 0.0
@@ -159,9 +163,20 @@ class Connection(BrokerProtocolHandler):  # type: ignore[misc]
     # --- writing ---------------------------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
+        out = self._out
+        if out is not None:
+            out.append(data)
+            return
         transport = self._transport
         if transport is not None and not transport.is_closing():
-            transport.write(data)
+            self._out = [data]
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        out, self._out = self._out, None
+        transport = self._transport
+        if out and transport is not None and not transport.is_closing():
+            transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def buffered(self) -> int:
         transport = self._transport
@@ -170,13 +185,25 @@ class Connection(BrokerProtocolHandler):  # type: ignore[misc]
     # --- lifecycle -------------------------------------------------------------------------------
 
     def begin(self) -> None:
-        """Start reading; call after CONNACK is written."""
+        """Take the socket over from amqtt's stream; call after CONNACK is written."""
         loop = asyncio.get_running_loop()
         self._disconnected = loop.create_future()
         self._last_read = loop.time()
-        self._reader_task = loop.create_task(self._read())
+        transport = self._transport
+        assert transport is not None
+        stream: asyncio.StreamReader = self.reader.stream  # type: ignore[union-attr]
+        buffered: bytearray = stream._buffer  # type: ignore[attr-defined]  # sent right behind CONNECT
+        leftover = bytes(buffered)
+        buffered.clear()
+        at_eof = stream.at_eof() or transport.is_closing()
+        transport.set_protocol(self)
+        transport.resume_reading()  # the stream may have paused it with a full buffer
         if self.session.keep_alive > 0:
             self._keepalive = loop.call_later(self.session.keep_alive, self._check_keepalive)
+        if leftover:
+            self.data_received(leftover)
+        if at_eof:
+            self._finish(False)
 
     async def wait_disconnect(self) -> bool:
         assert self._disconnected is not None
@@ -190,14 +217,11 @@ class Connection(BrokerProtocolHandler):  # type: ignore[misc]
         self._finish(False)
 
     async def stop(self) -> None:
-        """Stop reading and close the socket without waiting for the peer to read what is buffered."""
+        """Close the socket after what is written so far, without waiting for the peer to read it."""
         self._finish(False)
         if self._keepalive is not None:
             self._keepalive.cancel()
-        task = self._reader_task
-        if task is not None and task is not asyncio.current_task() and not task.done():
-            task.cancel()
-            await asyncio.wait([task])
+        self._flush()
         transport = self._transport
         if transport is not None and not transport.is_closing():
             transport.close()
@@ -211,36 +235,40 @@ class Connection(BrokerProtocolHandler):  # type: ignore[misc]
             self._keepalive = loop.call_later(keep_alive - idle, self._check_keepalive)
             return
         log.info("keepalive expired client_id=%s", self.session.client_id)
+        self._finish(False)
         if self._transport is not None:
             self._transport.abort()
 
-    # --- reading ---------------------------------------------------------------------------------
+    # --- asyncio.Protocol ------------------------------------------------------------------------
 
-    async def _read(self) -> None:
-        stream: asyncio.StreamReader = self.reader.stream  # type: ignore[union-attr]
-        loop = asyncio.get_running_loop()
-        limit = self.broker.max_packet
-        buf = bytearray()
+    def data_received(self, data: bytes) -> None:
+        done = self._disconnected
+        if done is None or done.done():
+            return  # after DISCONNECT or a protocol error nothing more is read
+        self._last_read = asyncio.get_running_loop().time()
+        buf = self._buf
+        buf += data
         try:
-            while self._disconnected is not None and not self._disconnected.done():
-                chunk = await stream.read(READ_CHUNK)
-                if not chunk:
-                    break
-                self._last_read = loop.time()
-                buf += chunk
-                used = wire.split(buf, limit, self._on_packet)
-                if used:
-                    del buf[:used]
-        except asyncio.CancelledError:
-            pass
+            used = wire.split(buf, self.broker.max_packet, self._on_packet)
         except wire.Malformed as exc:
             log.info("closing client_id=%s: %s", self.session.client_id, exc)
-        except (ConnectionError, OSError) as exc:
-            log.debug("connection of client_id=%s ended: %r", self.session.client_id, exc)
+            self._finish(False)
+            return
         except Exception:
             log.exception("closing client_id=%s after an internal error", self.session.client_id)
-        finally:
             self._finish(False)
+            return
+        if used:
+            del buf[:used]
+
+    def eof_received(self) -> bool:
+        self._finish(False)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None:
+            log.debug("connection of client_id=%s ended: %r", self.session.client_id, exc)
+        self._finish(False)
 
     def _on_packet(self, first: int, body: bytes) -> bool:
         if first >> 4 == wire.PUBLISH:

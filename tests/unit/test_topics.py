@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from mqttpush.topics import (
     PRESENCE_FILTER,
     RECEIPT_FILTER,
+    AppIdentity,
     DeviceIdentity,
     ParsedTopic,
     ServiceIdentity,
@@ -25,6 +26,7 @@ from mqttpush.topics import (
     parse_topic,
     presence_topic,
     receipt_topic,
+    receive_implied_by_subscribe,
     topic_matches,
     valid_filter,
 )
@@ -423,3 +425,66 @@ def test_service_may_publish_and_receive_under_root(topic: str) -> None:
 def test_service_may_not_publish_or_receive_outside_root(topic: str) -> None:
     assert not may_publish(SERVICE, topic)
     assert not may_receive(SERVICE, topic)
+
+
+# --- the broker's shortcut: a granted SUBSCRIBE implies RECEIVE for ordinary topics ---------------
+
+protocol_levels = st.sampled_from(
+    ["mqttpush", "a1", "a2", "d", "b", "m", "r", "s", "api", "result", "d1", "x", "", "$SYS"]
+)
+granted_filters = st.one_of(
+    st.sampled_from(
+        [
+            inbox_filter("a1", "d1"),
+            broadcast_filter("a1"),
+            "mqttpush/a1/api/result/+",
+            "mqttpush/a1/api/result/x",
+            "mqttpush/#",
+            "mqttpush/+",
+            "mqttpush/+/#",
+            "mqttpush/+/d/+/r",
+            "mqttpush/+/+/+/m/+",
+        ]
+    ),
+    st.lists(st.one_of(protocol_levels, st.just("+")), min_size=1, max_size=6).map(
+        lambda levels: "mqttpush/" + "/".join(levels)
+    ),
+)
+
+
+@st.composite
+def filter_and_matching_topic(draw: st.DrawFn) -> tuple[str, str]:
+    """A filter, and a topic made by filling its wildcards (``#`` with zero or more levels)."""
+    topic_filter = draw(granted_filters)
+    levels = [draw(protocol_levels) if level == "+" else level for level in topic_filter.split("/")]
+    if levels[-1] == "#":
+        levels = levels[:-1] + draw(st.lists(protocol_levels, max_size=3))  # none: the parent level
+    return topic_filter, "/".join(levels)
+
+
+@PROPS
+@given(
+    who=st.one_of(
+        st.just(DeviceIdentity("a1", "d1")), st.just(AppIdentity("a1")), st.just(ServiceIdentity("svc"))
+    ),
+    pair=filter_and_matching_topic(),
+)
+def test_subscribe_implies_receive(
+    who: DeviceIdentity | AppIdentity | ServiceIdentity, pair: tuple[str, str]
+) -> None:
+    topic_filter, topic = pair
+    assume(valid_filter(topic_filter) and may_subscribe(who, topic_filter))
+    assert topic_matches(topic, topic_filter)
+    if receive_implied_by_subscribe(topic):
+        assert may_receive(who, topic), (who, topic_filter, topic)
+
+
+def test_subscribe_implies_receive_examples() -> None:
+    device = DeviceIdentity("a1", "d1")
+    inbox = inbox_filter("a1", "d1")
+    assert may_subscribe(device, inbox) and receive_implied_by_subscribe(inbox_topic("a1", "d1", "m1"))
+    # the odd topics the broker still checks one by one
+    assert topic_matches("mqttpush/a1/d/d1/m/", inbox) and not may_receive(device, "mqttpush/a1/d/d1/m/")
+    assert not receive_implied_by_subscribe("mqttpush/a1/d/d1/m/")
+    assert topic_matches("mqttpush", "mqttpush/#") and not may_receive(ServiceIdentity("s"), "mqttpush")
+    assert not receive_implied_by_subscribe("mqttpush")
