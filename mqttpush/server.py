@@ -232,7 +232,10 @@ class BridgeNode:
                 self.store, self.intake, self.tasks, self.clock, self._mqtt_url, on_register, self.publisher
             )
         )
-        sock = socket.socket(socket.AF_INET6 if ":" in self.config.host else socket.AF_INET)
+        # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on accepted sockets whose proto says
+        # TCP, and with proto 0 every keep-alive response waited out Nagle + delayed ACK (~40 ms).
+        family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.config.host, self.config.http_port))
         self._http_socket = sock
