@@ -399,13 +399,14 @@ class PolicyQueries(StoreCore):
     def inbox_overflow(self, device_ids: list[str], limit: int) -> list[tuple[str, str, str]]:
         """Deliveries beyond ``limit`` waiting in a device's inbox, oldest first: ``(app, device, msg)``."""
         out: list[tuple[str, str, str]] = []
-        for device_id in dict.fromkeys(device_ids):
-            count = self._conn.execute(
-                "SELECT count(*) FROM deliveries d JOIN messages m ON m.msg_id = d.msg_id"
-                " WHERE d.device_id = ? AND d.state = 'published' AND m.fanout = 'inbox'",
-                (device_id,),
-            ).fetchone()[0]
-            if count > limit:
+        for chunk, marks in chunks(list(dict.fromkeys(device_ids))):
+            over = self._conn.execute(
+                "SELECT d.device_id, count(*) FROM deliveries d JOIN messages m ON m.msg_id = d.msg_id"
+                f" WHERE d.device_id IN ({marks}) AND d.state = 'published' AND m.fanout = 'inbox'"
+                " GROUP BY d.device_id HAVING count(*) > ?",
+                (*chunk, limit),
+            ).fetchall()
+            for device_id, count in over:
                 out += [
                     (r[0], device_id, r[1])
                     for r in self._conn.execute(
