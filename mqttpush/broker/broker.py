@@ -54,7 +54,6 @@ from mqttpush.topics import (
     may_receive,
     may_subscribe,
     receive_implied_by_subscribe,
-    topic_matches,
     valid_filter,
 )
 
@@ -197,7 +196,9 @@ class PushBroker(Broker):  # type: ignore[misc]
         self._subs: SubscriptionIndex[str] = SubscriptionIndex()
         # Retained messages by topic, found by filter in O(matches) (amqtt scanned them all).
         self._retained: RetainedIndex[tuple[bytes, int]] = RetainedIndex()  # topic → (payload, qos)
-        self._taps: list[tuple[str, Tap]] = []
+        self._taps: list[Tap] = []
+        self._tap_index: SubscriptionIndex[int] = SubscriptionIndex()  # filter → positions in _taps
+        self._dirty: list[Connection] = []  # connections with writes waiting for the end of this turn
         self._stopping = False
 
     # --- public surface (used in-process by the bridge's publisher) ---------------------------
@@ -221,7 +222,8 @@ class PushBroker(Broker):  # type: ignore[misc]
 
     def tap(self, topic_filter: str, callback: Tap) -> None:
         """Have ``callback`` see every client PUBLISH on ``topic_filter`` that the ACL let through."""
-        self._taps.append((topic_filter, callback))
+        self._tap_index.add(topic_filter, len(self._taps), 0)
+        self._taps.append(callback)
 
     def retained_topics(self) -> list[str]:
         return self._retained.topics()
@@ -410,6 +412,17 @@ class PushBroker(Broker):  # type: ignore[misc]
 
     # --- what a connection's packets do (Connection calls these) -----------------------------------
 
+    def dirty(self, link: Connection) -> None:
+        # One callback per loop turn flushes every connection written to (not one per connection).
+        if not self._dirty:
+            asyncio.get_running_loop().call_soon(self._flush_dirty)
+        self._dirty.append(link)
+
+    def _flush_dirty(self) -> None:
+        dirty, self._dirty = self._dirty, []
+        for link in dirty:
+            link.flush()
+
     def client_publish(self, link: Connection, topic: str, payload: bytes, qos: int, retain: bool) -> None:
         self._from_client(link.session.client_id, topic, payload, qos, retain)
 
@@ -446,13 +459,12 @@ class PushBroker(Broker):  # type: ignore[misc]
         if identity is None or not may_publish(identity, topic):
             log.info("publish refused client_id=%s topic=%s", client_id, topic)
             return  # MQTT 3.1.1 has no negative PUBACK: acknowledged and dropped
-        for topic_filter, callback in self._taps:
-            if topic_matches(topic, topic_filter):
-                try:
-                    callback(topic, payload, identity)
-                except Exception:
-                    # a consumer's bug must not take the publishing client's connection down
-                    log.exception("tap failed topic=%s", topic)
+        for position in sorted(self._tap_index.match(topic)) if self._taps else ():
+            try:
+                self._taps[position](topic, payload, identity)
+            except Exception:
+                # a consumer's bug must not take the publishing client's connection down
+                log.exception("tap failed topic=%s", topic)
         self._route(topic, payload, qos, retain)
 
     def _route(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:

@@ -119,6 +119,9 @@ class Broker:
 
     max_packet: int
 
+    def dirty(self, link: Connection) -> None:
+        """``link`` has writes waiting: call its ``flush()`` at the end of this event-loop turn."""
+
     def client_publish(
         self, link: Connection, topic: str, payload: bytes, qos: int, retain: bool
     ) -> None: ...
@@ -170,9 +173,9 @@ class Connection(BrokerProtocolHandler, asyncio.Protocol):  # type: ignore[misc]
         transport = self._transport
         if transport is not None and not transport.is_closing():
             self._out = [data]
-            asyncio.get_running_loop().call_soon(self._flush)
+            self.broker.dirty(self)
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
         out, self._out = self._out, None
         transport = self._transport
         if out and transport is not None and not transport.is_closing():
@@ -221,7 +224,7 @@ class Connection(BrokerProtocolHandler, asyncio.Protocol):  # type: ignore[misc]
         self._finish(False)
         if self._keepalive is not None:
             self._keepalive.cancel()
-        self._flush()
+        self.flush()
         transport = self._transport
         if transport is not None and not transport.is_closing():
             transport.close()
