@@ -138,6 +138,52 @@ _log_level_option = click.option(
 )
 
 
+def _listener_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    port = click.IntRange(0, 65535)
+    for name, help_text in (
+        ("wss-port", "MQTT over WebSocket over TLS on this port (needs --tls-cert and --tls-key)."),
+        ("mqtts-port", "MQTT over TLS on this port (needs --tls-cert and --tls-key)."),
+        ("ws-port", "MQTT over WebSocket on this port (browsers, MQTT.js); off by default."),
+    ):
+        envvar = "MQTTPUSH_" + name.upper().replace("-", "_")
+        f = click.option(f"--{name}", type=port, default=None, envvar=envvar, help=help_text)(f)
+    for name, help_text in (
+        ("tls-key", "PEM private key for the TLS listeners."),
+        ("tls-cert", "PEM certificate chain for the TLS listeners."),
+    ):
+        envvar = "MQTTPUSH_" + name.upper().replace("-", "_")
+        f = click.option(
+            f"--{name}",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            default=None,
+            envvar=envvar,
+            help=help_text,
+        )(f)
+    return f
+
+
+def _listeners(
+    ws_port: int | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    mqtts_port: int | None,
+    wss_port: int | None,
+) -> dict[str, Any]:
+    """The listener fields of ServerConfig, checked: a TLS port needs both the certificate and key."""
+    if (tls_cert is None) != (tls_key is None):
+        raise click.BadParameter("give both --tls-cert and --tls-key", param_hint="--tls-cert/--tls-key")
+    for flag, value in (("--mqtts-port", mqtts_port), ("--wss-port", wss_port)):
+        if value is not None and tls_cert is None:
+            raise click.BadParameter("needs --tls-cert and --tls-key", param_hint=flag)
+    return {
+        "ws_port": ws_port,
+        "tls_cert": tls_cert,
+        "tls_key": tls_key,
+        "mqtts_port": mqtts_port,
+        "wss_port": wss_port,
+    }
+
+
 def _bridge_options(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option(
         "--max-envelope-bytes",
@@ -194,6 +240,7 @@ def _run_until_signal(
 @_host_option
 @_mqtt_port_option
 @_http_port_option
+@_listener_options
 @_bridge_options
 @_log_level_option
 @json_option
@@ -206,6 +253,7 @@ def serve(
     max_envelope_bytes: int,
     log_level: str,
     as_json: bool,
+    **listeners: Any,
 ) -> None:
     """Run broker, bridge and HTTP API in one process (embedded defaults)."""
     from mqttpush.server import EmbeddedServer
@@ -218,11 +266,13 @@ def serve(
         public_mqtt_url=public_mqtt_url,
         max_envelope_bytes=max_envelope_bytes,
         log_level=log_level,
+        **_listeners(**listeners),
     )
     _run_until_signal(
         lambda: EmbeddedServer(config),
         lambda s: {
             "mqtt_port": s.mqtt_port,
+            **s.broker_node.listener_ports(),
             "http_port": s.http_port,
             "http_url": s.http_url,
             "data_dir": str(data_dir),
@@ -241,16 +291,21 @@ def serve(
 @_data_dir_option
 @_host_option
 @_mqtt_port_option
+@_listener_options
 @_log_level_option
 @json_option
-def broker(data_dir: Path, host: str, mqtt_port: int, log_level: str, as_json: bool) -> None:
+def broker(
+    data_dir: Path, host: str, mqtt_port: int, log_level: str, as_json: bool, **listeners: Any
+) -> None:
     """Run the broker alone (devices authenticate against the store in --data-dir)."""
     from mqttpush.server import BrokerServer
 
-    config = ServerConfig(data_dir=data_dir, host=host, mqtt_port=mqtt_port, log_level=log_level)
+    config = ServerConfig(
+        data_dir=data_dir, host=host, mqtt_port=mqtt_port, log_level=log_level, **_listeners(**listeners)
+    )
     _run_until_signal(
         lambda: BrokerServer(config),
-        lambda s: {"mqtt_port": s.mqtt_port, "data_dir": str(data_dir)},
+        lambda s: {"mqtt_port": s.mqtt_port, **s.node.listener_ports(), "data_dir": str(data_dir)},
         lambda s: f"mqttpush broker serving mqtt://{host}:{s.mqtt_port} (data in {data_dir}); Ctrl-C stops",
         as_json,
         log_level,

@@ -21,6 +21,15 @@ class ServerConfig:
     host: str = "127.0.0.1"
     mqtt_port: int = 1883
     http_port: int = 8080
+    ws_port: int | None = None
+    """MQTT over WebSocket (browsers, MQTT.js), off unless set."""
+    tls_cert: Path | None = None
+    """PEM certificate chain for ``mqtts_port`` and ``wss_port``."""
+    tls_key: Path | None = None
+    mqtts_port: int | None = None
+    """MQTT over TLS, off unless set (needs ``tls_cert`` and ``tls_key``)."""
+    wss_port: int | None = None
+    """MQTT over WebSocket over TLS, off unless set (needs ``tls_cert`` and ``tls_key``)."""
     public_mqtt_url: str | None = None
     """MQTT URL handed to devices at registration; default ``mqtt://<host the request came to>:<mqtt_port>``."""
     max_envelope_bytes: int = 4096

@@ -120,12 +120,25 @@ class BrokerNode:
             authenticator=self._authenticate,
             on_presence=lambda device, online: self.presence.put(device.device, online),
             connect_timeout=config.connect_timeout,
+            ws_port=config.ws_port,
+            tls=(str(config.tls_cert), str(config.tls_key)) if config.tls_cert and config.tls_key else None,
+            mqtts_port=config.mqtts_port,
+            wss_port=config.wss_port,
         )
         self._tasks = _Tasks()
 
     @property
     def port(self) -> int:
         return self.broker.port
+
+    def listener_ports(self) -> dict[str, int]:
+        """Bound ports of the optional listeners that are on: ``ws_port``, ``mqtts_port``, ``wss_port``."""
+        out = {}
+        for name in ("ws", "mqtts", "wss"):
+            port = self.broker.listener_port(name)
+            if port is not None:
+                out[f"{name}_port"] = port
+        return out
 
     async def _authenticate(
         self, client_id: str, username: str | None, password: str | None

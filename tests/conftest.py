@@ -103,13 +103,13 @@ def _run_loop(loop: asyncio.AbstractEventLoop, started: Future[None]) -> None:
     loop.run_forever()
 
 
-def _serve(data_dir: Path, clock: Clock | None = None) -> Iterator[Running]:
+def _serve(data_dir: Path, clock: Clock | None = None, **config_fields: Any) -> Iterator[Running]:
     loop = asyncio.new_event_loop()
     started: Future[None] = Future()
     thread = threading.Thread(target=_run_loop, args=(loop, started), daemon=True)
     thread.start()
     started.result(5)
-    config = ServerConfig(data_dir=data_dir, mqtt_port=0, http_port=0)
+    config = ServerConfig(data_dir=data_dir, mqtt_port=0, http_port=0, **config_fields)
 
     async def make() -> EmbeddedServer:
         server = EmbeddedServer(config, clock)

@@ -46,6 +46,7 @@ from transitions import MachineError
 from mqttpush.broker import wire
 from mqttpush.broker.connection import Connection, Outbox
 from mqttpush.broker.index import RetainedIndex, SubscriptionIndex
+from mqttpush.broker.websocket import WebSocketProtocol, WsTransport
 from mqttpush.errors import StartupError
 from mqttpush.topics import (
     DeviceIdentity,
@@ -178,11 +179,28 @@ class PushBroker(Broker):  # type: ignore[misc]
         max_packet: int = 256 * 1024,
         offline_queue: int = 1000,
         backlog: int = 4096,
+        ws_port: int | None = None,
+        tls: tuple[str, str] | None = None,
+        mqtts_port: int | None = None,
+        wss_port: int | None = None,
     ) -> None:
-        config = {
-            "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}"}},
-            "plugins": {},
-        }
+        """``tls`` = (certificate chain file, key file) for the ``mqtts_port`` and ``wss_port``
+        listeners; ``ws_port`` is plain MQTT over WebSocket. Each listener is off when None."""
+        listeners: dict[str, dict[str, Any]] = {"default": {"type": "tcp", "bind": f"{host}:{port}"}}
+        if ws_port is not None:
+            listeners["ws"] = {"type": "ws", "bind": f"{host}:{ws_port}"}
+        for name, kind, tls_port in (("mqtts", "tcp", mqtts_port), ("wss", "ws", wss_port)):
+            if tls_port is not None:
+                if tls is None:
+                    raise StartupError(f"the {name} listener needs a TLS certificate and key")
+                listeners[name] = {
+                    "type": kind,
+                    "bind": f"{host}:{tls_port}",
+                    "ssl": True,
+                    "certfile": tls[0],
+                    "keyfile": tls[1],
+                }
+        config = {"listeners": listeners, "plugins": {}}
         super().__init__(config)
         self._authenticator = authenticator
         self._on_presence = on_presence
@@ -198,15 +216,24 @@ class PushBroker(Broker):  # type: ignore[misc]
         self._retained: RetainedIndex[tuple[bytes, int]] = RetainedIndex()  # topic → (payload, qos)
         self._taps: list[Tap] = []
         self._tap_index: SubscriptionIndex[int] = SubscriptionIndex()  # filter → positions in _taps
-        self._dirty: list[Connection] = []  # connections with writes waiting for the end of this turn
+        self._dirty: list[Connection] = []
+        self._ws_tasks: set[asyncio.Task[None]] = (
+            set()
+        )  # WebSocket clients (TCP ones are asyncio's)  # connections with writes waiting for the end of this turn
         self._stopping = False
 
     # --- public surface (used in-process by the bridge's publisher) ---------------------------
 
     @property
     def port(self) -> int:
-        server = self._servers["default"].instance
-        return int(server.sockets[0].getsockname()[1])
+        return self.listener_port("default") or 0
+
+    def listener_port(self, name: str) -> int | None:
+        """The bound port of listener ``default``, ``ws``, ``mqtts`` or ``wss``; None if it is off."""
+        server = self._servers.get(name)
+        if server is None:
+            return None
+        return int(server.instance.sockets[0].getsockname()[1])
 
     async def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
         """Publish as the broker itself (no socket): retained first, then to current subscribers.
@@ -253,10 +280,21 @@ class PushBroker(Broker):  # type: ignore[misc]
     async def _create_server_instance(
         self, listener_name: str, listener_type: Any, address: str | None, port: int, ssl_context: Any
     ) -> Any:
-        if listener_type != ListenerType.TCP:
-            return await super()._create_server_instance(
-                listener_name, listener_type, address, port, ssl_context
+        if listener_type == ListenerType.WS:
+            # Our own RFC 6455 server (websocket.py): the connection then runs the same message
+            # path as a TCP one, which amqtt's websockets adapter could not.
+            return await asyncio.get_running_loop().create_server(
+                lambda: WebSocketProtocol(
+                    functools.partial(self._ws_open, listener_name), self.max_packet + 16
+                ),
+                address,
+                port,
+                reuse_address=True,
+                ssl=ssl_context,
+                backlog=self._backlog,
             )
+        if listener_type != ListenerType.TCP:
+            raise StartupError(f"listener type {listener_type} is not supported")
         # amqtt left asyncio's backlog of 100: a reconnect storm overflowed it and clients waited out
         # TCP's SYN backoff (1 s, 3 s, 7 s...) while the broker sat idle. The kernel caps it (somaxconn).
         return await asyncio.start_server(
@@ -267,6 +305,17 @@ class PushBroker(Broker):  # type: ignore[misc]
             ssl=ssl_context,
             backlog=self._backlog,
         )
+
+    def _ws_open(self, listener_name: str, ws: WsTransport) -> None:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        ws.set_protocol(protocol)
+        protocol.connection_made(ws)
+        writer = asyncio.StreamWriter(ws, protocol, reader, loop)
+        task = loop.create_task(self.stream_connected(reader, writer, listener_name))
+        self._ws_tasks.add(task)
+        task.add_done_callback(self._ws_tasks.discard)
 
     async def stream_connected(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, listener_name: str
