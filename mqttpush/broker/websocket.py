@@ -39,6 +39,14 @@ def frame(opcode: int, payload: bytes) -> bytes:
     return head + payload
 
 
+def _valid_key(key: str) -> bool:
+    """Sec-WebSocket-Key: base64 of 16 bytes (RFC 6455 4.1)."""
+    try:
+        return len(base64.b64decode(key, validate=True)) == 16
+    except ValueError:
+        return False
+
+
 def _unmask(data: bytes, mask: bytes) -> bytes:
     n = len(data)
     if not n:
@@ -170,7 +178,7 @@ class WebSocketProtocol(asyncio.Protocol):
             "websocket" not in headers.get("upgrade", "").lower()
             or "upgrade" not in headers.get("connection", "").lower()
             or headers.get("sec-websocket-version") != "13"
-            or len(base64.b64decode(key + "==", validate=False)) < 16
+            or not _valid_key(key)
         ):
             self._refuse(426, "WebSocket upgrade (version 13) required")
             return False
@@ -223,6 +231,8 @@ class WebSocketProtocol(asyncio.Protocol):
                 length, at = int.from_bytes(buf[2:10], "big"), 10
             if length > self._max_message:
                 raise ValueError(f"frame of {length} bytes, the limit is {self._max_message}")
+            if first & 0x08 and (length > 125 or not first & 0x80):
+                raise ValueError("control frame fragmented or over 125 bytes (RFC 6455 5.5)")
             if len(buf) < at + 4 + length:
                 return
             payload = _unmask(bytes(buf[at + 4 : at + 4 + length]), bytes(buf[at : at + 4]))

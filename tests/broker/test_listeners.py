@@ -113,8 +113,9 @@ async def _http(port: int, request: bytes) -> bytes:
     return data
 
 
-def _upgrade(extra: str = "", version: str = "13") -> bytes:
-    key = base64.b64encode(b"0123456789abcdef").decode()
+def _upgrade(
+    extra: str = "", version: str = "13", key: str = base64.b64encode(b"0123456789abcdef").decode()
+) -> bytes:
     return (
         "GET /mqtt HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: {version}\r\n{extra}\r\n"
@@ -126,6 +127,8 @@ async def test_plain_http_and_old_versions_are_refused(listening: Running) -> No
     assert (await _http(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")).startswith(b"HTTP/1.1 426")
     assert (await _http(port, _upgrade(version="8"))).startswith(b"HTTP/1.1 426")
     assert (await _http(port, b"POST / HTTP/1.1\r\n\r\n")).startswith(b"HTTP/1.1 400")
+    for key in ("a", "abcde", "", base64.b64encode(b"short").decode()):  # not base64 of 16 bytes
+        assert (await _http(port, _upgrade(key=key))).startswith(b"HTTP/1.1 426")
 
 
 async def test_upgrade_answers_the_accept_key_and_the_mqtt_subprotocol(listening: Running) -> None:
@@ -172,8 +175,9 @@ async def test_ping_gets_pong_and_a_fragmented_connect_is_understood(listening: 
         _client_frame(0x1, b"text"),
         bytes((0x82, 0x02)) + b"\x10\x00",
         bytes((0xC2, 0x80)) + b"\x00\x00\x00\x00",
+        _client_frame(0x9, b"ping", final=False),
     ],
-    ids=["text frame", "unmasked", "reserved bit"],
+    ids=["text frame", "unmasked", "reserved bit", "fragmented ping"],
 )
 async def test_protocol_errors_close_with_1002(listening: Running, bad: bytes) -> None:
     reader, writer = await _ws(_ports(listening)["ws_port"])
