@@ -6,10 +6,11 @@ What we replace, and why (see shared/notes/amqtt-0.12.1.md):
   client id *before* it checks the password, so a CONNECT with a victim's id and a wrong
   token wiped the victim's subscriptions. We authenticate right after reading CONNECT and
   refuse with CONNACK 5 without touching any session.
-* **Retained replay on CONNECT** covers only the connecting session's own subscriptions
-  (amqtt replayed the retained messages of *every* filter in the broker to every client,
-  and awaited while iterating the subscriptions dict, which raised ``RuntimeError:
-  dictionary changed size during iteration`` under concurrent connects).
+* **No retained replay on CONNECT** (amqtt replayed the retained messages of *every* filter in
+  the broker to every client, and awaited while iterating the subscriptions dict, which raised
+  ``RuntimeError: dictionary changed size during iteration`` under concurrent connects).
+  Retained messages go out for a new SUBSCRIBE (MQTT-3.3.1-6); a resumed session gets what was
+  queued for it while offline, once.
 * **ACL** (DESIGN §2) on SUBSCRIBE, PUBLISH, live delivery and retained delivery alike.
 * **Queued messages of a persistent session** go out with retain=0 (MQTT-3.3.1-9), not 1.
 * **Keepalive** enforced: a client silent for 1.5 × its keepalive is disconnected and its
@@ -403,7 +404,7 @@ class PushBroker(Broker):  # type: ignore[misc]
         handler.attach(client_session, reader, writer)
         self._sessions[client_id] = (client_session, handler)
         # Nothing is written before the CONNACK, and from here on everything goes out in order:
-        # the unacknowledged messages again (DUP), what waited offline, then retained replay.
+        # the unacknowledged messages again (DUP), then what waited offline.
         handler.write(wire.encode_connack(bool(client_session.parent), 0))
         client_session.link = handler
         identity = self._identities[client_id]
@@ -411,8 +412,6 @@ class PushBroker(Broker):  # type: ignore[misc]
             self._on_presence(identity, True)
         handler.begin()
         client_session.outbox.resume(handler)
-        for topic_filter, qos in self._subs.filters_of(client_id).items():
-            self._replay_retained(client_session, topic_filter, qos)
         clean = await handler.wait_disconnect()
         await self._end_connection(client_session, handler, clean)
 

@@ -164,3 +164,19 @@ async def test_inflight_window_refills_as_acks_arrive_and_keeps_order(running: R
     assert seen == [str(i) for i in range(250)]
     await svc.disconnect()
     await dev.disconnect()
+
+
+async def test_persistent_session_gets_each_offline_message_once_on_reconnect(running: Running) -> None:
+    """Queued while offline, delivered once with RETAIN 0; no retained replay on top (retained
+    messages are sent for a new SUBSCRIBE, MQTT-3.3.1-6, not again for a resumed session)."""
+    r = running
+    ((device, token),) = r.register()
+    dev, _, _ = await RawClient.connect(r.mqtt_port, device, device, token, clean=False)
+    assert await dev.subscribe(f"mqttpush/{r.app_key}/d/{device}/m/+") == [1]
+    await dev.disconnect()
+    msg_id = await asyncio.to_thread(r.push, [device])  # retained in the inbox and queued in the session
+    dev, code, present = await RawClient.connect(r.mqtt_port, device, device, token, clean=False)
+    assert (code, present) == (0, True)
+    got = await dev.collect(QUIET)
+    assert [(p.topic.rsplit("/", 1)[1], p.retain) for p in got] == [(msg_id, False)]
+    await dev.disconnect()
