@@ -411,7 +411,17 @@ class PushBroker(Broker):  # type: ignore[misc]
         if isinstance(identity, DeviceIdentity) and self._on_presence is not None:
             self._on_presence(identity, True)
         handler.begin()
-        client_session.outbox.resume(handler)
+        outbox = client_session.outbox
+        outbox.resume(handler)
+        if outbox.dropped:
+            # Its offline queue overflowed: what was dropped is still in the retained inbox, so
+            # this once the retained messages of its filters that are not queued are sent (after
+            # the queue); otherwise a resumed session gets no replay.
+            log.info("offline queue overflowed client_id=%s dropped=%d", client_id, outbox.dropped)
+            outbox.dropped = 0
+            queued = {e[0] for e in outbox.inflight.values()} | {e[0] for e in outbox.pending}
+            for topic_filter, qos in self._subs.filters_of(client_id).items():
+                self._replay_retained(client_session, topic_filter, qos, skip=queued)
         clean = await handler.wait_disconnect()
         await self._end_connection(client_session, handler, clean)
 
@@ -541,13 +551,20 @@ class PushBroker(Broker):  # type: ignore[misc]
                 continue  # a clean session that is gone keeps nothing (MQTT-3.1.2-6)
             session.outbox.offer(link, topic_bytes, payload, delivered_qos, False)
 
-    def _replay_retained(self, session: Session, topic_filter: str, granted: int) -> None:
+    def _replay_retained(
+        self,
+        session: Session,
+        topic_filter: str,
+        granted: int,
+        skip: frozenset[bytes] | set[bytes] = frozenset(),
+    ) -> None:
         identity = self._identities.get(session.client_id)
         if identity is None:
             return
         for topic, (payload, qos) in self._retained.match(topic_filter):
-            if may_receive(identity, topic):
-                session.outbox.offer(session.link, topic.encode(), payload, min(granted, qos), True)
+            encoded = topic.encode()
+            if encoded not in skip and may_receive(identity, topic):
+                session.outbox.offer(session.link, encoded, payload, min(granted, qos), True)
 
     # --- amqtt paths that must not be taken any more ---------------------------------------------
 

@@ -175,8 +175,30 @@ async def test_persistent_session_gets_each_offline_message_once_on_reconnect(ru
     assert await dev.subscribe(f"mqttpush/{r.app_key}/d/{device}/m/+") == [1]
     await dev.disconnect()
     msg_id = await asyncio.to_thread(r.push, [device])  # retained in the inbox and queued in the session
+    await asyncio.to_thread(r.wait_state, msg_id, device, "published")
     dev, code, present = await RawClient.connect(r.mqtt_port, device, device, token, clean=False)
     assert (code, present) == (0, True)
     got = await dev.collect(QUIET)
     assert [(p.topic.rsplit("/", 1)[1], p.retain) for p in got] == [(msg_id, False)]
+    await dev.disconnect()
+
+
+async def test_overflowed_offline_queue_is_made_good_from_the_retained_inbox(running: Running) -> None:
+    r = running
+    ((device, token),) = r.register()
+    dev, _, _ = await RawClient.connect(r.mqtt_port, device, device, token, clean=False)
+    assert await dev.subscribe(f"mqttpush/{r.app_key}/d/{device}/m/+") == [1]
+    await dev.disconnect()
+    svc = await _service(r)
+    topics = [f"mqttpush/{r.app_key}/d/{device}/m/{i}" for i in range(1005)]  # queue holds 1000
+    for topic in topics:
+        svc.publish(topic, b"x", qos=1, retain=True)
+    while await _read(svc, 4) != struct.pack("!H", len(topics)):
+        pass  # PUBACKs come in order: the last one means every message has been routed
+    await svc.disconnect()
+    dev, _, present = await RawClient.connect(r.mqtt_port, device, device, token, clean=False)
+    assert present
+    got = await dev.collect(QUIET)
+    assert [p.topic for p in got if not p.retain] == topics[5:]  # the queue, in order
+    assert sorted(p.topic for p in got if p.retain) == sorted(topics[:5])  # then what it dropped
     await dev.disconnect()
