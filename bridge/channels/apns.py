@@ -56,6 +56,7 @@ from bridge.channels.base import (
     Retry,
     VendorRequest,
     VendorResponse,
+    count,
     redact,
     tls_verify,
 )
@@ -385,17 +386,12 @@ class ApnsChannel(HttpChannel):
         async with self._limit:
             self.stats.sent += 1
             outcome = await self._send(message, token)
-        if isinstance(outcome, Delivered):
-            self.stats.delivered += 1
-        elif isinstance(outcome, Retry):
-            self.stats.retried += 1
-        elif isinstance(outcome, DropToken):
-            self.stats.dropped_tokens += 1
+        count(self.stats, outcome)
+        if isinstance(outcome, DropToken):
             log.info(
                 "apns drop_token reason=%s token=%s msg=%s", outcome.reason, redact(token), message.msg_id
             )
-        else:
-            self.stats.failed += 1
+        elif isinstance(outcome, Fail):
             log.warning(
                 "apns fail reason=%s auth=%s token=%s msg=%s",
                 outcome.reason,

@@ -66,6 +66,7 @@ from bridge.channels.base import (
     Retry,
     VendorRequest,
     VendorResponse,
+    count,
     redact,
     tls_verify,
 )
@@ -554,17 +555,12 @@ class FcmChannel(HttpChannel):
                 self._bump("network_errors")
                 log.warning("fcm network_error error=%s token=%s", type(exc).__name__, redact(token))
                 outcome = Retry("network")
-        if isinstance(outcome, Delivered):
-            self.stats.delivered += 1
-        elif isinstance(outcome, Retry):
-            self.stats.retried += 1
-        elif isinstance(outcome, DropToken):
-            self.stats.dropped_tokens += 1
+        count(self.stats, outcome)
+        if isinstance(outcome, DropToken):
             log.info(
                 "fcm drop_token reason=%s token=%s msg=%s", outcome.reason, redact(token), message.msg_id
             )
-        else:
-            self.stats.failed += 1
+        elif isinstance(outcome, Fail):
             log.warning(
                 "fcm fail reason=%s auth=%s token=%s msg=%s",
                 outcome.reason,

@@ -114,7 +114,7 @@ class _LeanSession(Session):  # type: ignore[misc]
         # amqtt's two asyncio queues per session are replaced by the outbox (see connection.py);
         # they are made only if amqtt's own code asks for them (a plain amqtt broker in the process).
         self._queues: list[Any] = [None, None]
-        self.outbox = Outbox(window=100, limit=1000)
+        self.outbox = Outbox()  # window and limit set by PushBroker at CONNECT
         self.link: Connection | None = None  # the connection that has CONNACK'd, while it lasts
 
     def _queue(self, index: int) -> Any:
@@ -217,10 +217,8 @@ class PushBroker(Broker):  # type: ignore[misc]
         self._retained: RetainedIndex[tuple[bytes, int]] = RetainedIndex()  # topic → (payload, qos)
         self._taps: list[Tap] = []
         self._tap_index: SubscriptionIndex[int] = SubscriptionIndex()  # filter → positions in _taps
-        self._dirty: list[Connection] = []
-        self._ws_tasks: set[asyncio.Task[None]] = (
-            set()
-        )  # WebSocket clients (TCP ones are asyncio's)  # connections with writes waiting for the end of this turn
+        self._dirty: list[Connection] = []  # written to this loop turn, flushed at its end
+        self._ws_tasks: set[asyncio.Task[None]] = set()  # WebSocket clients (TCP ones are asyncio's)
         self._stopping = False
 
     # --- public surface (used in-process by the bridge's publisher) ---------------------------
@@ -529,10 +527,7 @@ class PushBroker(Broker):  # type: ignore[misc]
         """Deliver one message: indexed matching, QoS = min(published, granted) (MQTT-3.8.4-6),
         retain=0 to current subscribers (MQTT-3.3.1-9), queued for offline persistent sessions."""
         if retain:
-            if payload:
-                self._retained.set(topic, (payload, qos))
-            else:
-                self._retained.discard(topic)  # MQTT-3.3.1-10: an empty retained message clears
+            self._retain(topic, payload, qos)
         topic_bytes = topic.encode()
         sessions = self._sessions
         check = not receive_implied_by_subscribe(topic)
@@ -550,6 +545,12 @@ class PushBroker(Broker):  # type: ignore[misc]
             if link is None and session.clean_session and not session.transitions.is_connected():
                 continue  # a clean session that is gone keeps nothing (MQTT-3.1.2-6)
             session.outbox.offer(link, topic_bytes, payload, delivered_qos, False)
+
+    def _retain(self, topic: str, payload: bytes, qos: int) -> None:
+        if payload:
+            self._retained.set(topic, (payload, qos))
+        else:
+            self._retained.discard(topic)  # MQTT-3.3.1-10: an empty retained message clears
 
     def _replay_retained(
         self,
@@ -576,10 +577,7 @@ class PushBroker(Broker):  # type: ignore[misc]
         qos: int | None = None,
     ) -> None:
         if topic_name is not None:
-            if data:
-                self._retained.set(topic_name, (bytes(data), qos or 0))
-            else:
-                self._retained.discard(topic_name)
+            self._retain(topic_name, bytes(data or b""), qos or 0)
 
     async def _broadcast_message(
         self,

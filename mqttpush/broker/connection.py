@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 
@@ -43,7 +43,7 @@ class Outbox:
 
     __slots__ = ("dropped", "inflight", "limit", "next_id", "pending", "received", "window")
 
-    def __init__(self, window: int, limit: int) -> None:
+    def __init__(self, window: int = 100, limit: int = 1000) -> None:
         self.inflight: dict[int, list[Any]] = {}
         self.pending: deque[list[Any]] = deque()
         self.received: set[int] = set()  # incoming QoS 2 packet ids routed, PUBREL not yet seen
@@ -114,13 +114,14 @@ class Outbox:
         self.received.clear()
 
 
-class Broker:
+class Broker(Protocol):
     """What a ``Connection`` asks of its broker (``PushBroker`` implements it)."""
 
     max_packet: int
 
     def dirty(self, link: Connection) -> None:
         """``link`` has writes waiting: call its ``flush()`` at the end of this event-loop turn."""
+        ...
 
     def client_publish(
         self, link: Connection, topic: str, payload: bytes, qos: int, retain: bool

@@ -58,9 +58,8 @@ def _unmask(data: bytes, mask: bytes) -> bytes:
 class WsTransport(asyncio.Transport):
     """What the MQTT side writes to and reads from: WebSocket messages over the real transport."""
 
-    def __init__(self, ws: WebSocketProtocol, real: asyncio.Transport) -> None:
+    def __init__(self, real: asyncio.Transport) -> None:
         super().__init__()
-        self._ws = ws
         self._real = real
         self._protocol: asyncio.BaseProtocol | None = None
 
@@ -194,7 +193,7 @@ class WebSocketProtocol(asyncio.Protocol):
                 response.append(f"Sec-WebSocket-Protocol: {name}")
                 break
         self._real.write(("\r\n".join(response) + "\r\n\r\n").encode())
-        self._ws = WsTransport(self, self._real)
+        self._ws = WsTransport(self._real)
         self._on_open(self._ws)
         return True
 

@@ -145,9 +145,10 @@ class _GroupCommitter:
 
     def _work(self) -> None:
         calls = self._calls
-        pending: list[Any] = []
+        held: Any = False  # a call taken off the queue that could not join the last group
         while True:
-            first = pending.pop(0) if pending else calls.get()
+            first = calls.get() if held is False else held
+            held = False
             if first is None:
                 return
             batch = [first]
@@ -159,7 +160,7 @@ class _GroupCommitter:
                 except queue.Empty:
                     break
                 if more is None or not _groupable(more[0]):
-                    pending.append(more)
+                    held = more
                     break
                 batch.append(more)
             outcomes = self._run(batch) if len(batch) > 1 else [_outcome(first[0])]
