@@ -7,8 +7,8 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from mqttpush.clock import zone
 from mqttpush.errors import InvalidContent
 
 _DAYS = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"]
@@ -18,16 +18,6 @@ _HHMM = re.compile(r"([01]?\d|2[0-3]):([0-5]\d)")
 
 def _bad(message: str, code: str = "bad_policy") -> InvalidContent:
     return InvalidContent(message, code=code)
-
-
-def zone(name: str | None) -> ZoneInfo:
-    """An IANA time zone (``Europe/Berlin``); UTC when None. Raises 422 ``bad_timezone``."""
-    try:
-        return ZoneInfo(name or "UTC")
-    except (ZoneInfoNotFoundError, ValueError):
-        raise _bad(
-            f"unknown time zone {name!r} (use an IANA name like Europe/Berlin)", "bad_timezone"
-        ) from None
 
 
 def parse_hhmm(text: Any, what: str) -> int:

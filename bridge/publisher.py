@@ -1,4 +1,9 @@
-"""How the bridge hands messages to MQTT, whatever broker is underneath."""
+"""How the bridge hands messages to MQTT, whatever broker is underneath.
+
+The bridge sees only :class:`Publisher`. :class:`MqttPublisher` speaks MQTT to any 3.1.1 broker;
+the in-process publisher of the embedded server lives with the composition root
+(``mqttpush.server``), so the bridge never depends on our broker's classes.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,6 @@ from urllib.parse import urlparse
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from mqttpush.broker import PushBroker
 from mqttpush.errors import InvalidContent, StartupError
 
 log = logging.getLogger("mqttpush.publisher")
@@ -25,19 +29,6 @@ class Publisher(Protocol):
     async def clear_retained(self, topic: str) -> None:
         """Remove the retained message of ``topic``."""
         ...
-
-
-class BrokerPublisher:
-    """In-process publishing into the embedded broker: no socket, no serialization round trip."""
-
-    def __init__(self, broker: PushBroker) -> None:
-        self._broker = broker
-
-    async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
-        await self._broker.publish(topic, payload, qos=qos, retain=retain)
-
-    async def clear_retained(self, topic: str) -> None:
-        await self._broker.clear_retained(topic)
 
 
 class MqttPublisher:

@@ -14,8 +14,7 @@ connections, a persistent session that will get its queued messages).
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from mqttpush.store.vendors import RouteFacts
+from typing import Protocol
 
 STRATEGIES = ("mqtt", "mqtt_else_vendor", "vendor_first", "vendor")
 DEFAULT_STRATEGY = "mqtt_else_vendor"
@@ -29,6 +28,23 @@ _PREFERENCE = {
     "iot": ("fcm", "webpush"),
 }
 _ANDROID_CHANNEL = {"huawei": "hms", "honor": "hms", "xiaomi": "mipush", "mi": "mipush"}
+
+
+class RouteFacts(Protocol):
+    """What the router needs to know about one device (the store's routing record has these fields)."""
+
+    @property
+    def platform(self) -> str: ...
+    @property
+    def channel(self) -> str | None: ...
+    @property
+    def online(self) -> bool: ...
+    @property
+    def last_seen(self) -> float | None: ...
+    @property
+    def tokens(self) -> tuple[tuple[str, str], ...]:
+        """``(vendor, token)`` pairs, newest first."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)

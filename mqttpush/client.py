@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 import httpx
 
-from mqttpush.api import signing
+from mqttpush import signing
 from mqttpush.errors import ClientError
 
 

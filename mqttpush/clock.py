@@ -11,6 +11,19 @@ import heapq
 import itertools
 import time
 from typing import Protocol
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from mqttpush.errors import InvalidContent
+
+
+def zone(name: str | None) -> ZoneInfo:
+    """An IANA time zone (``Europe/Berlin``); UTC when None. Raises 422 ``bad_timezone``."""
+    try:
+        return ZoneInfo(name or "UTC")
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InvalidContent(
+            f"unknown time zone {name!r} (use an IANA name like Europe/Berlin)", code="bad_timezone"
+        ) from None
 
 
 class Clock(Protocol):

@@ -23,7 +23,7 @@ from bridge import mosquitto
 from bridge.dispatcher import Dispatcher
 from bridge.intake import Intake, Limits
 from bridge.mqtt_api import MqttApi
-from bridge.publisher import BrokerPublisher, MqttPublisher, Publisher
+from bridge.publisher import MqttPublisher, Publisher
 from bridge.receipts import Receipts
 from bridge.scheduler import Scheduler
 from bridge.tasks import TaskRunner
@@ -61,6 +61,19 @@ def raise_fd_limit() -> int:
         except (ValueError, OSError):
             log.warning("could not raise the open files limit from %d", soft)
     return int(soft)
+
+
+class BrokerPublisher:
+    """In-process publishing into the embedded broker: no socket, no serialization round trip."""
+
+    def __init__(self, broker: PushBroker) -> None:
+        self._broker = broker
+
+    async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
+        await self._broker.publish(topic, payload, qos=qos, retain=retain)
+
+    async def clear_retained(self, topic: str) -> None:
+        await self._broker.clear_retained(topic)
 
 
 class _ApiServer(uvicorn.Server):

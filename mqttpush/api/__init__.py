@@ -1,1 +1,1 @@
-"""The HTTP API (DESIGN §3.1): FastAPI routes and request signing."""
+"""The HTTP API (docs/api.md): FastAPI routes over the bridge. Signing itself is `mqttpush.signing`."""

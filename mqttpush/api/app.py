@@ -17,13 +17,12 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bridge.intake import Intake
-from bridge.policy import SendPolicy, zone
+from bridge.policy import SendPolicy
 from bridge.publisher import Publisher
 from bridge.targets import ALIAS_RE, ALIAS_TYPE_RE, TAG_RE
 from bridge.tasks import TaskRunner
-from mqttpush import __version__, ids, topics
-from mqttpush.api import signing
-from mqttpush.clock import Clock
+from mqttpush import __version__, ids, signing, topics
+from mqttpush.clock import Clock, zone
 from mqttpush.errors import (
     AuthError,
     BadRequest,

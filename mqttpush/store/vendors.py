@@ -15,8 +15,8 @@ VENDORS = ("apns", "fcm", "hms", "mipush", "webpush")
 
 
 @dataclass(frozen=True, slots=True)
-class RouteFacts:
-    """What the router needs to know about one device."""
+class DeviceRouting:
+    """One device's routing facts (what ``bridge.router.route`` decides on)."""
 
     device_id: str
     platform: str
@@ -66,8 +66,8 @@ class VendorQueries(StoreCore):
             )
         ]
 
-    def route_facts(self, device_ids: list[str]) -> dict[str, RouteFacts]:
-        out: dict[str, RouteFacts] = {}
+    def route_facts(self, device_ids: list[str]) -> dict[str, DeviceRouting]:
+        out: dict[str, DeviceRouting] = {}
         tokens: dict[str, list[tuple[str, str]]] = {}
         for chunk, marks in chunks(device_ids):
             for device_id, vendor, token in self._conn.execute(
@@ -80,7 +80,7 @@ class VendorQueries(StoreCore):
                 f"SELECT device_id, platform, channel, online, last_seen FROM devices WHERE device_id IN ({marks})",
                 chunk,
             ):
-                out[device_id] = RouteFacts(
+                out[device_id] = DeviceRouting(
                     device_id, platform, channel, bool(online), last_seen, tuple(tokens.get(device_id, ()))
                 )
         return out

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from mqttpush.api import signing
+from mqttpush import signing
 from tests.conftest import Running
 
 

@@ -230,7 +230,7 @@ def test_vendor_cli_config_and_vapid(running: Running, tmp_path: Path) -> None:
     assert again["public_key"] == public_key  # generated once
     import httpx
 
-    from mqttpush.api import signing
+    from mqttpush import signing
 
     served = httpx.get(f"{r.url}/api/v1/webpush/key", headers={signing.KEY_HEADER: r.app_key}).json()
     assert served == {"public_key": public_key}

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mqttpush.api import signing
+from mqttpush import signing
 from mqttpush.errors import AuthError
 
 PROPS = settings(max_examples=200, deadline=None)
