@@ -68,6 +68,7 @@ class VendorGateway:
         backoff: float = 1.0,
         max_backoff: float = 300.0,
         rate_per_second: float = 2000.0,
+        recheck_seconds: float = 2.0,
     ) -> None:
         self._store = store
         self._clock = clock
@@ -79,16 +80,28 @@ class VendorGateway:
         self._channels: dict[tuple[str, str], Channel] = {}
         self._limits: dict[tuple[str, str], _RateLimit] = {}
         self._configured: dict[str, frozenset[str]] = {}
+        # Credentials are also changed by other processes (`mqttpush app vendor set` writes the
+        # store directly), so a cached app is re-checked against the store this often.
+        self._recheck = recheck_seconds
+        self._versions: dict[str, tuple[tuple[str, float], ...]] = {}
+        self._checked_at: dict[str, float] = {}
         self._pending: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
 
     async def configured(self, app_key: str) -> frozenset[str]:
-        """Vendors this app has credentials for (cached; :meth:`forget` after a change)."""
-        if app_key not in self._configured:
-            self._configured[app_key] = frozenset(
-                await self._store.run(self._store.vendors_configured, app_key)
-            )
+        """Vendors this app has credentials for: cached, and re-checked against the store every
+        ``recheck_seconds`` so a change made by any process takes effect within that time."""
+        now = self._clock.now()
+        if app_key in self._configured and now - self._checked_at.get(app_key, now) < self._recheck:
+            return self._configured[app_key]
+        version = tuple(await self._store.run(self._store.vendor_credentials_version, app_key))
+        if app_key in self._configured and self._versions.get(app_key) != version:
+            log.info("vendor credentials changed app=%s vendors=%s", app_key, [v for v, _ in version])
+            await self.forget(app_key)
+        self._versions[app_key] = version
+        self._checked_at[app_key] = now
+        self._configured[app_key] = frozenset(vendor for vendor, _ in version)
         return self._configured[app_key]
 
     async def forget(self, app_key: str) -> None:

@@ -99,6 +99,16 @@ class VendorQueries(StoreCore):
         result: dict[str, Any] | None = json.loads(self._unseal(row[0])) if row else None
         return result
 
+    def vendor_credentials_version(self, app_key: str) -> list[tuple[str, float]]:
+        """``(vendor, updated_at)`` of each credential of an app: changes whenever one is set."""
+        return [
+            (r[0], r[1])
+            for r in self._conn.execute(
+                "SELECT vendor, updated_at FROM vendor_credentials WHERE app_key = ? ORDER BY vendor",
+                (app_key,),
+            )
+        ]
+
     def vendors_configured(self, app_key: str) -> list[str]:
         return [
             r[0]
