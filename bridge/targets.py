@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -213,6 +214,39 @@ def parse_filter(obj: Any) -> Filter:
                 raise _bad(f"filter.{key} must be true or false", "bad_filter")
             flags[key] = obj[key]
     return Filter(platforms, versions, channels, locales, within, flags.get("test"), flags.get("online"))
+
+
+_FLAG_RE = re.compile(r"^\s*([a-z_]+)\s*(>=|<=|!=|==|=|>|<)\s*(.+?)\s*$")
+_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
+
+
+def parse_filter_flags(items: Iterable[str]) -> dict[str, Any]:
+    """The ``KEY=VALUE`` mini-language of ``mqttpush push --filter`` → a target ``filter`` object.
+
+    ``platform=android,ios`` (a comma means any of), ``app_version>=2.1`` (any of ``= == != > >= < <=``;
+    repeatable, all must hold), ``test=true``, ``online=no``, ``last_seen_within=7d``. Only the syntax
+    is checked here; :func:`parse_filter` checks keys and values. Raises :class:`InvalidContent`
+    (``bad_filter``).
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        m = _FLAG_RE.match(item)
+        if m is None:
+            raise _bad(f"{item!r} is not KEY=VALUE (or app_version>=X)", "bad_filter")
+        key, op, value = m.groups()
+        if key == "app_version":
+            out.setdefault("app_version", []).append(("" if op == "=" else op) + value)
+        elif op != "=":
+            raise _bad(f"only app_version takes {op}", "bad_filter")
+        elif key in ("test", "online"):
+            if value.lower() not in _TRUE + _FALSE:
+                raise _bad(f"{key} must be true or false", "bad_filter")
+            out[key] = value.lower() in _TRUE
+        elif key == "last_seen_within":
+            out[key] = value
+        else:
+            out[key] = value.split(",") if "," in value else value
+    return out
 
 
 _COMPARE = {

@@ -1,0 +1,307 @@
+"""Long-running processes: ``serve`` (all in one), ``broker``, ``bridge`` (DESIGN §7).
+
+The server classes are imported inside each command: nothing else in the CLI needs the
+composition root, and ``mqttpush app list`` should not pay for starting imports of amqtt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mqttpush import __version__
+from mqttpush.cli.shell import data_dir_option, emit, fail, json_option
+from mqttpush.config import ServerConfig, load_toml
+from mqttpush.errors import MqttPushError
+
+
+def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    if value:
+        try:
+            ctx.default_map = {**(ctx.default_map or {}), **load_toml(value)}
+        except MqttPushError as exc:
+            raise click.BadParameter(exc.message, param_hint="--config") from None
+    return value
+
+
+config_option = click.option(
+    "--config",
+    type=click.Path(dir_okay=False),
+    callback=_load_config,
+    is_eager=True,
+    expose_value=False,
+    envvar="MQTTPUSH_CONFIG",
+    help="TOML file with the options below.",
+)
+host_option = click.option("--host", default=ServerConfig.host, show_default=True, envvar="MQTTPUSH_HOST")
+mqtt_port_option = click.option(
+    "--mqtt-port",
+    type=click.IntRange(0, 65535),
+    default=ServerConfig.mqtt_port,
+    show_default=True,
+    envvar="MQTTPUSH_MQTT_PORT",
+)
+http_port_option = click.option(
+    "--http-port",
+    type=click.IntRange(0, 65535),
+    default=ServerConfig.http_port,
+    show_default=True,
+    envvar="MQTTPUSH_HTTP_PORT",
+)
+log_level_option = click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+    envvar="MQTTPUSH_LOG_LEVEL",
+)
+
+
+def listener_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    port = click.IntRange(0, 65535)
+    for name, help_text in (
+        ("wss-port", "MQTT over WebSocket over TLS on this port (needs --tls-cert and --tls-key)."),
+        ("mqtts-port", "MQTT over TLS on this port (needs --tls-cert and --tls-key)."),
+        ("ws-port", "MQTT over WebSocket on this port (browsers, MQTT.js); off by default."),
+    ):
+        envvar = "MQTTPUSH_" + name.upper().replace("-", "_")
+        f = click.option(f"--{name}", type=port, default=None, envvar=envvar, help=help_text)(f)
+    for name, help_text in (
+        ("tls-key", "PEM private key for the TLS listeners."),
+        ("tls-cert", "PEM certificate chain for the TLS listeners."),
+    ):
+        envvar = "MQTTPUSH_" + name.upper().replace("-", "_")
+        f = click.option(
+            f"--{name}",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            default=None,
+            envvar=envvar,
+            help=help_text,
+        )(f)
+    return f
+
+
+def _listeners(
+    ws_port: int | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    mqtts_port: int | None,
+    wss_port: int | None,
+) -> dict[str, Any]:
+    """The listener fields of ServerConfig, checked: a TLS port needs both the certificate and key."""
+    if (tls_cert is None) != (tls_key is None):
+        raise click.BadParameter("give both --tls-cert and --tls-key", param_hint="--tls-cert/--tls-key")
+    for flag, value in (("--mqtts-port", mqtts_port), ("--wss-port", wss_port)):
+        if value is not None and tls_cert is None:
+            raise click.BadParameter("needs --tls-cert and --tls-key", param_hint=flag)
+    return {
+        "ws_port": ws_port,
+        "tls_cert": tls_cert,
+        "tls_key": tls_key,
+        "mqtts_port": mqtts_port,
+        "wss_port": wss_port,
+    }
+
+
+def bridge_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option(
+        "--max-envelope-bytes",
+        type=click.IntRange(256, 1 << 20),
+        default=ServerConfig.max_envelope_bytes,
+        show_default=True,
+        envvar="MQTTPUSH_MAX_ENVELOPE_BYTES",
+    )(f)
+    return click.option(
+        "--public-mqtt-url",
+        default=None,
+        envvar="MQTTPUSH_PUBLIC_MQTT_URL",
+        help="MQTT URL given to devices (default: mqtt://<request host>:<mqtt port>).",
+    )(f)
+
+
+def _run_until_signal(
+    make: Callable[[], Any],
+    ready: Callable[[Any], dict[str, Any]],
+    human: Callable[[Any], str],
+    as_json: bool,
+    log_level: str,
+) -> None:
+    """Start a server, print its ready line, serve until SIGINT/SIGTERM, stop cleanly."""
+    import uvloop
+
+    logging.basicConfig(
+        level=log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    for noisy in ("amqtt", "transitions"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        async with make() as server:
+            emit(ready(server) | {"event": "ready"}, as_json, lambda: click.echo(human(server)))
+            sys.stdout.flush()
+            await stop.wait()
+
+    try:
+        uvloop.run(run())
+    except OSError as exc:
+        fail(f"cannot start: {exc}")
+    except MqttPushError as exc:
+        fail(f"{exc.message} [{exc.code}]")
+
+
+@click.command()
+@config_option
+@data_dir_option
+@host_option
+@mqtt_port_option
+@http_port_option
+@listener_options
+@bridge_options
+@log_level_option
+@json_option
+def serve(
+    data_dir: Path,
+    host: str,
+    mqtt_port: int,
+    http_port: int,
+    public_mqtt_url: str | None,
+    max_envelope_bytes: int,
+    log_level: str,
+    as_json: bool,
+    **listeners: Any,
+) -> None:
+    """Run broker, bridge and HTTP API in one process (embedded defaults)."""
+    from mqttpush.server import EmbeddedServer
+
+    config = ServerConfig(
+        data_dir=data_dir,
+        host=host,
+        mqtt_port=mqtt_port,
+        http_port=http_port,
+        public_mqtt_url=public_mqtt_url,
+        max_envelope_bytes=max_envelope_bytes,
+        log_level=log_level,
+        **_listeners(**listeners),
+    )
+    _run_until_signal(
+        lambda: EmbeddedServer(config),
+        lambda s: {
+            "mqtt_port": s.mqtt_port,
+            **s.broker_node.listener_ports(),
+            "http_port": s.http_port,
+            "http_url": s.http_url,
+            "data_dir": str(data_dir),
+        },
+        lambda s: (
+            f"mqttpush {__version__} serving mqtt://{host}:{s.mqtt_port} and {s.http_url}"
+            f" (data in {data_dir}); Ctrl-C stops"
+        ),
+        as_json,
+        log_level,
+    )
+
+
+@click.command()
+@config_option
+@data_dir_option
+@host_option
+@mqtt_port_option
+@listener_options
+@log_level_option
+@json_option
+def broker(
+    data_dir: Path, host: str, mqtt_port: int, log_level: str, as_json: bool, **listeners: Any
+) -> None:
+    """Run the broker alone (devices authenticate against the store in --data-dir)."""
+    from mqttpush.server import BrokerServer
+
+    config = ServerConfig(
+        data_dir=data_dir, host=host, mqtt_port=mqtt_port, log_level=log_level, **_listeners(**listeners)
+    )
+    _run_until_signal(
+        lambda: BrokerServer(config),
+        lambda s: {"mqtt_port": s.mqtt_port, **s.node.listener_ports(), "data_dir": str(data_dir)},
+        lambda s: f"mqttpush broker serving mqtt://{host}:{s.mqtt_port} (data in {data_dir}); Ctrl-C stops",
+        as_json,
+        log_level,
+    )
+
+
+@click.command()
+@config_option
+@click.option(
+    "--broker",
+    "broker_url",
+    required=True,
+    envvar="MQTTPUSH_BROKER_URL",
+    help="mqtt://HOST:PORT of the broker (mqttpush broker, mosquitto, ...).",
+)
+@data_dir_option
+@host_option
+@http_port_option
+@bridge_options
+@click.option(
+    "--mosquitto-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    envvar="MQTTPUSH_MOSQUITTO_DIR",
+    help="Keep mosquitto's password and ACL files here, in step with the store.",
+)
+@click.option(
+    "--mosquitto-pid-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    envvar="MQTTPUSH_MOSQUITTO_PID_FILE",
+    help="SIGHUP this mosquitto after rewriting its files.",
+)
+@log_level_option
+@json_option
+def bridge(
+    broker_url: str,
+    data_dir: Path,
+    host: str,
+    http_port: int,
+    public_mqtt_url: str | None,
+    max_envelope_bytes: int,
+    mosquitto_dir: Path | None,
+    mosquitto_pid_file: Path | None,
+    log_level: str,
+    as_json: bool,
+) -> None:
+    """Run bridge, HTTP API and scheduler against an MQTT broker, as its privileged client."""
+    from mqttpush.server import BridgeServer
+
+    config = ServerConfig(
+        data_dir=data_dir,
+        host=host,
+        http_port=http_port,
+        public_mqtt_url=public_mqtt_url,
+        max_envelope_bytes=max_envelope_bytes,
+        log_level=log_level,
+        broker_url=broker_url,
+        mosquitto_dir=mosquitto_dir,
+        mosquitto_pid_file=mosquitto_pid_file,
+    )
+    _run_until_signal(
+        lambda: BridgeServer(config),
+        lambda s: {
+            "http_port": s.http_port,
+            "http_url": s.http_url,
+            "broker": broker_url,
+            "data_dir": str(data_dir),
+        },
+        lambda s: f"mqttpush bridge on {broker_url}, API at {s.http_url}; Ctrl-C stops",
+        as_json,
+        log_level,
+    )

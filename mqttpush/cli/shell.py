@@ -1,0 +1,103 @@
+"""What every command shares: the CLI contract of DESIGN §7 (options, error translation, output).
+
+Errors go to stderr as ``error: <message> [<code>]`` with exit status 2; ``--json`` prints one JSON
+document; ``--url``/``--app-key``/``--app-secret`` also come from ``MQTTPUSH_*`` variables.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import click
+
+from mqttpush.config import ServerConfig
+from mqttpush.errors import MqttPushError
+
+if TYPE_CHECKING:
+    from mqttpush.client import PushClient
+    from mqttpush.store import Store
+
+AUTH_HELP = "also from MQTTPUSH_URL / MQTTPUSH_APP_KEY / MQTTPUSH_APP_SECRET"
+
+
+def fail(message: str) -> NoReturn:
+    """End the command the contract's way: ``error: <message>`` on stderr, exit status 2."""
+    click.echo(f"error: {message}", err=True)
+    sys.exit(2)
+
+
+@contextlib.contextmanager
+def errors() -> Iterator[None]:
+    """Translate library errors into the CLI's contract: a message on stderr and exit status 2."""
+    try:
+        yield
+    except MqttPushError as exc:
+        fail(f"{exc.message} [{exc.code}]")
+
+
+@contextlib.contextmanager
+def local_store(data_dir: Path, app_key: str | None = None, **options: Any) -> Iterator[Store]:
+    """The store in ``data_dir`` for a local admin command (works beside a running server); with
+    ``app_key``, refuse an unknown app. Errors follow the CLI contract (message, exit status 2)."""
+    from mqttpush.store import Store
+
+    with errors():
+        store = Store(data_dir, **options)
+        try:
+            if app_key is not None and store.get_app(app_key) is None:
+                fail(f"unknown app key {app_key} [unknown_app]")
+            yield store
+        finally:
+            store.close()
+
+
+def push_client(url: str, app_key: str, app_secret: str | None = None) -> PushClient:
+    """The server client, imported on first use so that local commands start fast."""
+    from mqttpush.client import PushClient
+
+    return PushClient(url, app_key, app_secret)
+
+
+def emit(doc: Any, as_json: bool, human: Callable[[], None] | None = None) -> None:
+    """Print ``doc`` as one JSON document (``--json``, or no human form), else the human form."""
+    if as_json or human is None:
+        click.echo(json.dumps(doc))
+    else:
+        human()
+
+
+def json_arg(value: str | None, flag: str) -> Any:
+    """A flag's JSON value (None if not given); malformed JSON is a usage error naming the flag."""
+    if value is None:
+        return None
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc}", param_hint=flag) from None
+
+
+def data_dir_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--data-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=ServerConfig.data_dir,
+        show_default=True,
+        envvar="MQTTPUSH_DATA_DIR",
+        help="Directory of the SQLite store.",
+    )(f)
+
+
+def auth_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option("--app-secret", envvar="MQTTPUSH_APP_SECRET", required=True, help=AUTH_HELP)(f)
+    f = click.option("--app-key", envvar="MQTTPUSH_APP_KEY", required=True, help=AUTH_HELP)(f)
+    return click.option(
+        "--url", envvar="MQTTPUSH_URL", required=True, help="Server URL, e.g. http://127.0.0.1:8080"
+    )(f)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
