@@ -72,8 +72,8 @@ class Settings:
     broadcast_e2e: int = 10
     payload_size: int = 200
     pushers: int = 2
-    pusher_threads: int = 4
-    product_e2e: int = 100
+    product_inflight: int = 64
+    """HTTP pushes outstanding at once in the product path's concurrent phase (all pushers)."""
     large_sample: int = 100
     """Devices online during the large task, checking exactly-once delivery and its delay."""
 
@@ -526,16 +526,18 @@ def product(ctx: Context) -> list[Row]:
     return measure(ctx, "product", "mqttpush", n, lambda rec: _product(ctx, rec, n))
 
 
-def _push_all(ctx: Context, clients: Clients, timeout: float, **args: Any) -> list[dict[str, Any]]:
-    pushers: list[Worker] = clients.pushers
+def _push_all(
+    ctx: Context, clients: Clients, timeout: float, pushers: int | None = None, **args: Any
+) -> list[dict[str, Any]]:
+    workers: list[Worker] = clients.pushers[:pushers]
     count = args.pop("count")
-    per = -(-count // len(pushers)) if count < UNBOUNDED else UNBOUNDED
+    per = -(-count // len(workers)) if count < UNBOUNDED else UNBOUNDED
     clients.pushed.value = 0
     base = clients.delivered()
-    for k, w in enumerate(pushers):
+    for k, w in enumerate(workers):
         w.send("push", **args, count=per, seq_start=k * 10**8, base_delivered=base)
     deadline = time.monotonic() + timeout
-    return [w.recv(max(1.0, deadline - time.monotonic())) for w in pushers]
+    return [w.recv(max(1.0, deadline - time.monotonic())) for w in workers]
 
 
 def _product_phase(
@@ -547,13 +549,13 @@ def _product_phase(
     mode: str,
     devices: list[tuple[int, str]],
     push_args: dict[str, Any],
+    pushers: int | None = None,
 ) -> None:
     s = ctx.settings
     clients.reset("envelope", receipts=True)
     cpu = Cpu(broker, clients)
-    answers = _push_all(
-        ctx, clients, ctx.cap(push_args["duration"] + 60), mode=mode, devices=devices, **push_args
-    )
+    timeout = ctx.cap(push_args["duration"] + 60)
+    answers = _push_all(ctx, clients, timeout, pushers, mode=mode, devices=devices, **push_args)
     accepted = [tuple(a) for ans in answers for a in ans["accepted"]]
     errors: dict[str, int] = {}
     for ans in answers:
@@ -565,7 +567,7 @@ def _product_phase(
         expected = {(gidx, mid) for mid, _ in accepted for gidx, _d in devices}
     clients.wait_unique(len(expected), ctx.cap(s.drain_seconds + 30), s.quiet_seconds)
     rep = clients.report(keys=True)
-    cpu.stop(rec, f"{mode}_")
+    cpu.stop(rec, f"{label}_")
     got = set(rep["keys"])
     acct = Accounting(
         len(expected),
@@ -609,39 +611,21 @@ def _product(ctx: Context, rec: Recorder, n: int) -> None:
         assert broker.http_url is not None
         login = {"url": broker.http_url, "app_key": fleet.app_key, "app_secret": fleet.app_secret}
         devices = [(i, d.device_id) for i, d in enumerate(fleet.devices)]
+        one = {"count": UNBOUNDED, "duration": s.product_seconds, "inflight": 1}
+        many = {
+            "count": UNBOUNDED,
+            "duration": s.product_seconds,
+            "inflight": s.product_inflight // s.pushers,
+        }
+        lists = {"count": s.list_pushes, "duration": s.product_seconds * 4, "inflight": 1, "fanout": n}
+        # One in flight: the latency of the whole path when nothing queues.
+        _product_phase(ctx, rec, broker, clients, "1 in flight", "single", devices, login | one, pushers=1)
+        # Many in flight, open-ended: accepted/s beside delivered/s shows whether a backlog grows.
         _product_phase(
-            ctx,
-            rec,
-            broker,
-            clients,
-            "single",
-            "single",
-            devices,
-            login
-            | {
-                "count": UNBOUNDED,
-                "duration": s.product_seconds,
-                "threads": s.pusher_threads,
-                "e2e_window": s.product_e2e,
-            },
+            ctx, rec, broker, clients, f"{s.product_inflight} in flight", "single", devices, login | many
         )
-        _product_phase(
-            ctx,
-            rec,
-            broker,
-            clients,
-            f"list of {n}",
-            "list",
-            devices,
-            login
-            | {
-                "count": s.list_pushes,
-                "duration": s.product_seconds * 4,
-                "threads": 2,
-                "e2e_window": 2,
-                "fanout": n,
-            },
-        )
+        lists |= {"e2e_window": 2}
+        _product_phase(ctx, rec, broker, clients, f"list of {n}", "list", devices, login | lists)
         rec.extra["broker_rss_mib"] = broker.rss_kb() / 1024
 
 

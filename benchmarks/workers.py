@@ -8,7 +8,8 @@ Roles:
 * ``publisher``: one MQTT connection publishing QoS 1 as fast as a PUBACK window and an
   end-to-end window (messages sent but not yet received by the fleets, read from shared
   counters) allow.
-* ``pusher``: threads of :class:`mqttpush.client.PushClient` calling the signed HTTP API.
+* ``pusher``: signed HTTP API calls on lean keep-alive connections (``benchmarks/lean_http.py``),
+  many in flight on one event loop.
 
 Raw payloads start with ``b"<seq> <target> <monotonic send time> "`` (``target`` is the device
 index a unicast message is meant for, -1 for broadcast); envelopes of the product path carry
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import threading
 import time
@@ -27,10 +29,10 @@ import traceback
 from array import array
 from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection as Pipe
 from typing import Any
 
+from benchmarks.lean_http import HttpError, SignedConnection
 from benchmarks.mqtt import Connection, ConnectRefused, open_connection, publish_packet
 from benchmarks.procs import HOST, die_with_parent, raise_nofile_limit
 
@@ -377,7 +379,8 @@ def _publish(conn: Connection, topic: bytes, payload: bytes, retain: bool) -> by
 
 
 class PusherWorker:
-    """Signed HTTP pushes through :class:`mqttpush.client.PushClient`, from several threads."""
+    """Signed HTTP pushes with ``inflight`` requests outstanding, each on its own keep-alive
+    connection (:class:`benchmarks.lean_http.SignedConnection`), on this process's event loop."""
 
     def __init__(self, counter: Any, counters: Counters) -> None:
         self.pushed = counter  # multiprocessing.Value("q"): pushes accepted by all pushers together
@@ -392,54 +395,19 @@ class PusherWorker:
         devices: list[tuple[int, str]],
         count: int,
         duration: float,
-        threads: int = 4,
+        inflight: int = 4,
         e2e_window: int = 0,
         fanout: int = 1,
         seq_start: int = 0,
         body_size: int = 100,
         base_delivered: int = 0,
+        rate: float = 0.0,
     ) -> dict[str, Any]:
         """``mode`` ``single`` (one random device per push) or ``list`` (all ``devices`` per push).
         ``e2e_window``: at most this many pushes (of all pushers, ×``fanout``) accepted but not yet
-        received; the harness zeroes the shared push counter and gives the fleets' count at start."""
-        return await asyncio.to_thread(
-            self._push,
-            url,
-            app_key,
-            app_secret,
-            mode,
-            devices,
-            count,
-            duration,
-            threads,
-            e2e_window,
-            fanout,
-            seq_start,
-            body_size,
-            base_delivered,
-        )
-
-    def _push(
-        self,
-        url: str,
-        app_key: str,
-        app_secret: str,
-        mode: str,
-        devices: list[tuple[int, str]],
-        count: int,
-        duration: float,
-        threads: int,
-        e2e_window: int,
-        fanout: int,
-        seq_start: int,
-        body_size: int,
-        base_delivered: int,
-    ) -> dict[str, Any]:
-        from mqttpush.client import PushClient
-        from mqttpush.errors import MqttPushError
-
-        lock = threading.Lock()
-        state = {"next": 0}
+        received; the harness zeroes the shared push counter and gives the fleets' count at start.
+        ``rate`` > 0 offers pushes at that many a second (open loop) instead of as fast as
+        answers come back."""
         accepted: list[tuple[str, int]] = []
         accept_lat = array("d")
         errors: Counter[str] = Counter()
@@ -448,25 +416,29 @@ class PusherWorker:
         deadline = t_start + duration
         all_ids = [d for _, d in devices]
         body = "b" * body_size
+        taken = itertools.count()
 
         def take() -> int | None:
-            with lock:
-                i = state["next"]
-                if i >= count or time.monotonic() >= deadline:
-                    return None
-                state["next"] = i + 1
-                return i
+            i = next(taken)
+            if i >= count or time.monotonic() >= deadline:
+                return None
+            return i
 
-        def run() -> None:
-            with PushClient(url, app_key, app_secret, timeout=30.0) as client:
+        async def run() -> None:
+            conn = SignedConnection(url, app_key, app_secret)
+            try:
                 while (i := take()) is not None:
-                    if e2e_window:
-                        while (
-                            pushed.value * fanout - (delivered(self.counters) - base_delivered)
-                            >= e2e_window * fanout
-                            and time.monotonic() < deadline
-                        ):
-                            time.sleep(0.001)
+                    if rate > 0:
+                        due = t_start + i / rate
+                        if due > time.monotonic():
+                            await asyncio.sleep(due - time.monotonic())
+                    while (  # noqa: ASYNC110 -- the counters are shared memory other processes write
+                        e2e_window
+                        and pushed.value * fanout - (delivered(self.counters) - base_delivered)
+                        >= e2e_window * fanout
+                        and time.monotonic() < deadline
+                    ):
+                        await asyncio.sleep(0.001)
                     seq = seq_start + i
                     if mode == "single":
                         gidx, dev = devices[pick(seq, len(devices))]
@@ -480,23 +452,22 @@ class PusherWorker:
                     }
                     t0 = time.monotonic()
                     try:
-                        result = client.push(request)
-                    except MqttPushError as exc:
-                        errors[f"{exc.code}"] += 1
+                        result = await asyncio.wait_for(conn.request("POST", "/api/v1/push", request), 30)
+                    except HttpError as exc:
+                        errors[f"{exc.status} {exc.code}"] += 1
                         continue
                     except Exception as exc:
                         errors[_error_text(exc)] += 1
+                        conn.close()
                         continue
-                    took = time.monotonic() - t0
+                    accept_lat.append(time.monotonic() - t0)
                     with pushed.get_lock():
                         pushed.value += 1
-                    with lock:
-                        accept_lat.append(took)
-                        accepted.append((str(result["msg_id"]), gidx))
+                    accepted.append((str(result["msg_id"]), gidx))
+            finally:
+                conn.close()
 
-        with ThreadPoolExecutor(threads) as pool:
-            for f in [pool.submit(run) for _ in range(threads)]:
-                f.result()
+        await asyncio.gather(*(run() for _ in range(inflight)))
         return {
             "accepted": accepted,
             "accept_lat": accept_lat.tobytes(),
