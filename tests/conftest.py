@@ -1,4 +1,9 @@
-"""Shared fixtures: a real ``mqttpush serve`` (embedded) on ephemeral loopback ports."""
+"""Shared fixtures: a real ``mqttpush serve`` (embedded) on ephemeral loopback ports.
+
+Every event loop here is uvloop's, as in ``mqttpush serve``: the servers a test starts (``_serve``'s
+thread) and the async tests themselves (``pytest_asyncio_loop_factories``). Code that works only on
+asyncio's own loop (an isinstance check on its transport classes, say) must fail here, not in use.
+"""
 
 from __future__ import annotations
 
@@ -15,12 +20,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import uvloop
 
 from mqttpush.client import PushClient
 from mqttpush.clock import Clock, ManualClock
 from mqttpush.config import ServerConfig
 from mqttpush.server import EmbeddedServer
 from mqttpush.store import Store
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
+    """Run every async test on uvloop (one factory: the test ids stay as they were)."""
+    return {"uvloop": uvloop.new_event_loop}
 
 
 @dataclass
@@ -104,7 +115,7 @@ def _run_loop(loop: asyncio.AbstractEventLoop, started: Future[None]) -> None:
 
 
 def _serve(data_dir: Path, clock: Clock | None = None, **config_fields: Any) -> Iterator[Running]:
-    loop = asyncio.new_event_loop()
+    loop = uvloop.new_event_loop()
     started: Future[None] = Future()
     thread = threading.Thread(target=_run_loop, args=(loop, started), daemon=True)
     thread.start()
@@ -189,7 +200,8 @@ class ServeProcess:
             raise AssertionError(
                 f"server did not start: {self.proc.stderr.read() if self.proc.stderr else ''}"
             )
-        ready = json.loads(line)
+        self.ready: dict[str, Any] = json.loads(line)
+        ready = self.ready
         self.mqtt_port, self.http_port = ready["mqtt_port"], ready["http_port"]
         self.url = ready["http_url"]
         self.data_dir = ready["data_dir"]

@@ -13,7 +13,7 @@ import base64
 import hashlib
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 log = logging.getLogger("mqttpush.broker")
 
@@ -121,8 +121,9 @@ class WebSocketProtocol(asyncio.Protocol):
         self._closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._real = transport
+        # A stream transport by duck type: uvloop's TCPTransport and SSL transport implement the
+        # interface without subclassing asyncio.Transport (an isinstance check refused every client).
+        self._real = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         if self._closed:

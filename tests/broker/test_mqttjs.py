@@ -4,6 +4,7 @@ token, subscribe to its inbox, receive a push, send the receipt (tests/js/device
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -24,7 +25,8 @@ def ws_server(tmp_path: Path) -> Iterator[Running]:
 
 
 class JsDevice:
-    def __init__(self, url: str, device: str, token: str, app: str) -> None:
+    def __init__(self, url: str, device: str, token: str, app: str, ca: str | None = None) -> None:
+        """``ca``: a PEM file Node should trust besides its own CAs (for a ``wss://`` url)."""
         self.proc = subprocess.Popen(
             ["node", str(JS / "device.mjs"), url, device, token, app],
             stdin=subprocess.PIPE,
@@ -32,6 +34,7 @@ class JsDevice:
             stderr=subprocess.PIPE,
             text=True,
             cwd=JS,
+            env={**os.environ, "NODE_EXTRA_CA_CERTS": ca} if ca else None,
         )
         self.events: Queue[dict[str, Any]] = Queue()
         threading.Thread(target=self._read, daemon=True).start()
