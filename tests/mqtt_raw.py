@@ -27,6 +27,42 @@ def packet(first: int, body: bytes) -> bytes:
     return bytes([first]) + _remaining(len(body)) + body
 
 
+def connect_packet(
+    client_id: str,
+    *,
+    protocol: str = "MQTT",
+    level: int = 4,
+    flags: int = 0x02,
+    keepalive: int = 60,
+    properties: bytes | None = None,
+) -> bytes:
+    """A bare CONNECT (clean session, no credentials); ``properties`` (MQTT 5) follow the keepalive."""
+    variable = _str(protocol) + bytes([level, flags]) + struct.pack("!H", keepalive)
+    if properties is not None:
+        variable += _remaining(len(properties)) + properties
+    return packet(0x10, variable + _str(client_id))
+
+
+async def first_answer(port: int, data: bytes, timeout: float) -> tuple[bytes, bool]:
+    """Send ``data`` on a new connection; returns (everything the server sent, whether it closed)
+    once it closes or ``timeout`` passes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    got = b""
+    closed = False
+    try:
+        async with asyncio.timeout(timeout):
+            while chunk := await reader.read(1024):
+                got += chunk
+            closed = True
+    except TimeoutError:
+        pass
+    except ConnectionError:
+        closed = True
+    writer.close()
+    return got, closed
+
+
 @dataclass
 class Publish:
     topic: str

@@ -1,6 +1,6 @@
 """``PushBroker``: an amqtt 0.12.1 ``Broker`` subclass that behaves as a push broker must.
 
-What we replace, and why (see shared/notes/amqtt-0.12.1.md):
+What we replace, and why (docs/protocol.md, "What our broker layer fixes"):
 
 * **Authentication before any session change.** amqtt deletes or rewrites the session of a
   client id *before* it checks the password, so a CONNECT with a victim's id and a wrong
@@ -11,13 +11,15 @@ What we replace, and why (see shared/notes/amqtt-0.12.1.md):
   ``RuntimeError: dictionary changed size during iteration`` under concurrent connects).
   Retained messages go out for a new SUBSCRIBE (MQTT-3.3.1-6); a resumed session gets what was
   queued for it while offline, once.
-* **ACL** (DESIGN §2) on SUBSCRIBE, PUBLISH, live delivery and retained delivery alike.
+* **ACL** (docs/protocol.md, Topics) on SUBSCRIBE, PUBLISH, live delivery and retained delivery alike.
 * **Queued messages of a persistent session** go out with retain=0 (MQTT-3.3.1-9), not 1.
 * **Keepalive** enforced: a client silent for 1.5 × its keepalive is disconnected and its
   Will published (amqtt's read-timeout handler was a no-op).
 * **Takeover** by the same client id closes the old connection without letting it mark the
   new one offline.
-* A CONNECT must arrive within ``connect_timeout`` seconds of the socket opening.
+* A CONNECT must arrive within ``connect_timeout`` seconds of the socket opening, and only an
+  MQTT 3.1.1 one goes on: MQTT 5 and 3.1 clients get CONNACK 0x01 at once (amqtt parsed an MQTT 5
+  CONNECT as 3.1.1 and left the client waiting for the timeout).
 * **The message path** after CONNACK is ours (``connection.py``, ``wire.py``): packets parsed
   from one buffer and handled inline, PUBLISH encoded to bytes once per subscriber, QoS 1/2
   flows in the session's ``Outbox`` (unacknowledged messages kept across reconnects and re-sent
@@ -36,7 +38,7 @@ from typing import Any
 
 import amqtt.broker as amqtt_broker_module
 import amqtt.mqtt.protocol.broker_handler as amqtt_broker_handler_module
-from amqtt.adapters import ReaderAdapter, StreamReaderAdapter, StreamWriterAdapter, WriterAdapter
+from amqtt.adapters import ReaderAdapter, StreamWriterAdapter, WriterAdapter
 from amqtt.broker import Broker
 from amqtt.contexts import ListenerType
 from amqtt.errors import AMQTTError, BrokerError, MQTTError, NoDataError
@@ -147,21 +149,54 @@ class PacketTooLarge(Exception):
     """A client announced a packet over the broker's limit; its connection is closed unread."""
 
 
-class _LimitedReader(ReaderAdapter):  # type: ignore[misc]
-    # amqtt reads CONNECT's body with one read(remaining_length): refuse before buffering it.
+class _ConnectReader(ReaderAdapter):  # type: ignore[misc]
+    """The first packet, read whole by us and checked before amqtt parses it from memory.
+
+    amqtt trusts the packet's length (it would buffer any body a client announces) and parses
+    CONNECT as MQTT 3.1.1 whatever its protocol level. ``read_connect()`` refuses an oversized or
+    non-CONNECT first packet and returns its body; the socket's stream (``stream``) is left right
+    behind it, for ``Connection`` to read in chunks once the client is connected.
+    """
+
     def __init__(self, stream: asyncio.StreamReader, limit: int) -> None:
-        self.stream = stream  # read in chunks by Connection once the client is connected
-        self._inner = StreamReaderAdapter(stream)
+        self.stream = stream
         self._limit = limit
+        self._packet = b""
+        self._at = 0
+
+    async def read_connect(self) -> bytes:
+        try:
+            head = await self.stream.readexactly(2)
+            length, shift, digit = 0, 0, head[1]
+            while True:
+                length |= (digit & 0x7F) << shift
+                if not digit & 0x80:
+                    break
+                shift += 7
+                if shift > 21:
+                    raise wire.Malformed("remaining length longer than 4 bytes")
+                digit = (await self.stream.readexactly(1))[0]
+                head += bytes((digit,))
+            if head[0] != wire.CONNECT:
+                raise wire.Malformed(f"first packet {head[0]:#x} is not CONNECT (MQTT-3.1.0-1)")
+            if length > self._limit:
+                raise PacketTooLarge(f"packet body of {length} bytes, the limit is {self._limit}")
+            body = await self.stream.readexactly(length)
+        except (asyncio.IncompleteReadError, ConnectionError) as exc:
+            raise NoDataError(f"connection ended before CONNECT: {exc!r}") from None
+        self._packet, self._at = head + body, 0
+        return body
 
     async def read(self, n: int = -1) -> bytes:
-        if n > self._limit:
-            raise PacketTooLarge(f"packet body of {n} bytes, the limit is {self._limit}")
-        data: bytes = await self._inner.read(n)
-        return data
+        start = self._at
+        end = len(self._packet) if n < 0 else start + n
+        if end > len(self._packet):
+            raise wire.Malformed("CONNECT shorter than its fields")
+        self._at = end
+        return self._packet[start:end]
 
     def feed_eof(self) -> None:
-        self._inner.feed_eof()
+        self.stream.feed_eof()
 
 
 class PushBroker(Broker):  # type: ignore[misc]
@@ -320,7 +355,7 @@ class PushBroker(Broker):  # type: ignore[misc]
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, listener_name: str
     ) -> None:
         await self._client_connected(
-            listener_name, _LimitedReader(reader, self.max_packet), StreamWriterAdapter(writer)
+            listener_name, _ConnectReader(reader, self.max_packet), StreamWriterAdapter(writer)
         )
 
     async def _initialize_client_session(
@@ -328,8 +363,7 @@ class PushBroker(Broker):  # type: ignore[misc]
     ) -> tuple[Connection, Session]:
         try:
             handler, incoming = await asyncio.wait_for(
-                Connection.init_from_connect(reader, writer, self.plugins_manager),
-                self._connect_timeout,
+                self._read_connect(reader, writer, remote_address), self._connect_timeout
             )
         except TimeoutError as exc:
             await writer.close()
@@ -339,7 +373,7 @@ class PushBroker(Broker):  # type: ignore[misc]
         except MQTTError:
             await writer.close()
             raise
-        except (AMQTTError, NoDataError, PacketTooLarge) as exc:
+        except (AMQTTError, NoDataError, PacketTooLarge, wire.Malformed) as exc:
             await writer.close()
             raise AMQTTError(exc) from exc
         handler.broker = self
@@ -387,6 +421,20 @@ class PushBroker(Broker):  # type: ignore[misc]
         session.outbox.limit = self._offline_queue
         self._identities[client_id] = identity
         return handler, session
+
+    async def _read_connect(
+        self, reader: ReaderAdapter, writer: WriterAdapter, remote_address: str
+    ) -> tuple[Connection, Session]:
+        assert isinstance(reader, _ConnectReader)
+        code = wire.connect_refusal(await reader.read_connect())
+        if code:
+            # MQTT-3.1.2-2: an MQTT 5 or 3.1 client hears "unacceptable protocol level" at once
+            # (amqtt parsed its CONNECT as 3.1.1 and left it waiting for the connect timeout).
+            log.info("connect refused address=%s: not MQTT 3.1.1", remote_address)
+            writer.write(wire.encode_connack(False, code))
+            await writer.close()
+            raise MQTTError("CONNECT refused: protocol level other than MQTT 3.1.1")
+        return await Connection.init_from_connect(reader, writer, self.plugins_manager)  # type: ignore[no-any-return]
 
     async def _handle_client_session(
         self,

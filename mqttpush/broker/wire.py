@@ -71,6 +71,29 @@ def encode_connack(session_present: bool, code: int) -> bytes:
     return bytes((0x20, 2, 1 if session_present else 0, code))
 
 
+UNACCEPTABLE_PROTOCOL_LEVEL: Final = 0x01
+
+
+def connect_refusal(body: bytes) -> int:
+    """The CONNACK code a CONNECT's protocol earns from a 3.1.1 broker: 0 to go on, or
+    ``UNACCEPTABLE_PROTOCOL_LEVEL`` for another MQTT version (MQTT-3.1.2-2): name ``MQTT`` at a
+    level other than 4 (MQTT 5 is level 5) or MQTT 3.1's ``MQIsdp`` (level 3), which knows that
+    code too. A name that is no MQTT's raises ``Malformed``: closed without CONNACK (MQTT-3.1.2-1).
+
+    Read before the rest of CONNECT: an MQTT 5 CONNECT has properties where 3.1.1 has the client
+    id, so parsing it as 3.1.1 waits for bytes that never come.
+    """
+    name, at = _string(body, 0)
+    if at >= len(body):
+        raise Malformed("CONNECT without a protocol level")
+    level = body[at]
+    if name == "MQTT":
+        return 0 if level == 4 else UNACCEPTABLE_PROTOCOL_LEVEL
+    if name == "MQIsdp":
+        return UNACCEPTABLE_PROTOCOL_LEVEL
+    raise Malformed(f"CONNECT for protocol {name!r} (MQTT-3.1.2-1)")
+
+
 def split(buf: bytearray, limit: int, on_packet: Callable[[int, bytes], bool]) -> int:
     """Hand each complete packet in ``buf`` to ``on_packet(first_byte, body)``; returns bytes used.
 
