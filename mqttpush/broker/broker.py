@@ -20,6 +20,8 @@ What we replace, and why (docs/protocol.md, "What our broker layer fixes"):
 * A CONNECT must arrive within ``connect_timeout`` seconds of the socket opening, and only an
   MQTT 3.1.1 one goes on: MQTT 5 and 3.1 clients get CONNACK 0x01 at once (amqtt parsed an MQTT 5
   CONNECT as 3.1.1 and left the client waiting for the timeout).
+* **Expiry**: a retained message published with ``expires_at`` is never sent after that time
+  (not replayed on SUBSCRIBE, not sent from an offline queue) and is pruned from the index.
 * **The message path** after CONNACK is ours (``connection.py``, ``wire.py``): packets parsed
   from one buffer and handled inline, PUBLISH encoded to bytes once per subscriber, QoS 1/2
   flows in the session's ``Outbox`` (unacknowledged messages kept across reconnects and re-sent
@@ -30,7 +32,9 @@ What we replace, and why (docs/protocol.md, "What our broker layer fixes"):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import heapq
 import logging
 import math
 from collections.abc import Awaitable, Callable
@@ -50,6 +54,7 @@ from mqttpush.broker import wire
 from mqttpush.broker.connection import Connection, Outbox
 from mqttpush.broker.index import RetainedIndex, SubscriptionIndex
 from mqttpush.broker.websocket import WebSocketProtocol, WsTransport
+from mqttpush.clock import Clock, SystemClock
 from mqttpush.errors import StartupError
 from mqttpush.topics import (
     DeviceIdentity,
@@ -219,9 +224,13 @@ class PushBroker(Broker):  # type: ignore[misc]
         tls: tuple[str, str] | None = None,
         mqtts_port: int | None = None,
         wss_port: int | None = None,
+        clock: Clock | None = None,
+        expiry_sweep: float = 60.0,
     ) -> None:
         """``tls`` = (certificate chain file, key file) for the ``mqtts_port`` and ``wss_port``
-        listeners; ``ws_port`` is plain MQTT over WebSocket. Each listener is off when None."""
+        listeners; ``ws_port`` is plain MQTT over WebSocket. Each listener is off when None.
+        ``clock`` tells when a message's ``expires_at`` has passed; expired retained messages are
+        also swept from memory every ``expiry_sweep`` seconds of it."""
         listeners: dict[str, dict[str, Any]] = {"default": {"type": "tcp", "bind": f"{host}:{port}"}}
         if ws_port is not None:
             listeners["ws"] = {"type": "ws", "bind": f"{host}:{ws_port}"}
@@ -248,8 +257,15 @@ class PushBroker(Broker):  # type: ignore[misc]
         self._current_handler: dict[str, Connection] = {}
         # Who gets a PUBLISH: exact filters in a dict, wildcards in a trie (amqtt walked every filter).
         self._subs: SubscriptionIndex[str] = SubscriptionIndex()
-        # Retained messages by topic, found by filter in O(matches) (amqtt scanned them all).
-        self._retained: RetainedIndex[tuple[bytes, int]] = RetainedIndex()  # topic → (payload, qos)
+        self._clock: Clock = clock or SystemClock()
+        self._expiry_sweep = expiry_sweep
+        self._sweeper: asyncio.Task[None] | None = None
+        # Retained messages by topic, found by filter in O(matches) (amqtt scanned them all):
+        # topic → (payload, qos, expires_at), math.inf for a message that does not expire.
+        self._retained: RetainedIndex[tuple[bytes, int, float]] = RetainedIndex()
+        # (expires_at, topic) of retained messages that expire, soonest first; an entry whose topic
+        # was replaced or cleared since is stale and skipped when it comes up.
+        self._expiring: list[tuple[float, str]] = []
         self._taps: list[Tap] = []
         self._tap_index: SubscriptionIndex[int] = SubscriptionIndex()  # filter → positions in _taps
         self._dirty: list[Connection] = []  # written to this loop turn, flushed at its end
@@ -269,13 +285,24 @@ class PushBroker(Broker):  # type: ignore[misc]
             return None
         return int(server.instance.sockets[0].getsockname()[1])
 
-    async def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int = 1,
+        retain: bool = False,
+        *,
+        expires_at: float | None = None,
+    ) -> None:
         """Publish as the broker itself (no socket): retained first, then to current subscribers.
 
+        ``expires_at`` (unix seconds, the broker's clock): after it the message is sent to nobody,
+        neither replayed from the retained store nor sent from an offline session's queue; one
+        already expired is not published at all (and clears the topic's retained message).
         Done when it returns: the PUBLISH bytes are in each online subscriber's socket buffer (or
         its session's queue), so this is a coroutine only for the ``Publisher`` interface.
         """
-        self._route(topic, payload, qos, retain)
+        self._route(topic, payload, qos, retain, math.inf if expires_at is None else expires_at)
 
     async def clear_retained(self, topic: str) -> None:
         """Drop the retained message of ``topic`` without sending anything to subscribers."""
@@ -287,11 +314,49 @@ class PushBroker(Broker):  # type: ignore[misc]
         self._taps.append(callback)
 
     def retained_topics(self) -> list[str]:
+        """Every topic holding an unexpired retained message."""
+        self.prune_expired()
         return self._retained.topics()
 
     def retained_payload(self, topic: str) -> bytes | None:
-        found = self._retained.get(topic)
+        """The unexpired retained message of ``topic``, or None."""
+        found = self._live_retained(topic)
         return found[0] if found is not None else None
+
+    def prune_expired(self) -> int:
+        """Drop every retained message whose ``expires_at`` has passed; returns how many."""
+        now = self._clock.now()
+        heap = self._expiring
+        pruned = 0
+        while heap and heap[0][0] <= now:
+            expires_at, topic = heapq.heappop(heap)
+            found = self._retained.get(topic)
+            if found is not None and found[2] == expires_at:
+                self._retained.discard(topic)
+                pruned += 1
+        if len(heap) > 2 * len(self._retained) + 1024:
+            # Mostly stale (inbox topics cleared by receipts long before their TTL): rebuild.
+            self._expiring = [
+                (entry[2], topic)
+                for topic in self._retained.topics()
+                if (entry := self._retained.get(topic)) is not None and entry[2] != math.inf
+            ]
+            heapq.heapify(self._expiring)
+        if pruned:
+            log.debug("expired retained messages pruned=%d", pruned)
+        return pruned
+
+    def _live_retained(self, topic: str) -> tuple[bytes, int, float] | None:
+        found = self._retained.get(topic)
+        if found is not None and found[2] <= self._clock.now():
+            self._retained.discard(topic)
+            return None
+        return found
+
+    async def _sweep_expired(self) -> None:
+        while True:
+            await self._clock.sleep(self._expiry_sweep)
+            self.prune_expired()
 
     async def start(self) -> None:
         # amqtt logs a traceback for a busy port; the caller gets one clear StartupError instead.
@@ -304,9 +369,14 @@ class PushBroker(Broker):  # type: ignore[misc]
             raise StartupError(f"MQTT listener: {exc}") from None
         finally:
             amqtt_log.setLevel(level)
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_expired())
 
     async def shutdown(self) -> None:
         self._stopping = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
         await super().shutdown()
 
     # --- CONNECT -------------------------------------------------------------------------------
@@ -419,6 +489,7 @@ class PushBroker(Broker):  # type: ignore[misc]
         session.keep_alive = math.ceil(incoming.keep_alive * KEEPALIVE_GRACE)
         session.outbox.window = self.max_inflight
         session.outbox.limit = self._offline_queue
+        session.outbox.now = self._clock.now
         self._identities[client_id] = identity
         return handler, session
 
@@ -571,11 +642,18 @@ class PushBroker(Broker):  # type: ignore[misc]
                 log.exception("tap failed topic=%s", topic)
         self._route(topic, payload, qos, retain)
 
-    def _route(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+    def _route(
+        self, topic: str, payload: bytes, qos: int, retain: bool, expires_at: float = math.inf
+    ) -> None:
         """Deliver one message: indexed matching, QoS = min(published, granted) (MQTT-3.8.4-6),
         retain=0 to current subscribers (MQTT-3.3.1-9), queued for offline persistent sessions."""
+        if expires_at != math.inf and expires_at <= self._clock.now():
+            log.debug("expired on arrival topic=%s", topic)
+            if retain:
+                self._retained.discard(topic)
+            return
         if retain:
-            self._retain(topic, payload, qos)
+            self._retain(topic, payload, qos, expires_at)
         topic_bytes = topic.encode()
         sessions = self._sessions
         check = not receive_implied_by_subscribe(topic)
@@ -592,11 +670,13 @@ class PushBroker(Broker):  # type: ignore[misc]
             delivered_qos = qos if qos < granted else granted
             if link is None and session.clean_session and not session.transitions.is_connected():
                 continue  # a clean session that is gone keeps nothing (MQTT-3.1.2-6)
-            session.outbox.offer(link, topic_bytes, payload, delivered_qos, False)
+            session.outbox.offer(link, topic_bytes, payload, delivered_qos, False, expires_at)
 
-    def _retain(self, topic: str, payload: bytes, qos: int) -> None:
+    def _retain(self, topic: str, payload: bytes, qos: int, expires_at: float = math.inf) -> None:
         if payload:
-            self._retained.set(topic, (payload, qos))
+            self._retained.set(topic, (payload, qos, expires_at))
+            if expires_at != math.inf:
+                heapq.heappush(self._expiring, (expires_at, topic))
         else:
             self._retained.discard(topic)  # MQTT-3.3.1-10: an empty retained message clears
 
@@ -610,10 +690,14 @@ class PushBroker(Broker):  # type: ignore[misc]
         identity = self._identities.get(session.client_id)
         if identity is None:
             return
-        for topic, (payload, qos) in self._retained.match(topic_filter):
+        now = self._clock.now()
+        for topic, (payload, qos, expires_at) in self._retained.match(topic_filter):
+            if expires_at <= now:
+                self._retained.discard(topic)  # lazily: the sweep would have taken it later
+                continue
             encoded = topic.encode()
             if encoded not in skip and may_receive(identity, topic):
-                session.outbox.offer(session.link, encoded, payload, min(granted, qos), True)
+                session.outbox.offer(session.link, encoded, payload, min(granted, qos), True, expires_at)
 
     # --- amqtt paths that must not be taken any more ---------------------------------------------
 

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
@@ -35,13 +38,16 @@ must not grow the broker's memory); QoS 1 and 2 are bounded by the in-flight win
 class Outbox:
     """Outgoing QoS 1/2 state of one session (MQTT-4.4.0-1): survives reconnects of the client.
 
-    ``inflight`` maps packet id → ``[topic, payload, qos, retain, released]`` in send order (dicts
-    keep insertion order, which is the resend order); at most ``window`` of them. Messages beyond
-    the window, or for a persistent session while it is offline, wait in ``pending``, bounded by
-    ``limit`` (oldest dropped first: the retained inbox in the store still holds them).
+    ``inflight`` maps packet id → ``[topic, payload, qos, retain, released, expires_at]`` in send
+    order (dicts keep insertion order, which is the resend order); at most ``window`` of them.
+    Messages beyond the window, or for a persistent session while it is offline, wait in
+    ``pending``, bounded by ``limit`` (oldest dropped first: the retained inbox in the store still
+    holds them). A pending message whose ``expires_at`` (unix seconds, ``now()``'s clock) has
+    passed is dropped instead of sent; one already sent is re-sent until acknowledged, as MQTT 5
+    does for a message whose onward delivery has started (§3.3.2.3.3).
     """
 
-    __slots__ = ("dropped", "inflight", "limit", "next_id", "pending", "received", "window")
+    __slots__ = ("dropped", "inflight", "limit", "next_id", "now", "pending", "received", "window")
 
     def __init__(self, window: int = 100, limit: int = 1000) -> None:
         self.inflight: dict[int, list[Any]] = {}
@@ -51,20 +57,29 @@ class Outbox:
         self.window = window
         self.limit = limit
         self.dropped = 0
+        self.now: Callable[[], float] = time.time  # the broker's clock, set at CONNECT
 
-    def offer(self, link: Connection | None, topic: bytes, payload: bytes, qos: int, retain: bool) -> None:
+    def offer(
+        self,
+        link: Connection | None,
+        topic: bytes,
+        payload: bytes,
+        qos: int,
+        retain: bool,
+        expires_at: float = math.inf,
+    ) -> None:
         """Send now if the client is connected and the window has room, else queue (QoS > 0)."""
         if qos == 0:
             if link is not None and link.buffered() < QOS0_BUFFER_LIMIT:
                 link.write(wire.encode_publish(topic, payload, 0, retain, 0, False))
             return
         if link is not None and not self.pending and len(self.inflight) < self.window:
-            self._send(link, [topic, payload, qos, retain, False])
+            self._send(link, [topic, payload, qos, retain, False, expires_at])
             return
         if len(self.pending) >= self.limit:
             self.pending.popleft()
             self.dropped += 1
-        self.pending.append([topic, payload, qos, retain, False])
+        self.pending.append([topic, payload, qos, retain, False, expires_at])
 
     def _send(self, link: Connection, entry: list[Any]) -> None:
         pid = self.next_id
@@ -78,13 +93,18 @@ class Outbox:
 
     def pump(self, link: Connection) -> None:
         pending = self.pending
+        if not pending:
+            return
+        now = self.now()
         while pending and len(self.inflight) < self.window:
-            self._send(link, pending.popleft())
+            entry = pending.popleft()
+            if entry[5] > now:
+                self._send(link, entry)
 
     def resume(self, link: Connection) -> None:
         """After a reconnect: re-send what is unacknowledged, in order, PUBLISH with DUP=1 or the
         PUBREL of a QoS 2 message already PUBREC'd (MQTT-4.4.0-1), then what waited."""
-        for pid, (topic, payload, qos, retain, released) in self.inflight.items():
+        for pid, (topic, payload, qos, retain, released, _) in self.inflight.items():
             if released:
                 link.write(wire.encode_ack(wire.PUBREL, pid))
             else:
