@@ -346,7 +346,8 @@ def create_api(ctx: ApiContext) -> FastAPI:
     @api.get("/api/v1/devices/{device_id}")
     async def show_device(device_id: str, request: Request) -> dict[str, Any]:
         app_key, _, _ = await _app_or_device(request, device_id)
-        return await store.run(store.device_doc, app_key, device_id)
+        doc = await store.run(store.device_doc, app_key, device_id)
+        return doc | {"vendor_tokens": await store.run(store.masked_vendor_tokens, device_id)}
 
     @api.patch("/api/v1/devices/{device_id}")
     async def update_device(device_id: str, request: Request) -> dict[str, Any]:

@@ -200,6 +200,10 @@ class _ConnectReader(ReaderAdapter):  # type: ignore[misc]
         self._at = end
         return self._packet[start:end]
 
+    def parsed(self) -> None:
+        """amqtt is done with the packet: do not keep it for the connection's lifetime."""
+        self._packet, self._at = b"", 0
+
     def feed_eof(self) -> None:
         self.stream.feed_eof()
 
@@ -505,7 +509,9 @@ class PushBroker(Broker):  # type: ignore[misc]
             writer.write(wire.encode_connack(False, code))
             await writer.close()
             raise MQTTError("CONNECT refused: protocol level other than MQTT 3.1.1")
-        return await Connection.init_from_connect(reader, writer, self.plugins_manager)  # type: ignore[no-any-return]
+        parsed = await Connection.init_from_connect(reader, writer, self.plugins_manager)
+        reader.parsed()
+        return parsed  # type: ignore[no-any-return]
 
     async def _handle_client_session(
         self,

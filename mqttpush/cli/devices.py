@@ -71,7 +71,7 @@ def _print_device(doc: dict[str, Any]) -> None:
 @auth_options
 @json_option
 def device_show(device_id: str, url: str, app_key: str, app_secret: str, as_json: bool) -> None:
-    """A device's attributes, tags, aliases and presence."""
+    """A device's attributes, tags, aliases, presence and (masked) vendor tokens."""
     with errors(), push_client(url, app_key, app_secret) as client:
         doc = client.device(device_id)
     emit(doc, as_json, lambda: _print_device(doc))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -12,6 +13,24 @@ from mqttpush.models import DeliveryState
 from mqttpush.store.core import StoreCore, chunks
 
 VENDORS = ("apns", "fcm", "hms", "mipush", "webpush")
+
+# Registering a token again revives it if a vendor had declared it dead.
+_ADD_TOKEN = (
+    "INSERT INTO vendor_tokens (device_id, vendor, token, updated_at) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT (device_id, vendor, token) DO UPDATE SET updated_at = excluded.updated_at,"
+    " removed_at = NULL, removed_reason = NULL"
+)
+
+
+def mask_token(vendor: str, token: str) -> str:
+    """``…`` and the last 6 characters: enough to tell tokens apart, too little to use one.
+
+    A WebPush subscription (JSON) is shown by its endpoint.
+    """
+    if vendor == "webpush":
+        with contextlib.suppress(ValueError, TypeError, KeyError):
+            token = str(json.loads(token)["endpoint"])
+    return "…" + token[-6:]
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +51,7 @@ class VendorQueries(StoreCore):
         if row is None or row[0] != app_key:
             raise NotFound(f"no device {device_id!r} in this app", code="unknown_device")
         self._conn.execute(
-            "INSERT OR REPLACE INTO vendor_tokens (device_id, vendor, token, updated_at) VALUES (?, ?, ?, ?)",
+            _ADD_TOKEN,
             (device_id, vendor, token, self.clock.now()),
         )
 
@@ -41,7 +60,7 @@ class VendorQueries(StoreCore):
         now = self.clock.now()
         with self._tx():
             self._conn.executemany(
-                "INSERT OR REPLACE INTO vendor_tokens (device_id, vendor, token, updated_at) VALUES (?, ?, ?, ?)",
+                _ADD_TOKEN,
                 [(d, v, t, now) for d, v, t in rows],
             )
 
@@ -58,20 +77,33 @@ class VendorQueries(StoreCore):
         return cur.rowcount
 
     def vendor_tokens(self, device_id: str) -> list[dict[str, Any]]:
+        """A device's live tokens (the ones forwards use), newest first."""
         return [
             {"vendor": r[0], "token": r[1], "updated_at": r[2]}
             for r in self._conn.execute(
-                "SELECT vendor, token, updated_at FROM vendor_tokens WHERE device_id = ? ORDER BY updated_at DESC",
+                "SELECT vendor, token, updated_at FROM vendor_tokens"
+                " WHERE device_id = ? AND removed_at IS NULL ORDER BY updated_at DESC",
                 (device_id,),
             )
         ]
+
+    def masked_vendor_tokens(self, device_id: str) -> list[dict[str, Any]]:
+        """A device's tokens as ``device show`` tells them: masked, when added and last used, and
+        when and why a vendor declared one dead; live ones first, then newest first."""
+        keys = ("vendor", "token", "added_at", "last_used_at", "removed_at", "removed_reason")
+        rows = self._conn.execute(
+            "SELECT vendor, token, updated_at, last_used_at, removed_at, removed_reason FROM vendor_tokens"
+            " WHERE device_id = ? ORDER BY removed_at IS NOT NULL, updated_at DESC",
+            (device_id,),
+        )
+        return [dict(zip(keys, (r[0], mask_token(r[0], r[1]), *r[2:]), strict=True)) for r in rows]
 
     def route_facts(self, device_ids: list[str]) -> dict[str, DeviceRouting]:
         out: dict[str, DeviceRouting] = {}
         tokens: dict[str, list[tuple[str, str]]] = {}
         for chunk, marks in chunks(device_ids):
             for device_id, vendor, token in self._conn.execute(
-                f"SELECT device_id, vendor, token FROM vendor_tokens WHERE device_id IN ({marks})"
+                f"SELECT device_id, vendor, token FROM vendor_tokens WHERE removed_at IS NULL AND device_id IN ({marks})"
                 " ORDER BY updated_at DESC",
                 chunk,
             ):
@@ -164,6 +196,10 @@ class VendorQueries(StoreCore):
                 channels = set(filter(None, (row[1] or "").split(",")))
                 if kind == "forwarded":
                     counts["forwarded"] += 1
+                    self._conn.execute(
+                        "UPDATE vendor_tokens SET last_used_at = ? WHERE device_id = ? AND vendor = ? AND token = ?",
+                        (now, device_id, vendor, token),
+                    )
                     # Not published on MQTT (still accepted or held): the vendor is its only channel.
                     channels = {vendor} if row[0] in ("accepted", "queued") else channels | {vendor}
                     self._conn.execute(
@@ -180,9 +216,10 @@ class VendorQueries(StoreCore):
                     continue
                 if kind == "dropped_token" and token is not None:
                     counts["dropped_tokens"] += 1
-                    self._conn.execute(
-                        "DELETE FROM vendor_tokens WHERE device_id = ? AND vendor = ? AND token = ?",
-                        (device_id, vendor, token),
+                    self._conn.execute(  # a tombstone: `device show` tells when and why it went
+                        "UPDATE vendor_tokens SET removed_at = ?, removed_reason = ?"
+                        " WHERE device_id = ? AND vendor = ? AND token = ? AND removed_at IS NULL",
+                        (now, detail, device_id, vendor, token),
                     )
                 counts["failed"] += 1
                 if row[0] in ("accepted", "queued"):
