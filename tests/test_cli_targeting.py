@@ -112,3 +112,16 @@ def test_target_flag_mistakes_exit_2_naming_the_flag(running: Running, tmp_path:
         assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
         assert needle in proc.stderr, (args, proc.stderr)
         assert "Traceback" not in proc.stderr
+
+
+def test_a_bad_import_line_exits_2_naming_the_line_and_imports_nothing(
+    running: Running, tmp_path: Path
+) -> None:
+    r = running
+    fleet = tmp_path / "fleet.jsonl"
+    fleet.write_text('{"install_id": "a", "platform": "ios"}\n\n{"install_id": "b", "platform": "symbian"}\n')
+    proc = cli("device", "import", str(fleet), "--data-dir", str(r.data_dir), "--app-key", r.app_key)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "line 3: 'symbian' is not a valid Platform" in proc.stderr
+    listed = cli_json("device", "list", "--data-dir", str(r.data_dir), "--app-key", r.app_key)
+    assert listed["devices"] == []
