@@ -36,6 +36,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import pwd
 import secrets
 import signal
 import tempfile
@@ -166,9 +167,12 @@ def mosquitto_conf(
 
     ``pid_file`` lets :func:`reload` find the broker; ``persistence_dir`` keeps sessions and
     retained messages across broker restarts (the store would re-publish them anyway). ``user``
-    is who a broker started as root switches to (mosquitto's default: ``mosquitto``); it must be
-    able to read both files and write the pid file and persistence directory.
+    is who a broker started as root switches to; it must be able to read both files and write the
+    pid file and persistence directory. It defaults to :func:`files_owner`, not to mosquitto's own
+    default ``mosquitto``, which can read none of the owner-only files we write.
     """
+    if user is None:
+        user = files_owner()
     for name, value in (
         ("host", host),
         ("password_file", password_file),
@@ -214,6 +218,21 @@ def mosquitto_conf(
         "use_username_as_clientid true",
     ]
     return "\n".join(lines) + "\n"
+
+
+def files_owner() -> str | None:
+    """The account that writes mosquitto's files here (this process's): who mosquitto should run as.
+
+    The bridge rewrites ``passwords`` and ``acl`` owner-only (:func:`write_atomically`), so the
+    broker must run as their owner to re-read them after a SIGHUP. As root that is ``root``: the
+    broker keeps its privileges instead of dropping to ``mosquitto`` and failing on the pid file
+    and the password file. ``None`` if the account has no name (no ``user`` line is written then).
+    """
+    uid = os.geteuid()
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return "root" if uid == 0 else None
 
 
 def write_atomically(path: Path, text: str, mode: int = 0o600) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
@@ -19,6 +19,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from mqttpush.errors import InvalidContent, StartupError
 
 log = logging.getLogger("mqttpush.publisher")
+
+_RECONNECT_MAX = 10
+"""Longest wait (s) between reconnect attempts: a restarted broker is rejoined within this."""
 
 
 class Publisher(Protocol):
@@ -37,6 +40,12 @@ class MqttPublisher:
     One paho client (its network loop on its own thread) with a persistent session, so receipts
     devices publish while the bridge is down wait for it in the broker. Every publish is QoS 1
     and resolves when its PUBACK arrives; many can be in flight at once.
+
+    When the broker goes away, paho reconnects on its own (every 1 s, backing off to
+    ``_RECONNECT_MAX`` s) and sends again every publish not yet acknowledged, so a publish waiting
+    across an outage still resolves, and only then is its delivery marked ``published``. A broker
+    that comes back without our session (CONNACK session present = 0: restarted, its retained
+    messages gone) is subscribed again and ``on_session_lost`` re-publishes from the store.
     """
 
     def __init__(
@@ -61,22 +70,39 @@ class MqttPublisher:
         self._pending: dict[int, asyncio.Future[None]] = {}
         self._connected: asyncio.Future[None] | None = None
         self._inflight = asyncio.Semaphore(max_inflight)
+        self._on_session_lost: Callable[[], Awaitable[object]] | None = None
+        self._recovery: asyncio.Task[None] | None = None
+        self._recover_again = False
+        self._ever_connected = False  # paho's thread only
         c = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False, protocol=mqtt.MQTTv311
         )
         c.username_pw_set(username, password)
         c.max_inflight_messages_set(max_inflight)
         c.max_queued_messages_set(0)
+        c.reconnect_delay_set(1, _RECONNECT_MAX)
         c.on_connect = self._on_connect
         c.on_subscribe = self._on_subscribe
         c.on_publish = self._on_publish
         c.on_message = self._on_mqtt_message
         self._client = c
 
-    async def start(self, on_message: Callable[[str, bytes], None], timeout: float = 10.0) -> None:
-        """Connect and subscribe; ``on_message`` runs on the event loop for each incoming message."""
+    async def start(
+        self,
+        on_message: Callable[[str, bytes], None],
+        timeout: float = 10.0,
+        *,
+        on_session_lost: Callable[[], Awaitable[object]] | None = None,
+    ) -> None:
+        """Connect and subscribe; ``on_message`` runs on the event loop for each incoming message.
+
+        ``on_session_lost`` runs on the event loop after each *re*connect to a broker that had no
+        session for us (the first connect is the caller's to follow up); runs never overlap, and
+        one that ends while another loss was reported runs again.
+        """
         self._loop = asyncio.get_running_loop()
         self._on_message = on_message
+        self._on_session_lost = on_session_lost
         self._connected = self._loop.create_future()
         try:
             self._client.connect(self.host, self.port, keepalive=30)
@@ -92,6 +118,9 @@ class MqttPublisher:
             ) from None
 
     async def stop(self) -> None:
+        if self._recovery is not None:
+            self._recovery.cancel()
+            await asyncio.gather(self._recovery, return_exceptions=True)
         self._client.disconnect()
         self._client.loop_stop()
 
@@ -116,14 +145,37 @@ class MqttPublisher:
         if self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(fn, *args)
 
-    def _on_connect(self, client: mqtt.Client, _u: Any, _flags: Any, reason: Any, _p: Any) -> None:
+    def _on_connect(self, client: mqtt.Client, _u: Any, flags: Any, reason: Any, _p: Any) -> None:
         if reason.is_failure:
             log.error("broker refused the bridge: %s", reason)
             return
+        first, self._ever_connected = not self._ever_connected, True
+        if not first and flags.session_present:
+            log.info("reconnected to broker %s:%d, session kept", self.host, self.port)
+            return  # subscriptions and retained messages are still there
         if self._subscriptions:
             client.subscribe([(f, 1) for f in self._subscriptions])
+        if first:
+            if not self._subscriptions:
+                self._call(self._set_connected)
         else:
-            self._call(self._set_connected)
+            self._call(self._session_lost)
+
+    def _session_lost(self) -> None:
+        log.warning("broker %s:%d came back without our session; re-publishing", self.host, self.port)
+        self._recover_again = True
+        if self._on_session_lost is not None and (self._recovery is None or self._recovery.done()):
+            self._recovery = asyncio.create_task(self._recover())
+
+    async def _recover(self) -> None:
+        assert self._on_session_lost is not None
+        while self._recover_again:
+            self._recover_again = False
+            try:
+                await self._on_session_lost()
+            except Exception:
+                # The store still holds it all; the next session loss (or start) tries again.
+                log.exception("re-publishing after the broker lost its state failed")
 
     def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, codes: list[Any], _p: Any) -> None:
         if any(code.is_failure for code in codes):

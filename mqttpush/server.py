@@ -398,7 +398,9 @@ class BridgeServer:
     async def __aenter__(self) -> BridgeServer:
         if self.bridge.mosquitto is not None:
             await self.bridge.mosquitto.sync()  # the service account must exist before we log in
-        await self.publisher.start(self.bridge.on_message)
+        # A broker that comes back without our session lost its retained messages (DESIGN §8):
+        # re-publish from the store as at start, which the first connect leaves to bridge.start().
+        await self.publisher.start(self.bridge.on_message, on_session_lost=self.bridge.dispatcher.recover)
         await self.bridge.start()
         log.info("bridge started broker=%s http=%s", self.config.broker_url, self.http_url)
         return self

@@ -692,14 +692,25 @@ class Store(TargetingQueries, PolicyQueries, VendorQueries):
 
     def pending_deliveries(self) -> list[PendingDelivery]:
         """Every undelivered, unexpired delivery of a message that is out: what the bridge re-publishes
-        at start. Drafts and scheduled messages wait for their time; held deliveries for theirs."""
+        at start, and whenever the broker lost its retained messages (DESIGN §8). Drafts and
+        scheduled messages wait for their time; held deliveries for theirs.
+
+        A live broadcast none of whose deliveries is pending (every device had it, or there was
+        none) still comes once, with an empty ``device_id``: its retained topic is what devices
+        that register later receive, so it must be published again too."""
+        now = self.clock.now()
         marks = ",".join("?" * len(_PENDING))
         rows = self._conn.execute(
             "SELECT d.msg_id, m.app_key, d.device_id, d.state, m.envelope, m.expires_at, m.fanout"
             " FROM deliveries d JOIN messages m ON m.msg_id = d.msg_id"
             f" WHERE d.state IN ({marks}) AND m.expires_at > ? AND m.state = 'active'"
-            " AND (d.state != 'queued' OR d.not_before IS NULL) ORDER BY d.msg_id",
-            (*_PENDING, self.clock.now()),
+            " AND (d.state != 'queued' OR d.not_before IS NULL)"
+            " UNION ALL"
+            " SELECT m.msg_id, m.app_key, '', 'published', m.envelope, m.expires_at, m.fanout"
+            " FROM messages m WHERE m.fanout = 'topic' AND m.state = 'active' AND m.expires_at > ?"
+            " AND m.cleared_at IS NULL AND NOT EXISTS (SELECT 1 FROM deliveries d"
+            f" WHERE d.msg_id = m.msg_id AND d.state IN ({marks})) ORDER BY 1",
+            (*_PENDING, now, now, *_PENDING),
         )
         return [PendingDelivery(r[0], r[1], r[2], DeliveryState(r[3]), bytes(r[4]), r[5], r[6]) for r in rows]
 

@@ -384,6 +384,15 @@ def test_mosquitto_conf_refuses_values_that_would_inject_options() -> None:
             conf(**kwargs)
 
 
+def test_mosquitto_conf_runs_the_broker_as_the_owner_of_the_files_by_default() -> None:
+    # The bridge writes passwords and acl owner-only: a broker started as root must not drop to
+    # "mosquitto" (issue 13: "Unable to write pid file."), but run as whoever writes them.
+    default = mosquitto_conf(host="127.0.0.1", port=1883, password_file="/p", acl_file="/a")
+    assert f"user {pwd.getpwuid(os.geteuid()).pw_name}\n" in default
+    chosen = mosquitto_conf(host="127.0.0.1", port=1883, password_file="/p", acl_file="/a", user="mqtt")
+    assert "user mqtt\n" in chosen and default.count("user ") == chosen.count("user ") == 1
+
+
 def test_write_atomically_replaces_the_whole_file_owner_only(tmp_path: Path) -> None:
     path = tmp_path / "acl"
     path.write_text("old and longer than the new one\n")
