@@ -26,7 +26,6 @@ title/body as ``mqttpush_title``/``mqttpush_body``. ``aps`` and ``mqttpush_*`` d
 
 from __future__ import annotations
 
-import email.utils
 import hashlib
 import json
 import logging
@@ -34,7 +33,6 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -46,6 +44,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from bridge.channels.base import (
+    ENVELOPE_ID_KEY,
+    RESERVED_PREFIX,
     Delivered,
     DropToken,
     Fail,
@@ -56,9 +56,13 @@ from bridge.channels.base import (
     Retry,
     VendorRequest,
     VendorResponse,
+    config_error,
     count,
+    json_object,
     redact,
+    retry_after,
     tls_verify,
+    token_error,
 )
 from mqttpush.errors import InvalidContent
 
@@ -73,8 +77,6 @@ TOKEN_REFRESH_AFTER = 40 * 60.0
 MIN_FORCED_REFRESH_INTERVAL = 20 * 60.0
 """A rejected token is replaced at once, but not twice within this many seconds (Apple answers
 TooManyProviderTokenUpdates to faster churn, and a key that is wrong stays wrong)."""
-ID_KEY = "mqttpush_id"
-RESERVED_PREFIX = "mqttpush_"
 
 REFRESH_TOKEN_REASONS = frozenset({"ExpiredProviderToken", "InvalidProviderToken", "MissingProviderToken"})
 """403 reasons after which a freshly signed provider token may succeed."""
@@ -83,7 +85,11 @@ DROP_TOKEN_REASONS_400 = frozenset({"BadDeviceToken", "DeviceTokenNotForTopic"})
 _KEYS = frozenset({"team_id", "key_id", "key_file", "topic", "base_url", "ca_file"})
 _TEN_ALNUM = re.compile(r"[A-Za-z0-9]{10}")
 _TOPIC = re.compile(r"[A-Za-z0-9][A-Za-z0-9.\-_]*")
-_DEVICE_TOKEN = re.compile(r"(?:[0-9a-fA-F]{2}){8,256}")
+MIN_DEVICE_TOKEN_BYTES = 32
+MAX_DEVICE_TOKEN_BYTES = 200
+"""Device tokens are 32 bytes today; Apple says not to rely on a fixed length, so longer ones pass."""
+_DEVICE_TOKEN = re.compile(rf"(?:[0-9a-fA-F]{{2}}){{{MIN_DEVICE_TOKEN_BYTES},{MAX_DEVICE_TOKEN_BYTES}}}")
+_HEX = re.compile(r"[0-9a-fA-F]*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,37 +106,33 @@ class ApnsCredentials:
     ca_file: Path | None = None
 
 
-def _bad(message: str) -> InvalidContent:
-    return InvalidContent(f"apns: {message}", code="bad_vendor_config")
-
-
 def _text(obj: Mapping[str, Any], key: str, pattern: re.Pattern[str], what: str) -> str:
     value = obj.get(key)
     if not isinstance(value, str) or not value:
-        raise _bad(f"{key} is required (a string: {what})")
+        raise config_error("apns", f"{key} is required (a string: {what})")
     if not pattern.fullmatch(value):
-        raise _bad(f"{key} must be {what}")
+        raise config_error("apns", f"{key} must be {what}")
     return value
 
 
 def _https_url(obj: Mapping[str, Any], key: str, default: str) -> str:
     value = obj.get(key, default)
     if not isinstance(value, str):
-        raise _bad(f"{key} must be an https:// URL, got {value!r}")
+        raise config_error("apns", f"{key} must be an https:// URL, got {value!r}")
     parts = urlsplit(value)
     if parts.scheme != "https" or not parts.netloc or parts.query or parts.fragment:
-        raise _bad(f"{key} must be an https:// URL without query, got {value!r}")
+        raise config_error("apns", f"{key} must be an https:// URL without query, got {value!r}")
     return value.rstrip("/")
 
 
 def _path(value: Any, key: str, base_dir: Path) -> Path:
     if not isinstance(value, str) or not value:
-        raise _bad(f"{key} is required (a file path, relative to the VENDORS.json directory)")
+        raise config_error("apns", f"{key} is required (a file path, relative to the VENDORS.json directory)")
     path = Path(value).expanduser()
     if not path.is_absolute():
         path = base_dir / path
     if not path.is_file():
-        raise _bad(f"{key}: no such file {path}")
+        raise config_error("apns", f"{key}: no such file {path}")
     return path
 
 
@@ -140,10 +142,12 @@ def load_credentials(obj: Mapping[str, Any], base_dir: Path) -> ApnsCredentials:
     Raises :class:`InvalidContent` (code ``bad_vendor_config``) naming the field at fault.
     """
     if not isinstance(obj, Mapping):
-        raise _bad("the apns entry must be a JSON object")
+        raise config_error("apns", "the apns entry must be a JSON object")
     unknown = sorted(set(obj) - _KEYS)
     if unknown:
-        raise _bad(f"unknown field(s) {', '.join(unknown)}; expected {', '.join(sorted(_KEYS))}")
+        raise config_error(
+            "apns", f"unknown field(s) {', '.join(unknown)}; expected {', '.join(sorted(_KEYS))}"
+        )
     team_id = _text(obj, "team_id", _TEN_ALNUM, "the 10-character Team ID")
     key_id = _text(obj, "key_id", _TEN_ALNUM, "the 10-character Key ID of the .p8 key")
     topic = _text(obj, "topic", _TOPIC, "the app's bundle id")
@@ -151,9 +155,11 @@ def load_credentials(obj: Mapping[str, Any], base_dir: Path) -> ApnsCredentials:
     try:
         key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm, OSError):
-        raise _bad(f"key_file {key_file} is not an unencrypted PEM (.p8) private key") from None
+        raise config_error(
+            "apns", f"key_file {key_file} is not an unencrypted PEM (.p8) private key"
+        ) from None
     if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
-        raise _bad(f"key_file {key_file} must hold an EC P-256 key (an APNs .p8 auth key)")
+        raise config_error("apns", f"key_file {key_file} must hold an EC P-256 key (an APNs .p8 auth key)")
     return ApnsCredentials(
         team_id=team_id,
         key_id=key_id,
@@ -165,12 +171,38 @@ def load_credentials(obj: Mapping[str, Any], base_dir: Path) -> ApnsCredentials:
     )
 
 
-def _collapse_id(key: str) -> str:
+def collapse_id(key: str) -> str:
     """``apns-collapse-id`` must be at most 64 bytes: longer keys become their SHA-256 (still
     stable, so equal keys still collapse)."""
     if len(key.encode()) <= MAX_COLLAPSE_ID_BYTES:
         return key
     return hashlib.sha256(key.encode()).hexdigest()
+
+
+def validate_token(token: str) -> str:
+    """A device token as registered → its normal form (lower-case hex), or 422 ``bad_vendor_token``.
+
+    The token is the hex form of the ``deviceToken`` bytes an app gets from
+    ``didRegisterForRemoteNotificationsWithDeviceToken``: an even number of hex digits, 32 bytes
+    today, at most :data:`MAX_DEVICE_TOKEN_BYTES`. Surrounding whitespace is dropped. Pure.
+    """
+    token = token.strip()
+    if not _DEVICE_TOKEN.fullmatch(token):
+        raise token_error("apns", _device_token_problem(token))
+    return token.lower()
+
+
+def _device_token_problem(token: str) -> str:
+    """What is wrong with a device token, in words (the message of both token errors)."""
+    digits = len(token)
+    if not _HEX.fullmatch(token):
+        return "a device token is hex digits (0-9, a-f) only, with nothing around them"
+    if digits % 2:
+        return f"a device token is whole bytes of hex, an even number of digits; got {digits}"
+    return (
+        f"a device token is {MIN_DEVICE_TOKEN_BYTES} to {MAX_DEVICE_TOKEN_BYTES} bytes"
+        f" ({2 * MIN_DEVICE_TOKEN_BYTES} to {2 * MAX_DEVICE_TOKEN_BYTES} hex digits); got {digits} digits"
+    )
 
 
 def expiration(message: PushMessage, now: float) -> int:
@@ -213,7 +245,7 @@ def build_payload(message: PushMessage) -> dict[str, Any]:
         if env.get(key) is not None:
             payload[RESERVED_PREFIX + key] = env[key]
     payload["aps"] = aps
-    payload[ID_KEY] = env.get("id", message.msg_id)
+    payload[ENVELOPE_ID_KEY] = env.get("id", message.msg_id)
     return payload
 
 
@@ -232,7 +264,7 @@ def build_request(
     token that is not hex (code ``bad_device_token``) or a reserved data key.
     """
     if not _DEVICE_TOKEN.fullmatch(token):
-        raise InvalidContent("an APNs device token is an even number of hex digits", code="bad_device_token")
+        raise InvalidContent(_device_token_problem(token), code="bad_device_token")
     body = json.dumps(build_payload(message), ensure_ascii=False, separators=(",", ":")).encode()
     if len(body) > MAX_PAYLOAD_BYTES:
         raise PayloadTooLargeForVendor(f"APNs payload is {len(body)} bytes, the limit is {MAX_PAYLOAD_BYTES}")
@@ -246,48 +278,23 @@ def build_request(
         "content-type": "application/json",
     }
     if message.collapse_key:
-        headers["apns-collapse-id"] = _collapse_id(message.collapse_key)
+        headers["apns-collapse-id"] = collapse_id(message.collapse_key)
     return VendorRequest("POST", f"{creds.base_url}/3/device/{token}", headers, body)
-
-
-def _error_body(body: bytes) -> dict[str, Any]:
-    try:
-        obj = json.loads(body) if body else {}
-    except (ValueError, RecursionError):
-        return {}
-    return obj if isinstance(obj, dict) else {}
 
 
 def error_reason(response: VendorResponse) -> str:
     """Apple's ``reason`` string, or ``HTTP <status>`` when the body has none."""
-    reason = _error_body(response.body).get("reason")
+    reason = (json_object(response.body) or {}).get("reason")
     return reason if isinstance(reason, str) and reason else f"HTTP {response.status}"
 
 
 def unregistered_since(response: VendorResponse) -> float | None:
     """For 410: when APNs last confirmed the token was invalid (UNIX seconds). Apple: push again only
     once the device registers a token later than that."""
-    stamp = _error_body(response.body).get("timestamp")
+    stamp = (json_object(response.body) or {}).get("timestamp")
     if response.status != 410 or not isinstance(stamp, int | float) or isinstance(stamp, bool):
         return None
     return stamp / 1000.0
-
-
-def retry_after(headers: Mapping[str, str]) -> float | None:
-    """``Retry-After`` in seconds: delta-seconds, or an HTTP-date measured against ``Date``."""
-    value = headers.get("retry-after", "").strip()
-    if not value:
-        return None
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-        sent = email.utils.parsedate_to_datetime(headers.get("date", ""))
-    except (TypeError, ValueError, IndexError):
-        return None
-    when = when if when.tzinfo else when.replace(tzinfo=UTC)
-    sent = sent if sent.tzinfo else sent.replace(tzinfo=UTC)
-    return max(0.0, (when - sent).total_seconds())
 
 
 def classify(response: VendorResponse) -> Outcome:

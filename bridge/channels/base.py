@@ -5,10 +5,13 @@ outcome it classifies a vendor's answer into. Pure: the vendor knowledge lives i
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import json
+import re
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self
@@ -17,6 +20,13 @@ from urllib.parse import urlsplit
 import httpx
 
 from mqttpush.errors import InvalidContent
+
+ENVELOPE_ID_KEY = "mqttpush_id"
+"""Where APNs and FCM payloads carry the envelope id (the app deduplicates against the MQTT copy)."""
+RESERVED_PREFIX = "mqttpush_"
+"""Data keys with this prefix are ours in vendor payloads."""
+MAX_RETRY_AFTER = 3600.0
+"""The longest ``Retry-After`` honoured, in seconds: a wrong header must not park a retry for days."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +94,14 @@ class Fail:
 Outcome = Delivered | Retry | DropToken | Fail
 
 
+@dataclass(frozen=True, slots=True)
+class AccessGrant:
+    """An OAuth2 access token a vendor granted (FCM, HMS), and when it expires (UNIX seconds)."""
+
+    token: str = field(repr=False)
+    expires_at: float
+
+
 class PayloadTooLargeForVendor(ValueError):
     """The vendor's payload limit (4096 bytes for APNs and FCM) would be exceeded."""
 
@@ -118,10 +136,34 @@ def tls_verify(ca_file: str | Path | None) -> ssl.SSLContext | bool:
     return ssl.create_default_context(cafile=str(ca_file)) if ca_file else True
 
 
+_DELAY_SECONDS = re.compile(r"[0-9]+")
+
+
 def retry_after(headers: Mapping[str, str]) -> float | None:
-    """Retry-After in delta-seconds; an HTTP-date falls back to the dispatcher's backoff."""
+    """``Retry-After`` (RFC 9110 §10.2.3) in seconds, within ``[0, MAX_RETRY_AFTER]``, or None.
+
+    Delay-seconds are taken as they are. An HTTP-date (IMF-fixdate, or the obsolete RFC 850 and
+    asctime forms) is measured against the response's own ``Date``, so our clock does not matter;
+    without a usable ``Date`` it gives None (the dispatcher's backoff). Pure; never raises.
+    """
     value = headers.get("retry-after", "").strip()
-    return float(value) if value.isdigit() else None
+    if not value:
+        return None
+    if _DELAY_SECONDS.fullmatch(value):
+        digits = value.lstrip("0") or "0"
+        return min(float(digits), MAX_RETRY_AFTER) if len(digits) <= 9 else MAX_RETRY_AFTER
+    when, sent = _http_date(value), _http_date(headers.get("date", ""))
+    if when is None or sent is None:
+        return None
+    return min(max(0.0, (when - sent).total_seconds()), MAX_RETRY_AFTER)
+
+
+def _http_date(value: str) -> datetime | None:
+    try:
+        when = email.utils.parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)  # HTTP-dates are GMT
 
 
 def redact(token: str) -> str:
@@ -169,12 +211,40 @@ class HttpChannel:
 
 
 def json_object(data: bytes) -> dict[str, Any] | None:
-    """A vendor's JSON answer as a dict, or None when it is not one."""
+    """A vendor's JSON answer as a dict, or None when it is not one (never raises)."""
     try:
         value = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
+
+
+def config_error(vendor: str, message: str) -> InvalidContent:
+    """A VENDORS.json entry is unusable: 422 ``bad_vendor_config``, naming the vendor (and, in
+    ``message``, the key)."""
+    return InvalidContent(f"VENDORS.json {vendor}: {message}", code="bad_vendor_config")
+
+
+def token_error(vendor: str, message: str, code: str = "bad_vendor_token") -> InvalidContent:
+    """A device token a vendor can never accept: 422 ``bad_vendor_token`` at registration."""
+    return InvalidContent(f"{vendor}: {message}", code=code)
+
+
+_VISIBLE_ASCII = re.compile(r"[\x21-\x7e]+")
+
+
+def opaque_token(vendor: str, token: str, what: str, max_chars: int) -> str:
+    """Check a token the vendor documents no format for: ``token`` without surrounding whitespace,
+    when it is 1 to ``max_chars`` visible ASCII characters (no spaces, controls or non-ASCII);
+    else 422 ``bad_vendor_token`` naming ``what`` it should be."""
+    token = token.strip()
+    if not token:
+        raise token_error(vendor, f"{what} is required")
+    if len(token) > max_chars:
+        raise token_error(vendor, f"{what} is at most {max_chars} characters, got {len(token)}")
+    if not _VISIBLE_ASCII.fullmatch(token):
+        raise token_error(vendor, f"{what} is visible ASCII characters only, without spaces")
+    return token
 
 
 class ConfigFields:
@@ -182,15 +252,11 @@ class ConfigFields:
 
     def __init__(self, vendor: str, obj: Mapping[str, Any], base_dir: Path) -> None:
         if not isinstance(obj, Mapping):
-            raise self._bad(vendor, f"the {vendor} entry must be a JSON object")
+            raise config_error(vendor, f"the {vendor} entry must be a JSON object")
         self.vendor, self.obj, self.base_dir = vendor, obj, base_dir
 
-    @staticmethod
-    def _bad(vendor: str, message: str) -> InvalidContent:
-        return InvalidContent(f"VENDORS.json {vendor}: {message}", code="bad_vendor_config")
-
     def bad(self, message: str) -> InvalidContent:
-        return self._bad(self.vendor, message)
+        return config_error(self.vendor, message)
 
     def required_str(self, key: str) -> str:
         value = self.obj.get(key)

@@ -36,15 +36,12 @@ link when https); a data-only message keeps title/body as ``mqttpush_title``/``m
 from __future__ import annotations
 
 import asyncio
-import email.utils
-import hashlib
 import json
 import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -55,7 +52,11 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from bridge.channels.apns import collapse_id, expiration
 from bridge.channels.base import (
+    ENVELOPE_ID_KEY,
+    RESERVED_PREFIX,
+    AccessGrant,
     Delivered,
     DropToken,
     Fail,
@@ -66,9 +67,14 @@ from bridge.channels.base import (
     Retry,
     VendorRequest,
     VendorResponse,
+    config_error,
     count,
+    json_object,
+    opaque_token,
     redact,
+    retry_after,
     tls_verify,
+    token_error,
 )
 from mqttpush.errors import InvalidContent
 
@@ -81,16 +87,15 @@ FCM_ERROR_TYPE = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
 BAD_REQUEST_TYPE = "type.googleapis.com/google.rpc.BadRequest"
 MAX_PAYLOAD_BYTES = 4096
 MAX_TTL = 28 * 24 * 3600
-MAX_APNS_COLLAPSE_ID_BYTES = 64
 ASSERTION_LIFETIME = 3600
 QUOTA_BACKOFF = 60.0
 """Seconds to wait after QUOTA_EXCEEDED without Retry-After (Google: at least one minute)."""
 REFRESH_MARGIN = 300.0
 """An access token is replaced this many seconds before it expires."""
-ID_KEY = "mqttpush_id"
-RESERVED_PREFIX = "mqttpush_"
 
 _KEYS = frozenset({"service_account_file", "base_url", "ca_file"})
+MAX_TOKEN_CHARS = 4096
+_APNS_LOOKALIKE = re.compile(r"[0-9a-fA-F]{64}")
 _PROJECT_ID = re.compile(r"[a-z0-9][a-z0-9.:\-]{0,99}")  # no "/", it goes into the URL path
 
 
@@ -109,27 +114,23 @@ class FcmCredentials:
     ca_file: Path | None = None
 
 
-def _bad(message: str) -> InvalidContent:
-    return InvalidContent(f"fcm: {message}", code="bad_vendor_config")
-
-
 def _https_url(value: Any, what: str) -> str:
     if not isinstance(value, str):
-        raise _bad(f"{what} must be an https:// URL, got {value!r}")
+        raise config_error("fcm", f"{what} must be an https:// URL, got {value!r}")
     parts = urlsplit(value)
     if parts.scheme != "https" or not parts.netloc or parts.query or parts.fragment:
-        raise _bad(f"{what} must be an https:// URL without query, got {value!r}")
+        raise config_error("fcm", f"{what} must be an https:// URL without query, got {value!r}")
     return value.rstrip("/")
 
 
 def _path(value: Any, key: str, base_dir: Path) -> Path:
     if not isinstance(value, str) or not value:
-        raise _bad(f"{key} is required (a file path, relative to the VENDORS.json directory)")
+        raise config_error("fcm", f"{key} is required (a file path, relative to the VENDORS.json directory)")
     path = Path(value).expanduser()
     if not path.is_absolute():
         path = base_dir / path
     if not path.is_file():
-        raise _bad(f"{key}: no such file {path}")
+        raise config_error("fcm", f"{key}: no such file {path}")
     return path
 
 
@@ -141,35 +142,43 @@ def load_credentials(obj: Mapping[str, Any], base_dir: Path) -> FcmCredentials:
     itself never appears in a message.
     """
     if not isinstance(obj, Mapping):
-        raise _bad("the fcm entry must be a JSON object")
+        raise config_error("fcm", "the fcm entry must be a JSON object")
     unknown = sorted(set(obj) - _KEYS)
     if unknown:
-        raise _bad(f"unknown field(s) {', '.join(unknown)}; expected {', '.join(sorted(_KEYS))}")
+        raise config_error(
+            "fcm", f"unknown field(s) {', '.join(unknown)}; expected {', '.join(sorted(_KEYS))}"
+        )
     sa_file = _path(obj.get("service_account_file"), "service_account_file", base_dir)
     try:
         account = json.loads(sa_file.read_bytes())
     except (OSError, ValueError, RecursionError):
-        raise _bad(f"service_account_file {sa_file} is not JSON") from None
+        raise config_error("fcm", f"service_account_file {sa_file} is not JSON") from None
     if not isinstance(account, dict):
-        raise _bad(f"service_account_file {sa_file} must hold a JSON object")
+        raise config_error("fcm", f"service_account_file {sa_file} must hold a JSON object")
     if account.get("type", "service_account") != "service_account":
-        raise _bad(f"service_account_file {sa_file} is a {account.get('type')!r}, not a service_account")
+        raise config_error(
+            "fcm", f"service_account_file {sa_file} is a {account.get('type')!r}, not a service_account"
+        )
     fields: dict[str, str] = {}
     for key in ("project_id", "client_email", "private_key", "token_uri"):
         value = account.get(key)
         if not isinstance(value, str) or not value:
-            raise _bad(f"service_account_file {sa_file} lacks {key}")
+            raise config_error("fcm", f"service_account_file {sa_file} lacks {key}")
         fields[key] = value
     if not _PROJECT_ID.fullmatch(fields["project_id"]):
-        raise _bad(f"service_account_file {sa_file}: project_id {fields['project_id']!r} is not a project id")
+        raise config_error(
+            "fcm", f"service_account_file {sa_file}: project_id {fields['project_id']!r} is not a project id"
+        )
     if "@" not in fields["client_email"]:
-        raise _bad(f"service_account_file {sa_file}: client_email is not an email address")
+        raise config_error("fcm", f"service_account_file {sa_file}: client_email is not an email address")
     try:
         private_key = serialization.load_pem_private_key(fields["private_key"].encode(), password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm):
-        raise _bad(f"service_account_file {sa_file}: private_key is not a PEM private key") from None
+        raise config_error(
+            "fcm", f"service_account_file {sa_file}: private_key is not a PEM private key"
+        ) from None
     if not isinstance(private_key, rsa.RSAPrivateKey):
-        raise _bad(f"service_account_file {sa_file}: private_key must be an RSA key")
+        raise config_error("fcm", f"service_account_file {sa_file}: private_key must be an RSA key")
     key_id = account.get("private_key_id")
     ca_file = obj.get("ca_file")
     return FcmCredentials(
@@ -182,6 +191,24 @@ def load_credentials(obj: Mapping[str, Any], base_dir: Path) -> FcmCredentials:
         base_url=_https_url(obj.get("base_url", PRODUCTION_URL), "base_url"),
         ca_file=None if ca_file is None else _path(ca_file, "ca_file", base_dir),
     )
+
+
+def validate_token(token: str) -> str:
+    """A registration token as registered → its normal form, or 422 ``bad_vendor_token``.
+
+    Google documents no format or length (tokens are opaque and change form over time), so only
+    what is certain is checked: visible ASCII, at most :data:`MAX_TOKEN_CHARS`, and not an APNs
+    device token (64 hex digits), the usual mix-up of iOS apps using FCM. Surrounding
+    whitespace is dropped. Pure.
+    """
+    token = opaque_token("fcm", token, "a registration token", MAX_TOKEN_CHARS)
+    if _APNS_LOOKALIKE.fullmatch(token):
+        raise token_error(
+            "fcm",
+            "this is an APNs device token (64 hex digits); register it with vendor apns, or send"
+            " the FCM registration token (FirebaseMessaging token) instead",
+        )
+    return token
 
 
 def _as_string(value: Any) -> str:
@@ -205,17 +232,8 @@ def _data(message: PushMessage) -> dict[str, str]:
     for key in ("image", "url"):
         if env.get(key) is not None:
             out[RESERVED_PREFIX + key] = _as_string(env[key])
-    out[ID_KEY] = _as_string(env.get("id", message.msg_id))
+    out[ENVELOPE_ID_KEY] = _as_string(env.get("id", message.msg_id))
     return out
-
-
-def _apns_expiration(message: PushMessage, now: float) -> int:
-    if message.ttl <= 0:
-        return 0
-    expires_at = message.envelope.get("expires_at")
-    if isinstance(expires_at, int | float) and not isinstance(expires_at, bool):
-        return int(expires_at)
-    return int(now) + message.ttl
 
 
 def build_message(message: PushMessage, token: str, *, now: float) -> dict[str, Any]:
@@ -258,12 +276,10 @@ def build_message(message: PushMessage, token: str, *, now: float) -> dict[str, 
     apns_headers = {
         "apns-priority": "10" if high and not background else "5",
         "apns-push-type": "background" if background else "alert",
-        "apns-expiration": str(_apns_expiration(message, now)),
+        "apns-expiration": str(expiration(message, now)),
     }
     if message.collapse_key:
-        key = message.collapse_key
-        too_long = len(key.encode()) > MAX_APNS_COLLAPSE_ID_BYTES
-        apns_headers["apns-collapse-id"] = hashlib.sha256(key.encode()).hexdigest() if too_long else key
+        apns_headers["apns-collapse-id"] = collapse_id(message.collapse_key)
     out["apns"] = {"headers": apns_headers, "payload": {"aps": aps}}
     webpush: dict[str, Any] = {"headers": {"TTL": str(ttl), "Urgency": "high" if high else "normal"}}
     url = env.get("url")
@@ -306,14 +322,6 @@ def build_request(
     )
 
 
-def _json_object(body: bytes) -> dict[str, Any]:
-    try:
-        obj = json.loads(body) if body else {}
-    except (ValueError, RecursionError, UnicodeDecodeError):
-        return {}
-    return obj if isinstance(obj, dict) else {}
-
-
 @dataclass(frozen=True, slots=True)
 class FcmError:
     """The parts of Google's error JSON that decide an outcome."""
@@ -337,7 +345,7 @@ class FcmError:
 
 def parse_error(response: VendorResponse) -> FcmError:
     """Read ``{"error": {"status", "message", "details"}}``; tolerant of bodies that are not it."""
-    error = _json_object(response.body).get("error")
+    error = (json_object(response.body) or {}).get("error")
     error = error if isinstance(error, dict) else {}
     status = error.get("status")
     message = error.get("message")
@@ -373,28 +381,11 @@ def needs_new_access_token(response: VendorResponse) -> bool:
     return response.status == 401 and parse_error(response).error_code in (None, "UNSPECIFIED_ERROR")
 
 
-def retry_after(headers: Mapping[str, str]) -> float | None:
-    """``Retry-After`` in seconds: delta-seconds, or an HTTP-date measured against ``Date``."""
-    value = headers.get("retry-after", "").strip()
-    if not value:
-        return None
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-        sent = email.utils.parsedate_to_datetime(headers.get("date", ""))
-    except (TypeError, ValueError, IndexError):
-        return None
-    when = when if when.tzinfo else when.replace(tzinfo=UTC)
-    sent = sent if sent.tzinfo else sent.replace(tzinfo=UTC)
-    return max(0.0, (when - sent).total_seconds())
-
-
 def classify(response: VendorResponse) -> Outcome:
     """FCM answer → outcome, per the v1 ErrorCode reference. Pure."""
     status = response.status
     if 200 <= status < 300:
-        name = _json_object(response.body).get("name")
+        name = (json_object(response.body) or {}).get("name")
         return Delivered(name if isinstance(name, str) else None)
     error = parse_error(response)
     code = error.code
@@ -436,15 +427,9 @@ def build_token_request(creds: FcmCredentials, now: float) -> VendorRequest:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class AccessGrant:
-    token: str = field(repr=False)
-    expires_at: float
-
-
 def classify_token_response(response: VendorResponse, now: float) -> AccessGrant | Retry | Fail:
     """Token endpoint answer → a grant, ``Retry`` (429/5xx) or ``Fail(auth=True)``. Pure."""
-    body = _json_object(response.body)
+    body = json_object(response.body) or {}
     if response.status == 200:
         token = body.get("access_token")
         expires_in = body.get("expires_in")
@@ -461,7 +446,7 @@ def classify_token_response(response: VendorResponse, now: float) -> AccessGrant
     return Fail(reason, auth=True)
 
 
-class AccessToken:
+class AccessTokenSource:
     """The OAuth2 access token for FCM: fetched once, shared by concurrent sends, replaced shortly
     before it expires or when FCM refuses it."""
 
@@ -482,7 +467,7 @@ class AccessToken:
         """How many access tokens were obtained so far."""
 
     def __repr__(self) -> str:
-        return f"AccessToken(client_email={self._creds.client_email!r}, fetched={self.fetched})"
+        return f"AccessTokenSource(client_email={self._creds.client_email!r}, fetched={self.fetched})"
 
     def cached(self) -> str | None:
         """The current token, or None when there is none or it is about to expire."""
@@ -512,7 +497,7 @@ class AccessToken:
                 return result.token
             return result
 
-    def reject(self, token: str) -> None:
+    def invalidate(self, token: str) -> None:
         """FCM refused ``token``: forget it, unless a concurrent send already replaced it."""
         if self._grant is not None and self._grant.token == token:
             self._grant = None
@@ -532,7 +517,7 @@ class FcmChannel(HttpChannel):
         now: Callable[[], float] = time.time,
     ) -> None:
         self.creds = creds
-        self.access_token = AccessToken(creds, now=now)
+        self.access_tokens = AccessTokenSource(creds, now=now)
         self._now = now
         super().__init__(tls_verify(creds.ca_file), max_concurrency=max_concurrency, timeout=timeout)
 
@@ -573,7 +558,7 @@ class FcmChannel(HttpChannel):
     async def _send(self, message: PushMessage, token: str) -> Outcome:
         refreshed = False
         while True:
-            auth = await self.access_token.get(self._post)
+            auth = await self.access_tokens.get(self._post)
             if not isinstance(auth, str):
                 return auth
             try:
@@ -587,7 +572,7 @@ class FcmChannel(HttpChannel):
             response = await self._post(request)
             if not refreshed and needs_new_access_token(response):
                 refreshed = True
-                self.access_token.reject(auth)
+                self.access_tokens.invalidate(auth)
                 self._bump("auth_resends")
                 log.info("fcm access_token_refresh status=%s", response.status)
                 continue

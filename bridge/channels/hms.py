@@ -31,6 +31,7 @@ from urllib.parse import urlencode, urlsplit
 import httpx
 
 from bridge.channels.base import (
+    AccessGrant,
     ConfigFields,
     Delivered,
     DropToken,
@@ -44,6 +45,7 @@ from bridge.channels.base import (
     VendorResponse,
     count,
     json_object,
+    opaque_token,
     redact,
     retry_after,
     tls_verify,
@@ -120,7 +122,19 @@ def load_credentials(obj: Mapping[str, Any], base_dir: Path) -> HmsCredentials:
 
 
 # ---------------------------------------------------------------------------------------------
-# Pure: request building and answer classification
+# Pure: token validation, request building and answer classification
+
+MAX_TOKEN_CHARS = 1024
+
+
+def validate_token(token: str) -> str:
+    """A push token as registered → its normal form, or 422 ``bad_vendor_token``.
+
+    Huawei says not to check a push token's length (its encoding changed in 2020 and may again),
+    so only what is certain is checked: visible ASCII, at most :data:`MAX_TOKEN_CHARS`. Surrounding
+    whitespace is dropped. Pure.
+    """
+    return opaque_token(NAME, token, "a push token", MAX_TOKEN_CHARS)
 
 
 def build_request(message: PushMessage, token: str, creds: HmsCredentials, auth: str) -> VendorRequest:
@@ -233,12 +247,6 @@ def _partial_failed(body: Mapping[str, Any] | None) -> bool:
 # Pure: the OAuth 2.0 client-credentials grant
 
 
-@dataclass(frozen=True, slots=True)
-class AccessToken:
-    value: str = field(repr=False)
-    expires_at: float
-
-
 def build_token_request(creds: HmsCredentials) -> VendorRequest:
     """``POST token_url`` with ``grant_type=client_credentials``, the client id and secret."""
     form = {
@@ -254,14 +262,14 @@ def build_token_request(creds: HmsCredentials) -> VendorRequest:
     )
 
 
-def classify_token_response(response: VendorResponse, now: float) -> AccessToken | Retry | Fail:
+def classify_token_response(response: VendorResponse, now: float) -> AccessGrant | Retry | Fail:
     """A new access token, or why there is none (``Retry`` when Huawei is busy, ``Fail(auth=True)``
     when it refuses the client id/secret)."""
     body = json_object(response.body) or {}
     token = body.get("access_token")
     expires_in = body.get("expires_in")
     if response.status == 200 and isinstance(token, str) and token and isinstance(expires_in, int | float):
-        return AccessToken(value=token, expires_at=now + float(expires_in))
+        return AccessGrant(token=token, expires_at=now + float(expires_in))
     if response.status == 429 or response.status >= 500:
         return Retry("oauth_unavailable", after=retry_after(response.headers))
     detail = body.get("error_description") or body.get("error") or f"http_{response.status}"
@@ -274,21 +282,21 @@ class AccessTokenCache:
     def __init__(self, now: Callable[[], float] = time.time, margin: float = TOKEN_REFRESH_MARGIN) -> None:
         self._now = now
         self._margin = margin
-        self._token: AccessToken | None = None
+        self._grant: AccessGrant | None = None
 
     def get(self) -> str | None:
-        token = self._token
-        if token is None or self._now() >= token.expires_at - self._margin:
+        grant = self._grant
+        if grant is None or self._now() >= grant.expires_at - self._margin:
             return None
-        return token.value
+        return grant.token
 
-    def put(self, token: AccessToken) -> None:
-        self._token = token
+    def put(self, grant: AccessGrant) -> None:
+        self._grant = grant
 
-    def invalidate(self, value: str) -> None:
-        """Forget ``value`` (the token a send was refused with), but not a newer one fetched since."""
-        if self._token is not None and self._token.value == value:
-            self._token = None
+    def invalidate(self, token: str) -> None:
+        """Forget ``token`` (the one a send was refused with), but not a newer one fetched since."""
+        if self._grant is not None and self._grant.token == token:
+            self._grant = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -334,7 +342,7 @@ class HmsChannel(HttpChannel):
                 request = build_request(message, token, self.creds, access)
             except PayloadTooLargeForVendor as exc:
                 log.info("hms payload too large msg_id=%s: %s", message.msg_id, exc)
-                self.stats.extra["too_large"] = self.stats.extra.get("too_large", 0) + 1
+                self._bump("too_large")
                 return Fail("payload_too_large")
             response = await _exchange(self._client, request)
             if isinstance(response, Retry):
@@ -343,7 +351,7 @@ class HmsChannel(HttpChannel):
             if isinstance(outcome, Fail) and outcome.reason in _REFRESHABLE and not refreshed:
                 refreshed = True
                 self._tokens.invalidate(access)
-                self.stats.extra["auth_refreshes"] = self.stats.extra.get("auth_refreshes", 0) + 1
+                self._bump("auth_refreshes")
                 continue
             return outcome
 
@@ -361,11 +369,11 @@ class HmsChannel(HttpChannel):
             if isinstance(response, Retry):
                 return response
             result = classify_token_response(response, self._now())
-            if isinstance(result, AccessToken):
+            if isinstance(result, AccessGrant):
                 self._tokens.put(result)
                 self._refusal = None
-                self.stats.extra["token_fetches"] = self.stats.extra.get("token_fetches", 0) + 1
-                return result.value
+                self._bump("token_fetches")
+                return result.token
             if isinstance(result, Fail):
                 self._refusal = (result, self._now() + TOKEN_REFUSAL_HOLD)
                 log.warning("hms access token refused app_id=%s reason=%s", self.creds.app_id, result.reason)

@@ -43,6 +43,8 @@ from bridge.channels.base import (
     VendorResponse,
     count,
     json_object,
+    opaque_token,
+    redact,
     retry_after,
     tls_verify,
 )
@@ -119,7 +121,19 @@ def load_credentials(obj: Mapping[str, Any], base_dir: Path) -> MiPushCredential
 
 
 # ---------------------------------------------------------------------------------------------
-# Pure: request building and answer classification
+# Pure: token validation, request building and answer classification
+
+MAX_TOKEN_CHARS = 1024
+
+
+def validate_token(token: str) -> str:
+    """A regId as registered → its normal form, or 422 ``bad_vendor_token``.
+
+    Xiaomi documents no regId format (they are base64-like and may hold ``+``, ``/`` and ``=``),
+    so only what is certain is checked: visible ASCII, at most :data:`MAX_TOKEN_CHARS`. Surrounding
+    whitespace is dropped. Pure.
+    """
+    return opaque_token(NAME, token, "a regId", MAX_TOKEN_CHARS)
 
 
 def build_request(
@@ -270,7 +284,7 @@ class MiPushChannel(HttpChannel):
             request = build_request(message, token, self.creds)
         except PayloadTooLargeForVendor as exc:
             log.info("mipush payload too large msg_id=%s: %s", message.msg_id, exc)
-            self.stats.extra["too_large"] = self.stats.extra.get("too_large", 0) + 1
+            self._bump("too_large")
             return Fail("payload_too_large")
         try:
             response = await self._client.request(
@@ -290,7 +304,7 @@ class MiPushChannel(HttpChannel):
 
 def _log_outcome(message: PushMessage, token: str, outcome: Outcome) -> None:
     if isinstance(outcome, DropToken):
-        log.info("mipush drop token=%s msg_id=%s reason=%s", token[:6] + "…", message.msg_id, outcome.reason)
+        log.info("mipush drop token=%s msg_id=%s reason=%s", redact(token), message.msg_id, outcome.reason)
     elif isinstance(outcome, Fail):
         level = logging.WARNING if outcome.auth else logging.INFO
         log.log(

@@ -20,7 +20,6 @@ import hashlib
 import json
 import logging
 import re
-import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -45,8 +44,10 @@ from bridge.channels.base import (
     Retry,
     VendorRequest,
     VendorResponse,
+    config_error,
     count,
     retry_after,
+    tls_verify,
 )
 from mqttpush.errors import InvalidContent
 
@@ -98,10 +99,10 @@ def load_credentials(
     ``base_dir``. Raises ``InvalidContent(code="bad_vendor_config")`` naming what is wrong.
     """
     if not isinstance(obj, Mapping):
-        raise _bad_config("the webpush entry must be a JSON object")
+        raise config_error(NAME, "the webpush entry must be a JSON object")
     subject = _required_str(obj, "subject")
     if not (subject.startswith("mailto:") and len(subject) > 7) and not _is_https_url(subject):
-        raise _bad_config(f"'subject' must be a mailto: or https:// URL, got {subject!r}")
+        raise config_error(NAME, f"'subject' must be a mailto: or https:// URL, got {subject!r}")
     key = load_vapid_private_key(vapid_private_key)
     return WebPushCredentials(
         subject=subject, private_key=key, public_key=_public_b64(key), ca_file=_ca_file(obj, base_dir)
@@ -120,9 +121,11 @@ def load_vapid_private_key(value: str | bytes) -> ec.EllipticCurvePrivateKey:
                 raise ValueError("a raw VAPID private key is 32 bytes")
             key = ec.derive_private_key(int.from_bytes(scalar, "big"), ec.SECP256R1())
     except (ValueError, TypeError, UnicodeDecodeError) as exc:
-        raise _bad_config(f"the VAPID private key is not a PEM or base64url P-256 key ({exc})") from None
+        raise config_error(
+            NAME, f"the VAPID private key is not a PEM or base64url P-256 key ({exc})"
+        ) from None
     if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
-        raise _bad_config("the VAPID private key must be an EC P-256 key")
+        raise config_error(NAME, "the VAPID private key must be an EC P-256 key")
     return key
 
 
@@ -146,7 +149,7 @@ def parse_subscription(token: str) -> Subscription:
         endpoint = obj["endpoint"]
         p256dh = _b64decode(obj["keys"]["p256dh"])
         auth = _b64decode(obj["keys"]["auth"])
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
         raise InvalidContent(
             "a Web Push token is the subscription JSON {endpoint, keys: {p256dh, auth}}",
             code="bad_subscription",
@@ -159,6 +162,17 @@ def parse_subscription(token: str) -> Subscription:
             code="bad_subscription",
         )
     return Subscription(endpoint=endpoint, p256dh=p256dh, auth=auth)
+
+
+def validate_token(token: str) -> str:
+    """A subscription as registered (its JSON) → the normal form kept as the device's token:
+    ``{"endpoint", "keys": {"p256dh", "auth"}}`` with nothing else, or 422 ``bad_subscription``
+    (an https endpoint, a 65-byte P-256 ``p256dh`` and a 16-byte ``auth``, base64url). Pure."""
+    parse_subscription(token)
+    obj = json.loads(token)
+    return json.dumps(
+        {"endpoint": obj["endpoint"], "keys": {"p256dh": obj["keys"]["p256dh"], "auth": obj["keys"]["auth"]}}
+    )
 
 
 def origin(endpoint: str) -> str:
@@ -284,10 +298,7 @@ class WebPushChannel(HttpChannel):
     ) -> None:
         self.creds = creds
         self._vapid = VapidCache(creds, now)
-        verify: ssl.SSLContext | bool = (
-            ssl.create_default_context(cafile=creds.ca_file) if creds.ca_file else True
-        )
-        super().__init__(verify, max_concurrency=max_concurrency, timeout=timeout)
+        super().__init__(tls_verify(creds.ca_file), max_concurrency=max_concurrency, timeout=timeout)
 
     async def send(self, message: PushMessage, token: str) -> Outcome:
         """Encrypt, send, classify; re-sign the VAPID JWT once if the push service refuses it."""
@@ -309,7 +320,7 @@ class WebPushChannel(HttpChannel):
                 request = build_request(message, token, self.creds, self._vapid.get(endpoint))
             except PayloadTooLargeForVendor as exc:
                 log.info("webpush payload too large msg_id=%s: %s", message.msg_id, exc)
-                self.stats.extra["too_large"] = self.stats.extra.get("too_large", 0) + 1
+                self._bump("too_large")
                 return Fail("payload_too_large")
             try:
                 response = await self._client.request(
@@ -328,7 +339,7 @@ class WebPushChannel(HttpChannel):
             if isinstance(outcome, Fail) and outcome.auth and not resigned:
                 resigned = True
                 self._vapid.invalidate(endpoint)
-                self.stats.extra["auth_refreshes"] = self.stats.extra.get("auth_refreshes", 0) + 1
+                self._bump("auth_refreshes")
                 continue
             return outcome
 
@@ -379,14 +390,10 @@ def _is_https_url(value: str) -> bool:
 # VENDORS.json validation
 
 
-def _bad_config(message: str) -> InvalidContent:
-    return InvalidContent(f"VENDORS.json webpush: {message}", code="bad_vendor_config")
-
-
 def _required_str(obj: Mapping[str, Any], key: str) -> str:
     value = obj.get(key)
     if not isinstance(value, str) or not value.strip():
-        raise _bad_config(f"{key!r} is required (a non-empty string)")
+        raise config_error(NAME, f"{key!r} is required (a non-empty string)")
     return value.strip()
 
 
@@ -395,8 +402,8 @@ def _ca_file(obj: Mapping[str, Any], base_dir: Path) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not value.strip():
-        raise _bad_config("'ca_file' must be a non-empty string when given")
+        raise config_error(NAME, "'ca_file' must be a non-empty string when given")
     path = Path(value) if Path(value).is_absolute() else base_dir / value
     if not path.is_file():
-        raise _bad_config(f"'ca_file' {str(path)!r} is not a readable file")
+        raise config_error(NAME, f"'ca_file' {str(path)!r} is not a readable file")
     return str(path)

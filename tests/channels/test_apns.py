@@ -28,6 +28,7 @@ from bridge.channels.base import (
     PushMessage,
     Retry,
     VendorResponse,
+    retry_after,
 )
 from mqttpush.clock import ManualClock
 from mqttpush.errors import InvalidContent
@@ -249,6 +250,16 @@ def test_device_token_must_be_hex(creds: ApnsCredentials, token: str) -> None:
     assert caught.value.code == "bad_device_token"
 
 
+@pytest.mark.parametrize(
+    ("token", "says"),
+    [("aabbccdd", "32 to 200 bytes"), ("abc", "an even number of digits; got 3"), ("zz" * 32, "hex digits")],
+)
+def test_a_refused_device_token_is_told_what_is_wrong(creds: ApnsCredentials, token: str, says: str) -> None:
+    with pytest.raises(InvalidContent) as caught:
+        build_request(message(), token, creds, "J")
+    assert says in caught.value.message  # "aabbccdd" is an even number of digits: too short is the fault
+
+
 def _payload_size(msg: PushMessage, creds: ApnsCredentials) -> int:
     return len(build_request(msg, TOKEN, creds, "J").body)
 
@@ -320,10 +331,8 @@ def test_classify_follows_apples_table(response: VendorResponse, expected: objec
 def test_retry_after_as_http_date() -> None:
     headers = {"retry-after": "Wed, 21 Oct 2026 07:28:30 GMT", "date": "Wed, 21 Oct 2026 07:28:00 GMT"}
     assert classify(answer(503, "ServiceUnavailable", headers)) == Retry("ServiceUnavailable", after=30.0)
-    assert (
-        apns.retry_after({"retry-after": "Wed, 21 Oct 2026 07:28:30 GMT"}) is None
-    )  # no Date to measure from
-    assert apns.retry_after({"retry-after": "soon"}) is None
+    assert retry_after({"retry-after": "Wed, 21 Oct 2026 07:28:30 GMT"}) is None  # no Date to measure from
+    assert retry_after({"retry-after": "soon"}) is None
 
 
 def test_unregistered_since_reads_the_timestamp() -> None:

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from bridge.channels import fcm
 from bridge.channels.base import (
+    AccessGrant,
     Delivered,
     DropToken,
     Fail,
@@ -29,7 +30,7 @@ from bridge.channels.base import (
     VendorRequest,
     VendorResponse,
 )
-from bridge.channels.fcm import AccessToken, FcmChannel, FcmCredentials, build_request, classify
+from bridge.channels.fcm import AccessTokenSource, FcmChannel, FcmCredentials, build_request, classify
 from mqttpush.clock import ManualClock
 from mqttpush.errors import InvalidContent
 from tests.fakes.fcm import FakeFcm, write_service_account
@@ -98,7 +99,7 @@ def test_load_credentials_reads_the_service_account(creds: FcmCredentials, creds
 def test_credentials_never_show_the_key(creds: FcmCredentials, creds_dir: Path) -> None:
     pem = json.loads((creds_dir / "sa.json").read_text())["private_key"]
     secret_line = pem.splitlines()[1]
-    for text in (repr(creds), str(creds), repr(AccessToken(creds))):
+    for text in (repr(creds), str(creds), repr(AccessTokenSource(creds))):
         assert secret_line not in text
         assert "PRIVATE" not in text
         assert "private_key=" not in text
@@ -437,7 +438,7 @@ def test_token_request_is_a_signed_jwt_bearer_grant(
             VendorResponse(
                 200, {}, b'{"access_token": "ya29.a", "expires_in": 3599, "token_type": "Bearer"}'
             ),
-            fcm.AccessGrant("ya29.a", NOW + 3599),
+            AccessGrant("ya29.a", NOW + 3599),
         ),
         (
             VendorResponse(200, {}, b'{"access_token": "ya29.a"}'),
@@ -458,7 +459,7 @@ def test_classify_token_response(response: VendorResponse, expected: object) -> 
 
 
 def test_access_grant_hides_the_token() -> None:
-    assert "ya29" not in repr(fcm.AccessGrant("ya29.secret", NOW))
+    assert "ya29" not in repr(AccessGrant("ya29.secret", NOW))
 
 
 class TokenEndpoint:
@@ -484,7 +485,7 @@ class TokenEndpoint:
 async def test_access_token_is_cached_until_shortly_before_expiry(creds: FcmCredentials) -> None:
     clock = ManualClock(NOW)
     endpoint = TokenEndpoint()
-    tokens = AccessToken(creds, now=clock.now)
+    tokens = AccessTokenSource(creds, now=clock.now)
     assert await tokens.get(endpoint) == "ya29.token1"
     clock.advance(3600 - 301)
     assert await tokens.get(endpoint) == "ya29.token1"
@@ -496,13 +497,13 @@ async def test_access_token_is_cached_until_shortly_before_expiry(creds: FcmCred
 
 async def test_rejected_access_token_is_fetched_again_once(creds: FcmCredentials) -> None:
     endpoint = TokenEndpoint()
-    tokens = AccessToken(creds, now=ManualClock(NOW).now)
+    tokens = AccessTokenSource(creds, now=ManualClock(NOW).now)
     first = await tokens.get(endpoint)
     assert isinstance(first, str)
-    tokens.reject(first)
+    tokens.invalidate(first)
     second = await tokens.get(endpoint)
     assert second != first
-    tokens.reject(first)  # a concurrent send's stale rejection changes nothing
+    tokens.invalidate(first)  # a concurrent send's stale rejection changes nothing
     assert await tokens.get(endpoint) == second
     assert endpoint.calls == 2
 
@@ -510,7 +511,7 @@ async def test_rejected_access_token_is_fetched_again_once(creds: FcmCredentials
 async def test_concurrent_first_sends_share_one_token_fetch(creds: FcmCredentials) -> None:
     endpoint = TokenEndpoint()
     endpoint.gate = asyncio.Event()
-    tokens = AccessToken(creds, now=ManualClock(NOW).now)
+    tokens = AccessTokenSource(creds, now=ManualClock(NOW).now)
     waiters = [asyncio.create_task(tokens.get(endpoint)) for _ in range(50)]
     await asyncio.wait_for(endpoint.entered.wait(), 5)  # the first holds the fetch, the rest queue behind it
     endpoint.gate.set()
@@ -523,7 +524,7 @@ async def test_token_endpoint_refusal_is_returned_not_cached(creds: FcmCredentia
     endpoint.answer = VendorResponse(
         400, {}, b'{"error": "invalid_grant", "error_description": "Invalid JWT Signature."}'
     )
-    tokens = AccessToken(creds, now=ManualClock(NOW).now)
+    tokens = AccessTokenSource(creds, now=ManualClock(NOW).now)
     assert await tokens.get(endpoint) == Fail("oauth invalid_grant: Invalid JWT Signature.", auth=True)
     assert tokens.cached() is None
     endpoint.answer = None

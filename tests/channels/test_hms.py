@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from bridge.channels import hms
 from bridge.channels.base import (
+    AccessGrant,
     Delivered,
     DropToken,
     Fail,
@@ -283,7 +284,7 @@ def test_token_request_is_client_credentials_grant() -> None:
 
 def test_classify_token_response() -> None:
     ok = hms.classify_token_response(answer(200, {"access_token": "CV1/2+", "expires_in": 3600}), 1000.0)
-    assert ok == hms.AccessToken("CV1/2+", 4600.0)
+    assert ok == AccessGrant("CV1/2+", 4600.0)
     assert "CV1" not in repr(ok)
     refused = answer(400, {"error": 1101, "error_description": "invalid client", "sub_error": 20152})
     assert hms.classify_token_response(refused, 0) == Fail("oauth_rejected: invalid client", auth=True)
@@ -297,13 +298,13 @@ def test_token_cache_expires_early_and_invalidates_only_the_refused_token() -> N
     clock = Clock(1000.0)
     cache = hms.AccessTokenCache(clock.now, margin=300)
     assert cache.get() is None
-    cache.put(hms.AccessToken("a", 4600.0))
+    cache.put(AccessGrant("a", 4600.0))
     assert cache.get() == "a"
     clock.t = 4299.0
     assert cache.get() == "a"
     clock.t = 4300.0
     assert cache.get() is None
-    cache.put(hms.AccessToken("b", 9000.0))
+    cache.put(AccessGrant("b", 9000.0))
     cache.invalidate("a")  # a late refusal of the old token keeps the new one
     assert cache.get() == "b"
     cache.invalidate("b")
