@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from bridge.channels.tokens import validate_vendor_token
 from bridge.intake import Intake
 from bridge.policy import SendPolicy
 from bridge.publisher import Publisher
@@ -443,26 +444,16 @@ def create_api(ctx: ApiContext) -> FastAPI:
         app_key, _, body = await _app_or_device(request, device_id)
         req = _parse(VendorTokenRequest, body)
         if req.vendor == "webpush":
-            sub = req.subscription
-            keys = sub.get("keys") if isinstance(sub, dict) else None
-            if (
-                not isinstance(sub, dict)
-                or not str(sub.get("endpoint", "")).startswith("https://")
-                or not isinstance(keys, dict)
-                or not keys.get("p256dh")
-                or not keys.get("auth")
-            ):
+            if not isinstance(req.subscription, dict):
                 raise InvalidContent(
                     'webpush needs "subscription": {"endpoint": "https://...", "keys": {"p256dh", "auth"}}',
                     code="bad_subscription",
                 )
-            token = json.dumps(
-                {"endpoint": sub["endpoint"], "keys": {"p256dh": keys["p256dh"], "auth": keys["auth"]}}
-            )
-        elif req.token is None or any(c.isspace() for c in req.token):
-            raise InvalidContent(f"{req.vendor} needs a token without spaces", code="bad_vendor_token")
+            token = validate_vendor_token("webpush", json.dumps(req.subscription))
+        elif req.token is None:
+            raise InvalidContent(f"{req.vendor} needs a token", code="bad_vendor_token")
         else:
-            token = req.token
+            token = validate_vendor_token(req.vendor, req.token)
         await store.run(store.set_vendor_token, app_key, device_id, req.vendor, token)
         tokens = await store.run(store.vendor_tokens, device_id)
         return {
