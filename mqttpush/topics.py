@@ -161,10 +161,10 @@ def may_subscribe(who: Identity, topic_filter: str) -> bool:
     if isinstance(who, ServiceIdentity):
         return topic_filter.startswith(ROOT + "/")
     if isinstance(who, AppIdentity):
-        return topic_filter == api_result_filter(who.app) or (
-            topic_filter.startswith(api_result_filter(who.app)[:-1])
-            and _level_ok(topic_filter.rsplit("/", 1)[1])
-        )
+        prefix = api_result_filter(who.app)[:-1]
+        rest = topic_filter[len(prefix) :]
+        # Its results filter, or one result topic: exactly one level below the prefix.
+        return topic_filter.startswith(prefix) and (rest == "+" or ("/" not in rest and _level_ok(rest)))
     return topic_filter in (inbox_filter(who.app, who.device), broadcast_filter(who.app))
 
 

@@ -479,6 +479,17 @@ def test_subscribe_implies_receive(
         assert may_receive(who, topic), (who, topic_filter, topic)
 
 
+def test_an_app_subscribes_only_one_level_below_its_results() -> None:
+    # Found by test_subscribe_implies_receive: the last level alone was checked, so a deeper
+    # filter was granted while may_receive refused its topics.
+    app = AppIdentity("a1")
+    assert may_subscribe(app, "mqttpush/a1/api/result/+")
+    assert may_subscribe(app, "mqttpush/a1/api/result/r1")
+    assert not may_subscribe(app, "mqttpush/a1/api/result/mqttpush/mqttpush")
+    assert not may_subscribe(app, "mqttpush/a1/api/result/r1/#")
+    assert not may_subscribe(app, "mqttpush/a1/api/result/")
+
+
 def test_subscribe_implies_receive_examples() -> None:
     device = DeviceIdentity("a1", "d1")
     inbox = inbox_filter("a1", "d1")
