@@ -1,4 +1,4 @@
-"""Device authentication and ACL on a foreign mosquitto 2.x broker (DESIGN §1 split mode, §2).
+"""Device authentication and ACL on a foreign mosquitto 2.x broker (docs/split.md, docs/protocol.md).
 
 When the bridge runs against mosquitto instead of our embedded broker, mosquitto itself must
 refuse unknown clients and keep each device inside its own topics. We do that with mosquitto's
@@ -13,7 +13,7 @@ What mosquitto 2.0's ``acl_file`` does and does not do (verified in tests/foreig
   outside its inbox and its app's broadcast, whatever it subscribed to;
 - ``write`` is checked on every PUBLISH and Will; a forbidden one is acknowledged and dropped;
 - SUBSCRIBE is *not* checked: every filter gets its QoS granted, never SUBACK 0x80. That part of
-  DESIGN §2 holds only on our own broker; here a forbidden filter is accepted and stays silent.
+  docs/protocol.md holds only on our own broker; here a forbidden filter is accepted and stays silent.
 
 Identities, one ``user`` block each in the ACL file (no ``pattern`` lines, so nothing is derived
 from a client-chosen id):
@@ -211,7 +211,7 @@ def mosquitto_conf(
         f"listener {port} {host}",
         # Listener options go after their `listener` line: above it they would configure (and open)
         # mosquitto's default listener on port 1883 as well.
-        # DESIGN §2 wants client_id == device_id. mosquitto cannot check that, but it can replace
+        # The device protocol (docs/protocol.md) wants client_id == device_id. mosquitto cannot check that, but it can replace
         # whatever id a client sends by its authenticated username, so no identity can take over
         # (or kick off) another's session by claiming its client id. The price: one connection
         # at a time per username, the service and each app publisher included.

@@ -1,4 +1,4 @@
-"""The MQTT publish API (DESIGN §3): push requests published by an app's server over MQTT.
+"""The MQTT publish API (docs/targeting.md): push requests published by an app's server over MQTT.
 
 A client logged in with the app's key and secret publishes ``{"request_id": R, ...push request}``
 to ``mqttpush/{app}/api/push`` and gets ``{"request_id": R, "msg_id"|"task_id"...}`` or

@@ -1,4 +1,4 @@
-"""Which channel each delivery takes (DESIGN §4). Pure: facts in, a route out.
+"""Which channel each delivery takes (docs/vendors.md). Pure: facts in, a route out.
 
 | strategy            | device online (or recently seen)  | device offline                          |
 |---------------------|-----------------------------------|-----------------------------------------|

@@ -1,4 +1,4 @@
-"""Push targets (DESIGN §4): parsed, checked and matched without I/O.
+"""Push targets (docs/targeting.md): parsed, checked and matched without I/O.
 
 | target JSON                                   | kind      | answer     |
 |-----------------------------------------------|-----------|------------|

@@ -62,7 +62,7 @@ class PushClient:
         return result
 
     def push(self, request: dict[str, Any]) -> dict[str, Any]:
-        """``POST /api/v1/push`` with a request of DESIGN §3.1 → ``{"msg_id"}``."""
+        """``POST /api/v1/push`` with a request as docs/api.md describes → ``{"msg_id"}``."""
         result: dict[str, Any] = self._call("POST", "/api/v1/push", request)
         return result
 

@@ -1,4 +1,4 @@
-"""The envelope a device receives (DESIGN §2): built and size-checked here, no I/O."""
+"""The envelope a device receives (docs/protocol.md): built and size-checked here, no I/O."""
 
 from __future__ import annotations
 

@@ -33,7 +33,7 @@ class MqttPushError(Exception):
             self.code = code
 
     def to_json(self) -> dict[str, dict[str, str]]:
-        """The wire form of DESIGN §3.1."""
+        """The wire form of docs/api.md."""
         return {"error": {"code": self.code, "message": self.message}}
 
 

@@ -1,4 +1,4 @@
-"""A fleet migrating in (DESIGN §7 ``device import``): its JSON lines, checked without I/O.
+"""A fleet migrating in (``mqttpush device import``): its JSON lines, checked without I/O.
 
 One JSON object a line: ``install_id`` and ``platform`` are required; ``tags``, ``alias``,
 ``alias_type``, ``app_version``, ``locale``, ``channel`` and ``test`` are optional. Blank lines

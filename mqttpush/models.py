@@ -17,7 +17,7 @@ class Platform(StrEnum):
 
 
 class DeliveryState(StrEnum):
-    """DESIGN §4: ``accepted → queued → published|forwarded → arrived → opened`` or a terminal state."""
+    """docs/delivery.md: ``accepted → queued → published|forwarded → arrived → opened`` or a terminal state."""
 
     ACCEPTED = "accepted"
     QUEUED = "queued"
@@ -119,7 +119,7 @@ class MessageStatus:
     deliveries: list[dict[str, Any]]
 
 
-# --- push requests (DESIGN §3.1), validated at the edge, used by the bridge ------------------
+# --- push requests (docs/api.md), validated at the edge, used by the bridge ------------------
 
 
 class Notification(BaseModel):

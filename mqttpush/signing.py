@@ -1,4 +1,4 @@
-"""Request signing of DESIGN §3.1, shared by the server and every client. Pure: no I/O.
+"""Request signing (docs/api.md), shared by the server and every client. Pure: no I/O.
 
 ``S = METHOD \\n PATH_WITH_QUERY \\n TIMESTAMP \\n NONCE \\n hex(SHA-256(body))`` and the
 signature is lowercase hex HMAC-SHA256(app_secret, S).

@@ -1,4 +1,4 @@
-"""Device protocol v1 topics (DESIGN §2) and the access rules over them. Pure: no I/O.
+"""Device protocol v1 topics (docs/protocol.md) and the access rules over them. Pure: no I/O.
 
 | topic                                   | who publishes | who receives          |
 |-----------------------------------------|---------------|-----------------------|
@@ -43,7 +43,7 @@ def presence_topic(app: str, device: str) -> str:
 
 
 def api_push_topic(app: str) -> str:
-    """Where an app's server publishes push requests (the MQTT publish API, DESIGN §3)."""
+    """Where an app's server publishes push requests (the MQTT publish API, docs/targeting.md)."""
     return f"{ROOT}/{app}/api/push"
 
 
@@ -179,7 +179,7 @@ def may_publish(who: Identity, topic: str) -> bool:
 
 def receive_implied_by_subscribe(topic: str) -> bool:
     """True when, for every identity, a granted filter that matches ``topic`` already implies
-    ``may_receive`` (the broker then skips the per-subscriber check, DESIGN §2 "decided once at
+    ``may_receive`` (the broker then skips the per-subscriber check, docs/protocol.md: "decided once at
     SUBSCRIBE"). False for the odd topics where it does not: outside ``mqttpush/`` (``$``-topics,
     the bare root a ``mqttpush/#`` filter matches) and topics with an empty level. Proved by
     ``tests/unit/test_topics.py::test_subscribe_implies_receive``."""

@@ -1,4 +1,4 @@
-"""The CLI of issue 4 (DESIGN §7 forms): import, tags, aliases, templates, every target, tasks."""
+"""The CLI of issue 4 (the forms in README.md): import, tags, aliases, templates, every target, tasks."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""FastAPI application of the HTTP API v1 (DESIGN §3.1)."""
+"""FastAPI application of the HTTP API v1 (docs/api.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``mqttpush``: a thin click shell over the library (DESIGN §7).
+"""``mqttpush``: a thin click shell over the library (README.md's command table).
 
 Every command that prints data takes ``--json`` and prints one JSON document. Errors go to
 stderr with exit status 2, whatever their origin (bad flag, refused request, server down).

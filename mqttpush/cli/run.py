@@ -1,4 +1,4 @@
-"""Long-running processes: ``serve`` (all in one), ``broker``, ``bridge`` (DESIGN §7).
+"""Long-running processes: ``serve`` (all in one), ``broker``, ``bridge``.
 
 The server classes are imported inside each command: nothing else in the CLI needs the
 composition root, and ``mqttpush app list`` should not pay for starting imports of amqtt.

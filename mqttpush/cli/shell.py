@@ -1,4 +1,4 @@
-"""What every command shares: the CLI contract of DESIGN §7 (options, error translation, output).
+"""What every command shares: the CLI contract in README.md (options, error translation, output).
 
 Errors go to stderr as ``error: <message> [<code>]`` with exit status 2; ``--json`` prints one JSON
 document; ``--url``/``--app-key``/``--app-secret`` also come from ``MQTTPUSH_*`` variables.

@@ -1,4 +1,4 @@
-"""The HTTP wire format of DESIGN §3.1: signing, registration, push, status, and every refusal."""
+"""The HTTP wire format of docs/api.md: signing, registration, push, status, and every refusal."""
 
 from __future__ import annotations
 

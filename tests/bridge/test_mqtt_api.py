@@ -1,4 +1,4 @@
-"""The MQTT publish API (DESIGN §3): an app's server pushes over MQTT with its key and secret."""
+"""The MQTT publish API (docs/targeting.md): an app's server pushes over MQTT with its key and secret."""
 
 from __future__ import annotations
 

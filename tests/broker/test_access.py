@@ -1,4 +1,4 @@
-"""Broker authentication and ACL (DESIGN §2), seen from raw MQTT clients."""
+"""Broker authentication and ACL (docs/protocol.md), seen from raw MQTT clients."""
 
 from __future__ import annotations
 

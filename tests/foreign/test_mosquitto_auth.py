@@ -440,7 +440,7 @@ def test_mosquitto_sub_as_a_device_gets_its_inbox_and_a_wrong_token_is_not_autho
 
 
 def test_a_device_cannot_take_over_another_devices_client_id(broker: Broker) -> None:
-    """DESIGN §2 has client_id = device_id; mosquitto enforces it by replacing the id with the username."""
+    """The device protocol (docs/protocol.md) has client_id = device_id; mosquitto enforces it by replacing the id with the username."""
     alice = broker.client(ALICE.id, ALICE.token, client_id=ALICE.id)
     assert alice.subscribe(topics.inbox_filter(ALICE.app, ALICE.id)) == [GRANTED_QOS1]
     intruder, code = raw_connect(broker.port, BOB.id, BOB.token, client_id=ALICE.id)
@@ -478,7 +478,7 @@ def test_device_gets_granted_qos_for_its_inbox_and_broadcast(broker: Broker) -> 
 def test_witness_mosquitto_acl_file_grants_every_subscribe(broker: Broker) -> None:
     """Witness of a mosquitto 2.0 limit, not a wish: its acl_file check returns success for every
     SUBSCRIBE ("FIXME - implement ACL subscription strings" in the source), so a forbidden filter
-    gets its QoS granted instead of 0x80 (DESIGN §2). The ACL bites on delivery instead: see
+    gets its QoS granted instead of 0x80 (docs/protocol.md). The ACL bites on delivery instead: see
     the test below. If this starts failing, mosquitto now refuses them: assert 0x80 here."""
     alice = broker.client(ALICE.id, ALICE.token)
     assert alice.subscribe(*FORBIDDEN_FILTERS) == [GRANTED_QOS1] * len(FORBIDDEN_FILTERS)

@@ -104,7 +104,7 @@ def test_transition_to_same_or_earlier_state_does_not_move(store: Store, clock: 
 
 
 def test_transition_to_failed_records_the_reason_and_is_terminal(store: Store, clock: FakeClock) -> None:
-    # DESIGN §4: a delivery can end in failed(reason); transition() is the store's only way there.
+    # docs/delivery.md: a delivery can end in failed(reason); transition() is the store's only way there.
     app = store.create_app("shop")
     accept(store, app.app_key, "m1", ["d1"])
     store.transition([("m1", "d1")], DeliveryState.PUBLISHED)

@@ -1,4 +1,4 @@
-"""The envelope a device receives (DESIGN §2): UTF-8 JSON, size-limited in bytes, tolerant decode."""
+"""The envelope a device receives (docs/protocol.md): UTF-8 JSON, size-limited in bytes, tolerant decode."""
 
 from __future__ import annotations
 

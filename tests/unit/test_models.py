@@ -1,4 +1,4 @@
-"""Delivery states (DESIGN §4): a delivery only moves forward; terminal states never move."""
+"""Delivery states (docs/delivery.md): a delivery only moves forward; terminal states never move."""
 
 from __future__ import annotations
 

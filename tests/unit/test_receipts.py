@@ -1,4 +1,4 @@
-"""Receipts devices publish on ``mqttpush/{app}/d/{device}/r`` (DESIGN §2): parse_receipt."""
+"""Receipts devices publish on ``mqttpush/{app}/d/{device}/r`` (docs/protocol.md): parse_receipt."""
 
 from __future__ import annotations
 

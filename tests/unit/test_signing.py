@@ -1,4 +1,4 @@
-"""Request signing, DESIGN §3.1: the string to sign, the HMAC, and every refusal code."""
+"""Request signing (docs/api.md): the string to sign, the HMAC, and every refusal code."""
 
 from __future__ import annotations
 

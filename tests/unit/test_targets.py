@@ -1,4 +1,4 @@
-"""Push targets (DESIGN §3.1, §4): parse_target of the ``target`` object."""
+"""Push targets (docs/api.md, docs/targeting.md): parse_target of the ``target`` object."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Device protocol topics (DESIGN §2), MQTT 3.1.1 §4.7 matching, and the topic ACL."""
+"""Device protocol topics (docs/protocol.md), MQTT 3.1.1 §4.7 matching, and the topic ACL."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ from mqttpush.topics import (
 
 PROPS = settings(max_examples=200, deadline=None)
 
-# ids as DESIGN §2 allows them: URL-safe, no "/ + #"
+# ids as docs/protocol.md allows them: URL-safe, no "/ + #"
 ids = st.text(
     alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-", min_size=1, max_size=24
 )
@@ -115,7 +115,7 @@ def test_parse_topic_recognises_protocol_topics(topic: str, expected: ParsedTopi
         "mqttpush/app1/d/#",
         "mqttpush/app1/d/dev#/s",
         "mqttpush/app1/d/dev1/m/m1/",
-        # wildcards are never part of a concrete topic, in any level (ids have no "+ #", DESIGN §2)
+        # wildcards are never part of a concrete topic, in any level (ids have no "+ #", docs/protocol.md)
         "mqttpush/+/b/m1",
         "mqttpush/+/d/dev1/r",
         "mqttpush/#/d/dev1/m/m1",
