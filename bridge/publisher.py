@@ -25,8 +25,21 @@ _RECONNECT_MAX = 10
 
 
 class Publisher(Protocol):
-    async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
-        """Publish one message; returns once the broker has taken it."""
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        expires_at: float | None = None,
+    ) -> None:
+        """Publish one message; returns once the broker has taken it.
+
+        ``expires_at`` (unix seconds): a broker that can enforce it sends the message to nobody
+        after that time (ours, in-process); MQTT 3.1.1 cannot carry it, so over a socket it is
+        ignored and devices drop an envelope whose ``expires_at`` has passed.
+        """
         ...
 
     async def clear_retained(self, topic: str) -> None:
@@ -124,7 +137,15 @@ class MqttPublisher:
         self._client.disconnect()
         self._client.loop_stop()
 
-    async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        expires_at: float | None = None,
+    ) -> None:
         assert self._loop is not None
         async with self._inflight:
             info = self._client.publish(topic, payload, qos=qos, retain=retain)

@@ -69,8 +69,16 @@ class BrokerPublisher:
     def __init__(self, broker: PushBroker) -> None:
         self._broker = broker
 
-    async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
-        await self._broker.publish(topic, payload, qos=qos, retain=retain)
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        expires_at: float | None = None,
+    ) -> None:
+        await self._broker.publish(topic, payload, qos=qos, retain=retain, expires_at=expires_at)
 
     async def clear_retained(self, topic: str) -> None:
         await self._broker.clear_retained(topic)
