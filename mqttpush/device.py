@@ -10,7 +10,8 @@
 Messages may come twice (MQTT redelivery, a retained copy after reconnect): the client
 drops repeats by envelope ``id`` before calling ``on_message``; a re-push of a notification
 not opened yet (``"repush": n``) is shown again. A ``revoke`` envelope (the app recalled the
-message) calls ``on_revoke(msg_id)``.
+message) calls ``on_revoke(msg_id)``. A message whose ``expires_at`` has passed (a retained copy
+the broker still held, a foreign broker that cannot expire it) is dropped: not shown, no receipt.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -50,7 +52,9 @@ class DeviceClient:
         keepalive: int = 60,
         auto_arrived: bool = True,
         remember: int = 10_000,
+        now: Callable[[], float] = time.time,
     ) -> None:
+        """``now`` is the clock expiry is judged by (unix seconds; tests pass their own)."""
         self.app_key = app_key
         self.device_id = device_id
         self.on_message = on_message
@@ -59,6 +63,7 @@ class DeviceClient:
         self._host, self._port, self._keepalive = host, port, keepalive
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._remember = remember
+        self._now = now
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self._refused: str | None = None
@@ -180,6 +185,10 @@ class DeviceClient:
                 except Exception:
                     log.exception("on_revoke failed for msg_id=%s", msg_id)
             self.arrived(msg_id)
+            return
+        expires_at = env.get("expires_at")
+        if isinstance(expires_at, int | float) and expires_at <= self._now():
+            log.info("dropped expired message msg_id=%s", msg_id)
             return
         # A re-push of a notification not opened yet is shown again: (id, repush) is what repeats.
         key = f"{msg_id}#{env.get('repush', 0)}"
