@@ -7,30 +7,37 @@ For each message (an :class:`Outbound`), in priority order (``high`` before ``no
 2. pacing: the rest get publish slots ``1/rate`` apart; all but the first are held until their
    slot, and the scheduler releases them;
 3. publish QoS 1 retained to each inbox (or once on the broadcast topic), then ``published``;
+   every publish carries the message's ``expires_at``, and a message already past it is not
+   published at all but ``expired``;
 4. re-push timers, and the per-device inbox bound: beyond it the oldest waiting message is
    cleared and ``dropped(inbox_full)``.
 
+Devices the router sends to a vendor are forwarded after the MQTT publishes; under
+``mqtt_else_vendor`` a vendor failure puts the message in the device's MQTT inbox instead.
+
 Nothing is lost if the process dies between commit and publish: :meth:`recover` re-publishes
-every undelivered, unexpired delivery of an active message at start.
+every undelivered, unexpired delivery of an active message at start, through the same policy.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from bridge.channels.base import PushMessage
 from bridge.policy import DeviceGate, SendPolicy, gate, local_midnight
 from bridge.publisher import Publisher
-from bridge.router import route
+from bridge.router import DEFAULT_STRATEGY, route
 from bridge.vendors import Forward, VendorGateway
-from mqttpush import topics
+from mqttpush import envelope, topics
 from mqttpush.clock import Clock, SystemClock
-from mqttpush.models import DeliveryState
+from mqttpush.models import DeliveryState, PendingDelivery
 from mqttpush.store import Store
 
 log = logging.getLogger("mqttpush.dispatcher")
@@ -78,20 +85,63 @@ class Dispatcher:
         """Wait until everything submitted so far is published (or held) and recorded."""
         await self._idle.wait()
 
+    async def expire(self) -> int:
+        """Expire deliveries past their TTL and clear their retained topics; returns how many topics."""
+        inboxes, broadcasts = await self._store.run(self._store.expire_due)
+        for app_key, device_id, msg_id in inboxes:
+            await self._publisher.clear_retained(topics.inbox_topic(app_key, device_id, msg_id))
+        for app_key, msg_id in broadcasts:
+            await self._publisher.clear_retained(topics.broadcast_topic(app_key, msg_id))
+        if inboxes or broadcasts:
+            log.info("expired inboxes=%d broadcasts=%d", len(inboxes), len(broadcasts))
+        return len(inboxes) + len(broadcasts)
+
     async def recover(self) -> int:
-        """Re-publish what the store says is not delivered yet; returns how many deliveries."""
-        pending = await self._store.run(self._store.pending_deliveries)
+        """Re-publish what the store says is not delivered yet; returns how many deliveries.
+
+        What expired meanwhile is expired first. Deliveries already published are restored to their
+        retained topics as they were (they passed quiet hours and caps when first sent); those never
+        sent go through :meth:`submit` again: quiet hours, caps, pacing and routing, as a first send.
+        """
+        store = self._store
+        await self.expire()
+        pending = await store.run(store.pending_deliveries)
         broadcasts = {p.msg_id: p for p in pending if p.fanout == "topic"}
         for p in broadcasts.values():
-            await self._publish_broadcast(Outbound(p.msg_id, p.app_key, p.payload, (), broadcast=True))
+            await self._publish_broadcast(
+                Outbound(p.msg_id, p.app_key, p.payload, (), broadcast=True), p.expires_at
+            )
         inbox = [p for p in pending if p.fanout != "topic"]
         for p in inbox:
-            await self._publisher.publish(
-                topics.inbox_topic(p.app_key, p.device_id, p.msg_id), p.payload, qos=1, retain=True
+            if p.state is DeliveryState.PUBLISHED:
+                await self._publisher.publish(
+                    topics.inbox_topic(p.app_key, p.device_id, p.msg_id),
+                    p.payload,
+                    qos=1,
+                    retain=True,
+                    expires_at=p.expires_at,
+                )
+        unsent: dict[tuple[str, bool], list[PendingDelivery]] = {}
+        for p in inbox:
+            if p.state is not DeliveryState.PUBLISHED:
+                # queued without a hold time: released from its hold (pacing gave it its slot)
+                unsent.setdefault((p.msg_id, p.state is DeliveryState.QUEUED), []).append(p)
+        policies = await store.run(store.message_policies, [msg_id for msg_id, _ in unsent])
+        settings: dict[str, dict[str, Any]] = {}
+        for (msg_id, released), items in unsent.items():
+            app_key, policy = policies[msg_id]
+            if app_key not in settings:
+                settings[app_key] = await store.run(store.app_settings, app_key)
+            self.submit(
+                Outbound(
+                    msg_id,
+                    app_key,
+                    items[0].payload,
+                    tuple(p.device_id for p in items),
+                    policy=SendPolicy.of(policy, settings[app_key]),
+                    released=released,
+                )
             )
-        fresh = [(p.msg_id, p.device_id) for p in inbox if p.state is not DeliveryState.PUBLISHED]
-        if fresh:
-            await self._store.run(self._store.transition, fresh, DeliveryState.PUBLISHED)
         if pending:
             log.info("recovered deliveries=%d", len(pending))
         return len(pending)
@@ -102,8 +152,12 @@ class Dispatcher:
             while not self._queue.empty() and len(batch) < _BATCH:
                 batch.append(self._queue.get_nowait()[2])
             for out in batch:
+                expires_at = _expires_at(out.payload)
+                if expires_at is not None and expires_at <= self._clock.now():
+                    await self._expired(out)
+                    continue
                 if out.broadcast:
-                    await self._publish_broadcast(out)
+                    await self._publish_broadcast(out, expires_at)
                     continue
                 device_ids = await self._route(out, await self._apply_policy(out))
                 published: list[tuple[str, str]] = []
@@ -111,7 +165,7 @@ class Dispatcher:
                     chunk = device_ids[i : i + _CONCURRENCY]
                     # Many publishes in flight at once: over a socket (split mode) each waits for its PUBACK.
                     results = await asyncio.gather(
-                        *(self._publish_inbox(out, d) for d in chunk), return_exceptions=True
+                        *(self._publish_inbox(out, d, expires_at) for d in chunk), return_exceptions=True
                     )
                     for device_id, result in zip(chunk, results, strict=True):
                         if isinstance(result, BaseException):
@@ -212,11 +266,46 @@ class Dispatcher:
         plan = self._vendor_plan.pop(out.msg_id, None)
         if not plan or self.gateway is None:
             return
-        envelope = json.loads(out.payload)
-        ttl = max(0, int(float(envelope.get("expires_at", 0)) - self._clock.now()))
-        message = PushMessage(out.msg_id, envelope, ttl, "high" if out.policy.priority == 0 else "normal")
+        doc = json.loads(out.payload)
+        ttl = max(0, int(float(doc.get("expires_at", 0)) - self._clock.now()))
+        message = PushMessage(out.msg_id, doc, ttl, "high" if out.policy.priority == 0 else "normal")
+        on_failure = None
+        if (out.policy.strategy or DEFAULT_STRATEGY) == "mqtt_else_vendor":
+            on_failure = functools.partial(self._keep_in_inbox, out)
         for vendor, items in plan.items():
-            self.gateway.submit(out.app_key, vendor, [Forward(message, d, t) for d, t in items])
+            self.gateway.submit(
+                out.app_key, vendor, [Forward(message, d, t) for d, t in items], on_failure=on_failure
+            )
+
+    async def _keep_in_inbox(self, out: Outbound, failed: list[tuple[Forward, str]]) -> None:
+        """``mqtt_else_vendor``: what the vendor could not carry waits in the device's MQTT inbox
+        (retained) until its TTL; the history's ``published`` entry says why."""
+        expires_at = _expires_at(out.payload)
+        if expires_at is not None and expires_at <= self._clock.now():
+            return  # too late for the inbox: the TTL sweep expires the delivery
+        by_reason: dict[str, list[tuple[str, str]]] = {}
+        for f, reason in failed:
+            try:
+                await self._publish_inbox(out, f.device_id, expires_at)
+            except Exception as exc:  # it stays accepted: the next start publishes it
+                log.error("publish failed msg_id=%s device_id=%s: %r", out.msg_id, f.device_id, exc)
+                continue
+            by_reason.setdefault(reason, []).append((out.msg_id, f.device_id))
+        moved_all: list[str] = []
+        for reason, keys in by_reason.items():
+            detail = f"{reason}; waiting in the MQTT inbox"
+            moved = await self._store.run(self._store.transition, keys, DeliveryState.PUBLISHED, detail)
+            if len(moved) != len(keys):
+                await self._take_back(set(keys) - set(moved))
+            moved_all += [d for _, d in moved]
+        await self._after_publish(out, moved_all)
+
+    async def _expired(self, out: Outbound) -> None:
+        """A message whose TTL passed before its turn (a long hold, a queue): expired, never published."""
+        if out.broadcast:
+            return  # the TTL sweep clears the broadcast and expires its deliveries
+        keys = [(out.msg_id, d) for d in out.device_ids]
+        await self._store.run(self._store.transition, keys, DeliveryState.EXPIRED, "ttl")
 
     async def _take_back(self, keys: set[tuple[str, str]]) -> None:
         """Deliveries cancelled, recalled or expired while their publish was in flight: clear them again."""
@@ -241,16 +330,27 @@ class Dispatcher:
         if overflow:
             log.info("inbox bound: dropped=%d", len(overflow))
 
-    async def _publish_inbox(self, out: Outbound, device_id: str) -> None:
+    async def _publish_inbox(self, out: Outbound, device_id: str, expires_at: float | None) -> None:
         topic = topics.inbox_topic(out.app_key, device_id, out.msg_id)
-        await self._publisher.publish(topic, out.payload, qos=1, retain=True)
+        await self._publisher.publish(topic, out.payload, qos=1, retain=True, expires_at=expires_at)
 
-    async def _publish_broadcast(self, out: Outbound) -> None:
+    async def _publish_broadcast(self, out: Outbound, expires_at: float | None) -> None:
         try:
             await self._publisher.publish(
-                topics.broadcast_topic(out.app_key, out.msg_id), out.payload, qos=1, retain=True
+                topics.broadcast_topic(out.app_key, out.msg_id),
+                out.payload,
+                qos=1,
+                retain=True,
+                expires_at=expires_at,
             )
         except Exception:
             log.exception("broadcast publish failed msg_id=%s", out.msg_id)
             return
         await self._store.run(self._store.publish_all, out.msg_id)
+
+
+def _expires_at(payload: bytes) -> float | None:
+    """The envelope's ``expires_at`` (every envelope the intake builds has one)."""
+    doc = envelope.decode(payload)
+    value = doc.get("expires_at") if doc is not None else None
+    return float(value) if isinstance(value, int | float) else None

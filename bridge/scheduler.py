@@ -74,14 +74,7 @@ class Scheduler:
 
     async def sweep(self) -> int:
         """Expire deliveries past their TTL and clear their retained topics."""
-        inboxes, broadcasts = await self._store.run(self._store.expire_due)
-        for app_key, device_id, msg_id in inboxes:
-            await self._publisher.clear_retained(topics.inbox_topic(app_key, device_id, msg_id))
-        for app_key, msg_id in broadcasts:
-            await self._publisher.clear_retained(topics.broadcast_topic(app_key, msg_id))
-        if inboxes or broadcasts:
-            log.info("expired inboxes=%d broadcasts=%d", len(inboxes), len(broadcasts))
-        return len(inboxes) + len(broadcasts)
+        return await self._dispatcher.expire()
 
     async def _policies(self, due: list[DueDelivery]) -> dict[str, SendPolicy]:
         settings: dict[str, dict[str, Any]] = {}
@@ -128,7 +121,14 @@ class Scheduler:
                 if d.fanout == "topic"
                 else topics.inbox_topic(d.app_key, d.device_id, d.msg_id)
             )
-            await self._publisher.publish(topic, payload, qos=1, retain=True)
+            expires_at = envelope.get("expires_at")
+            await self._publisher.publish(
+                topic,
+                payload,
+                qos=1,
+                retain=True,
+                expires_at=float(expires_at) if isinstance(expires_at, int | float) else None,
+            )
             more = count < sp.repush_max and sp.repush_after is not None
             nxt = self._clock.now() + sp.repush_after if more and sp.repush_after is not None else None
             await self._store.run(self._store.mark_repushed, d.msg_id, d.device_id, nxt)

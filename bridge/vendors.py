@@ -1,6 +1,8 @@
 """Forwarding to vendor channels: retries with backoff and jitter (honouring Retry-After), a rate
 limit per vendor, dead tokens removed, auth failures raised as an app-level alarm, and every
-outcome stored on the delivery (``forwarded(vendor)`` or ``failed(reason)``)."""
+outcome stored on the delivery (``forwarded(vendor)`` or ``failed(reason)``, with the attempts
+made). A sender that has another way to deliver (``on_failure``) gets the failures instead of
+``failed``."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import asyncio
 import importlib
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ from bridge.channels.base import (
 from mqttpush.clock import Clock
 from mqttpush.errors import InvalidContent
 from mqttpush.store import Store
+from mqttpush.store.vendors import VendorOutcome
 
 log = logging.getLogger("mqttpush.vendors")
 
@@ -32,6 +35,9 @@ _SLICE = 200
 
 ChannelFactory = Callable[[str, dict[str, Any]], Channel]
 """``(vendor, stored config) -> Channel``."""
+
+OnFailure = Callable[[list[tuple["Forward", str]]], Awaitable[None]]
+"""Told ``(forward, "vendor: reason")`` for each send that failed for good, instead of ``failed``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,12 +116,18 @@ class VendorGateway:
         for key in [k for k in self._channels if k[0] == app_key]:
             await self._channels.pop(key).close()
 
-    def submit(self, app_key: str, vendor: str, forwards: list[Forward]) -> None:
-        """Forward in the background; outcomes land in the store."""
+    def submit(
+        self, app_key: str, vendor: str, forwards: list[Forward], on_failure: OnFailure | None = None
+    ) -> None:
+        """Forward in the background; outcomes land in the store.
+
+        With ``on_failure``, a delivery the vendor could not carry does not become ``failed``: it
+        is handed to ``on_failure`` (the vendor failure still counts, a dead token is still removed).
+        """
         if not forwards:
             return
         self._idle.clear()
-        task = asyncio.ensure_future(self._run(app_key, vendor, forwards))
+        task = asyncio.ensure_future(self._run(app_key, vendor, forwards, on_failure))
         self._pending.add(task)
         task.add_done_callback(self._done)
 
@@ -147,10 +159,15 @@ class VendorGateway:
             self._limits[key] = _RateLimit(self._clock, float(config.get("rate_per_second", self._rate)))
         return self._channels[key]
 
-    async def _run(self, app_key: str, vendor: str, forwards: list[Forward]) -> None:
+    async def _run(
+        self, app_key: str, vendor: str, forwards: list[Forward], on_failure: OnFailure | None
+    ) -> None:
         channel = await self._channel(app_key, vendor)
         if channel is None:
-            await self._record(app_key, vendor, [(f, "failed", "no credentials") for f in forwards])
+            missing: list[tuple[Forward, str, str | None]] = [
+                (f, "failed", "no credentials") for f in forwards
+            ]
+            await self._record(app_key, vendor, missing, 0, on_failure)
             return
         attempt, todo = 0, forwards
         while todo:
@@ -178,7 +195,7 @@ class VendorGateway:
                 else:
                     retry.append(f)
                     wait = max(wait, outcome.after or 0.0)
-            await self._record(app_key, vendor, outcomes)
+            await self._record(app_key, vendor, outcomes, attempt, on_failure)
             if retry:
                 backoff = min(self._max_backoff, self._backoff * 2 ** (attempt - 1))
                 await self._clock.sleep(max(wait, backoff * random.uniform(0.5, 1.0)))
@@ -195,11 +212,25 @@ class VendorGateway:
             return Retry(reason=f"channel error: {exc!r}")
 
     async def _record(
-        self, app_key: str, vendor: str, outcomes: list[tuple[Forward, str, str | None]]
+        self,
+        app_key: str,
+        vendor: str,
+        outcomes: list[tuple[Forward, str, str | None]],
+        attempts: int,
+        on_failure: OnFailure | None,
     ) -> None:
-        if outcomes:
-            rows = [(f.message.msg_id, f.device_id, kind, detail, f.token) for f, kind, detail in outcomes]
-            await self._store.run(self._store.record_vendor_outcomes, app_key, vendor, rows)
+        """Store outcomes reached after ``attempts`` sends each; failures go to ``on_failure`` if given."""
+        if not outcomes:
+            return
+        fallback = on_failure is not None
+        rows = [
+            VendorOutcome(f.message.msg_id, f.device_id, kind, detail, f.token, attempts, fallback)
+            for f, kind, detail in outcomes
+        ]
+        to_inbox = await self._store.run(self._store.record_vendor_outcomes, app_key, vendor, rows)
+        if to_inbox and on_failure is not None:
+            by_key = {(f.message.msg_id, f.device_id): f for f, _, _ in outcomes}
+            await on_failure([(by_key[(o.msg_id, o.device_id)], f"{vendor}: {o.detail}") for o in to_inbox])
 
 
 # --- the channel modules, by vendor name -------------------------------------------------------

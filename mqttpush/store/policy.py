@@ -108,6 +108,16 @@ class PolicyQueries(StoreCore):
         keys = ("msg_id", "kind", "state", "created_at", "next_run_at", "approved_by", "parent_msg_id")
         return [dict(zip(keys, r, strict=True)) for r in rows]
 
+    def message_policies(self, msg_ids: list[str]) -> dict[str, tuple[str, dict[str, Any]]]:
+        """``msg_id -> (app_key, policy)`` for many messages (the bridge re-checks them at start)."""
+        out: dict[str, tuple[str, dict[str, Any]]] = {}
+        for chunk, marks in chunks(list(dict.fromkeys(msg_ids))):
+            for msg_id, app_key, policy in self._conn.execute(
+                f"SELECT msg_id, app_key, policy FROM messages WHERE msg_id IN ({marks})", chunk
+            ):
+                out[msg_id] = (app_key, json.loads(policy))
+        return out
+
     def accepted_devices(self, msg_id: str) -> list[str]:
         return [
             r[0]
@@ -368,7 +378,8 @@ class PolicyQueries(StoreCore):
         now = self.clock.now()
         with self._tx():
             self._conn.execute(
-                "UPDATE deliveries SET repushes = repushes + 1, next_repush_at = ? WHERE msg_id = ? AND device_id = ?",
+                "UPDATE deliveries SET repushes = repushes + 1, attempts = attempts + 1, next_repush_at = ?"
+                " WHERE msg_id = ? AND device_id = ?",
                 (next_at, msg_id, device_id),
             )
             self._conn.execute(

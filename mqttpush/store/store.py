@@ -601,6 +601,7 @@ class Store(TargetingQueries, PolicyQueries, VendorQueries):
 
         One transaction for the whole batch, one ``UPDATE … RETURNING`` per message and chunk of
         devices (a 1,000-device push was 3,000 statements); returns the keys that moved, in order.
+        A move to ``published`` counts one attempt (a send on the MQTT channel).
         """
         now = self.clock.now()
         wanted = list(dict.fromkeys(keys))
@@ -609,15 +610,16 @@ class Store(TargetingQueries, PolicyQueries, VendorQueries):
             by_msg.setdefault(msg_id, []).append(device_id)
         sources = [s.value for s in DeliveryState if advances(s, state)]
         error = detail if state in (DeliveryState.FAILED, DeliveryState.DROPPED) else None
+        attempt = 1 if state is DeliveryState.PUBLISHED else 0
         moved: set[tuple[str, str]] = set()
         with self._tx():
             for msg_id, device_ids in by_msg.items():
                 for chunk, marks in chunks(device_ids, 400):
                     rows = self._conn.execute(
-                        "UPDATE deliveries SET state = ?, updated_at = ?, error = coalesce(?, error)"
-                        f" WHERE msg_id = ? AND device_id IN ({marks})"
+                        "UPDATE deliveries SET state = ?, updated_at = ?, error = coalesce(?, error),"
+                        f" attempts = attempts + ? WHERE msg_id = ? AND device_id IN ({marks})"
                         f" AND state IN ({','.join('?' * len(sources))}) RETURNING device_id",
-                        (state.value, now, error, msg_id, *chunk, *sources),
+                        (state.value, now, error, attempt, msg_id, *chunk, *sources),
                     ).fetchall()
                     moved.update((msg_id, r[0]) for r in rows)
             done = [k for k in wanted if k in moved]
@@ -661,14 +663,16 @@ class Store(TargetingQueries, PolicyQueries, VendorQueries):
         self, app_key: str, device_id: str, msg_id: str, event: ReceiptEvent, now: float
     ) -> str | None:
         msg = self._conn.execute(
-            "SELECT fanout FROM messages WHERE msg_id = ? AND app_key = ?", (msg_id, app_key)
+            "SELECT fanout, expires_at FROM messages WHERE msg_id = ? AND app_key = ?", (msg_id, app_key)
         ).fetchone()
         if msg is None:
             return None
-        fanout = str(msg[0])
+        fanout, expired = str(msg[0]), float(msg[1]) <= now
         row = self._conn.execute(
             "SELECT state FROM deliveries WHERE msg_id = ? AND device_id = ?", (msg_id, device_id)
         ).fetchone()
+        if row is None and fanout == "topic" and expired:
+            return fanout  # too late to join the broadcast
         if row is None and fanout == "topic":
             # A device that registered after the broadcast went out still gets it (retained): count it.
             self._insert_deliveries(msg_id, [device_id], now)
@@ -677,17 +681,18 @@ class Store(TargetingQueries, PolicyQueries, VendorQueries):
         if row is None:
             return None
         current = DeliveryState(row[0])
+        if expired and current in PENDING_STATES:
+            # Past its TTL before the sweep got to it: the device did not have it in time.
+            self._record(msg_id, device_id, DeliveryState.EXPIRED, now, "ttl")
+            return fanout
         new = DeliveryState(event.value)
         if advances(current, new):
             # opened/dismissed imply arrival: keep the arrival time in the history too
             if new is not DeliveryState.ARRIVED and advances(current, DeliveryState.ARRIVED):
                 self._record(msg_id, device_id, DeliveryState.ARRIVED, now, "implied")
             self._record(msg_id, device_id, new, now, None)
-        else:
-            self._conn.execute(
-                "INSERT INTO delivery_events (msg_id, device_id, state, at, detail) VALUES (?, ?, ?, ?, ?)",
-                (msg_id, device_id, new.value, now, f"receipt while {current.value}"),
-            )
+        # A receipt that moves nothing (a late "arrived" after "opened", a repeat) is no transition:
+        # the history stays a forward path.
         return fanout
 
     def pending_deliveries(self) -> list[PendingDelivery]:
@@ -697,21 +702,26 @@ class Store(TargetingQueries, PolicyQueries, VendorQueries):
 
         A live broadcast none of whose deliveries is pending (every device had it, or there was
         none) still comes once, with an empty ``device_id``: its retained topic is what devices
-        that register later receive, so it must be published again too."""
+        that register later receive, so it must be published again too.
+
+        Deliveries past their TTL are marked ``expired`` here, so none is handed out late (call
+        :meth:`expire_due` first to learn which retained topics to clear)."""
         now = self.clock.now()
         marks = ",".join("?" * len(_PENDING))
-        rows = self._conn.execute(
-            "SELECT d.msg_id, m.app_key, d.device_id, d.state, m.envelope, m.expires_at, m.fanout"
-            " FROM deliveries d JOIN messages m ON m.msg_id = d.msg_id"
-            f" WHERE d.state IN ({marks}) AND m.expires_at > ? AND m.state = 'active'"
-            " AND (d.state != 'queued' OR d.not_before IS NULL)"
-            " UNION ALL"
-            " SELECT m.msg_id, m.app_key, '', 'published', m.envelope, m.expires_at, m.fanout"
-            " FROM messages m WHERE m.fanout = 'topic' AND m.state = 'active' AND m.expires_at > ?"
-            " AND m.cleared_at IS NULL AND NOT EXISTS (SELECT 1 FROM deliveries d"
-            f" WHERE d.msg_id = m.msg_id AND d.state IN ({marks})) ORDER BY 1",
-            (*_PENDING, now, now, *_PENDING),
-        )
+        with self._tx():
+            self._expire_deliveries(now)
+            rows = self._conn.execute(
+                "SELECT d.msg_id, m.app_key, d.device_id, d.state, m.envelope, m.expires_at, m.fanout"
+                " FROM deliveries d JOIN messages m ON m.msg_id = d.msg_id"
+                f" WHERE d.state IN ({marks}) AND m.expires_at > ? AND m.state = 'active'"
+                " AND (d.state != 'queued' OR d.not_before IS NULL)"
+                " UNION ALL"
+                " SELECT m.msg_id, m.app_key, '', 'published', m.envelope, m.expires_at, m.fanout"
+                " FROM messages m WHERE m.fanout = 'topic' AND m.state = 'active' AND m.expires_at > ?"
+                " AND m.cleared_at IS NULL AND NOT EXISTS (SELECT 1 FROM deliveries d"
+                f" WHERE d.msg_id = m.msg_id AND d.state IN ({marks})) ORDER BY 1",
+                (*_PENDING, now, now, *_PENDING),
+            ).fetchall()
         return [PendingDelivery(r[0], r[1], r[2], DeliveryState(r[3]), bytes(r[4]), r[5], r[6]) for r in rows]
 
     def expire_due(self) -> tuple[list[tuple[str, str, str]], list[tuple[str, str]]]:
@@ -721,16 +731,8 @@ class Store(TargetingQueries, PolicyQueries, VendorQueries):
         topics (each once, whether or not devices still had it pending).
         """
         now = self.clock.now()
-        marks = ",".join("?" * len(_PENDING))
         with self._tx():
-            rows = self._conn.execute(
-                "SELECT m.app_key, d.device_id, d.msg_id, m.fanout FROM deliveries d"
-                " JOIN messages m ON m.msg_id = d.msg_id"
-                f" WHERE d.state IN ({marks}) AND m.expires_at <= ?",
-                (*_PENDING, now),
-            ).fetchall()
-            for _app_key, device_id, msg_id, _fanout in rows:
-                self._record(msg_id, device_id, DeliveryState.EXPIRED, now, "ttl")
+            rows = self._expire_deliveries(now)
             broadcasts = self._conn.execute(
                 "SELECT app_key, msg_id FROM messages WHERE fanout = 'topic' AND cleared_at IS NULL AND expires_at <= ?",
                 (now,),
@@ -740,6 +742,19 @@ class Store(TargetingQueries, PolicyQueries, VendorQueries):
             )
         inboxes = [(r[0], r[1], r[2]) for r in rows if r[3] != "topic"]
         return inboxes, [(r[0], r[1]) for r in broadcasts]
+
+    def _expire_deliveries(self, now: float) -> list[tuple[str, str, str, str]]:
+        """Pending deliveries past their message's expiry become ``expired``: ``(app, device, msg, fanout)``."""
+        marks = ",".join("?" * len(_PENDING))
+        rows: list[tuple[str, str, str, str]] = self._conn.execute(
+            "SELECT m.app_key, d.device_id, d.msg_id, m.fanout FROM deliveries d"
+            " JOIN messages m ON m.msg_id = d.msg_id"
+            f" WHERE d.state IN ({marks}) AND m.expires_at <= ?",
+            (*_PENDING, now),
+        ).fetchall()
+        for _app_key, device_id, msg_id, _fanout in rows:
+            self._record(msg_id, device_id, DeliveryState.EXPIRED, now, "ttl")
+        return rows
 
     def message_status(self, app_key: str, msg_id: str) -> MessageStatus | None:
         msg = self._conn.execute(

@@ -45,6 +45,21 @@ class DeviceRouting:
     tokens: tuple[tuple[str, str], ...]  # (vendor, token), newest first
 
 
+@dataclass(frozen=True, slots=True)
+class VendorOutcome:
+    """What a vendor said about one delivery, after ``attempts`` sends."""
+
+    msg_id: str
+    device_id: str
+    kind: str
+    """``forwarded``, ``failed`` or ``dropped_token`` (the token is dead: removed from the registry)."""
+    detail: str | None
+    token: str | None
+    attempts: int = 1
+    fallback: bool = False
+    """On failure the MQTT inbox takes over (``mqtt_else_vendor``): the delivery does not fail."""
+
+
 class VendorQueries(StoreCore):
     def set_vendor_token(self, app_key: str, device_id: str, vendor: str, token: str) -> None:
         row = self._conn.execute("SELECT app_key FROM devices WHERE device_id = ?", (device_id,)).fetchone()
@@ -176,37 +191,42 @@ class VendorQueries(StoreCore):
         }
 
     def record_vendor_outcomes(
-        self, app_key: str, vendor: str, outcomes: Iterable[tuple[str, str, str, str | None, str | None]]
-    ) -> None:
-        """Store what the vendor said, one transaction per batch.
+        self, app_key: str, vendor: str, outcomes: Iterable[VendorOutcome]
+    ) -> list[VendorOutcome]:
+        """Store what the vendor said, one transaction per batch; returns the failures to put in the
+        MQTT inbox instead (``fallback`` ones whose delivery is not on MQTT yet).
 
-        Each outcome is ``(msg_id, device_id, kind, detail, token)``; kind is ``forwarded``,
-        ``failed`` or ``dropped_token`` (the token is removed from the registry, the delivery fails).
+        Every outcome adds its attempts to the delivery and its vendor to the delivery's ``channel``
+        (which says what was used: ``apns``, ``fcm,mqtt``); one not published on MQTT yet (still
+        accepted or held) has the vendor as its only channel so far.
         """
         now = self.clock.now()
         counts = {"forwarded": 0, "dropped_tokens": 0, "failed": 0}
+        to_inbox: list[VendorOutcome] = []
         with self._tx():
-            for msg_id, device_id, kind, detail, token in outcomes:
+            for o in outcomes:
+                msg_id, device_id = o.msg_id, o.device_id
                 row = self._conn.execute(
                     "SELECT state, channel FROM deliveries WHERE msg_id = ? AND device_id = ?",
                     (msg_id, device_id),
                 ).fetchone()
                 if row is None:
                     continue
-                channels = set(filter(None, (row[1] or "").split(",")))
-                if kind == "forwarded":
+                waiting = row[0] in ("accepted", "queued")
+                channels = {vendor} if waiting else set(filter(None, (row[1] or "").split(","))) | {vendor}
+                if o.kind != "forwarded" and waiting and o.fallback:
+                    channels.add("mqtt")
+                self._conn.execute(
+                    "UPDATE deliveries SET channel = ?, attempts = attempts + ? WHERE msg_id = ? AND device_id = ?",
+                    (",".join(sorted(channels)), o.attempts, msg_id, device_id),
+                )
+                if o.kind == "forwarded":
                     counts["forwarded"] += 1
                     self._conn.execute(
                         "UPDATE vendor_tokens SET last_used_at = ? WHERE device_id = ? AND vendor = ? AND token = ?",
-                        (now, device_id, vendor, token),
+                        (now, device_id, vendor, o.token),
                     )
-                    # Not published on MQTT (still accepted or held): the vendor is its only channel.
-                    channels = {vendor} if row[0] in ("accepted", "queued") else channels | {vendor}
-                    self._conn.execute(
-                        "UPDATE deliveries SET channel = ?, attempts = attempts + 1 WHERE msg_id = ? AND device_id = ?",
-                        (",".join(sorted(channels)), msg_id, device_id),
-                    )
-                    if row[0] in ("accepted", "queued"):
+                    if waiting:
                         self._record(msg_id, device_id, DeliveryState.FORWARDED, now, vendor)
                     else:
                         self._conn.execute(
@@ -214,20 +234,22 @@ class VendorQueries(StoreCore):
                             (msg_id, device_id, "forwarded", now, vendor),
                         )
                     continue
-                if kind == "dropped_token" and token is not None:
+                if o.kind == "dropped_token" and o.token is not None:
                     counts["dropped_tokens"] += 1
                     self._conn.execute(  # a tombstone: `device show` tells when and why it went
                         "UPDATE vendor_tokens SET removed_at = ?, removed_reason = ?"
                         " WHERE device_id = ? AND vendor = ? AND token = ? AND removed_at IS NULL",
-                        (now, detail, device_id, vendor, token),
+                        (now, o.detail, device_id, vendor, o.token),
                     )
                 counts["failed"] += 1
-                if row[0] in ("accepted", "queued"):
-                    self._record(msg_id, device_id, DeliveryState.FAILED, now, f"{vendor}: {detail}")
+                if waiting and o.fallback:
+                    to_inbox.append(o)  # its history entry comes with the MQTT publish
+                elif waiting:
+                    self._record(msg_id, device_id, DeliveryState.FAILED, now, f"{vendor}: {o.detail}")
                 else:  # also on MQTT: the delivery goes on; the vendor copy failed
                     self._conn.execute(
                         "INSERT INTO delivery_events (msg_id, device_id, state, at, detail) VALUES (?,?,?,?,?)",
-                        (msg_id, device_id, "failed", now, f"{vendor}: {detail}"),
+                        (msg_id, device_id, "failed", now, f"{vendor}: {o.detail}"),
                     )
             self._conn.execute(
                 "INSERT INTO vendor_counters (app_key, vendor, forwarded, dropped_tokens, failed) VALUES (?,?,?,?,?)"
@@ -235,3 +257,4 @@ class VendorQueries(StoreCore):
                 " dropped_tokens = dropped_tokens + excluded.dropped_tokens, failed = failed + excluded.failed",
                 (app_key, vendor, counts["forwarded"], counts["dropped_tokens"], counts["failed"]),
             )
+        return to_inbox
