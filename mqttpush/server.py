@@ -132,10 +132,11 @@ class _Tasks:
 class BrokerNode:
     """The broker with store-backed authentication and presence (``mqttpush broker``, and inside ``serve``)."""
 
-    def __init__(self, config: ServerConfig, store: Store) -> None:
+    def __init__(self, config: ServerConfig, store: Store, clock: Clock | None = None) -> None:
         self.store = store
         self.presence = _Presence(store)
         self.broker = PushBroker(
+            clock=clock or SystemClock(),  # message expiry on the same clock as the bridge
             host=config.host,
             port=config.mqtt_port,
             authenticator=self._authenticate,
@@ -307,7 +308,7 @@ class EmbeddedServer:
         self.config = config
         self.clock = clock or SystemClock()
         self.store = Store(config.data_dir, self.clock, broker_hasher=mosquitto.password_hash)
-        self.broker_node = BrokerNode(config, self.store)
+        self.broker_node = BrokerNode(config, self.store, self.clock)
         self.broker = self.broker_node.broker
         self.bridge = BridgeNode(
             config, self.store, BrokerPublisher(self.broker), self.clock, lambda: self.broker.port
@@ -406,7 +407,7 @@ class BridgeServer:
     async def __aenter__(self) -> BridgeServer:
         if self.bridge.mosquitto is not None:
             await self.bridge.mosquitto.sync()  # the service account must exist before we log in
-        # A broker that comes back without our session lost its retained messages (DESIGN §8):
+        # A broker that comes back without our session lost its retained messages (docs/split.md):
         # re-publish from the store as at start, which the first connect leaves to bridge.start().
         await self.publisher.start(self.bridge.on_message, on_session_lost=self.bridge.dispatcher.recover)
         await self.bridge.start()
