@@ -1,4 +1,4 @@
-"""``DeviceClient``: a device of the push service in Python (paho-mqtt), per DESIGN §2.
+"""``DeviceClient``: a device of the push service in Python (paho-mqtt), per docs/protocol.md.
 
     client = DeviceClient.from_server("http://127.0.0.1:8080", device_id, device_token,
                                       on_message=lambda msg: print(msg["title"]))

@@ -124,7 +124,7 @@ class _GroupCommitter:
     """The store thread. Calls that queue up while one runs are run together in one transaction,
     each in its own savepoint (a failing call rolls back only its own writes), with one COMMIT for
     all: under load most of the store's time was COMMITs. Every caller learns its result only
-    after the commit, so "accepted" still means "on disk" (DESIGN §1)."""
+    after the commit, so "accepted" still means "on disk" (docs/architecture.md)."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
@@ -697,7 +697,7 @@ class Store(TargetingQueries, PolicyQueries, VendorQueries):
 
     def pending_deliveries(self) -> list[PendingDelivery]:
         """Every undelivered, unexpired delivery of a message that is out: what the bridge re-publishes
-        at start, and whenever the broker lost its retained messages (DESIGN §8). Drafts and
+        at start, and whenever the broker lost its retained messages (docs/split.md). Drafts and
         scheduled messages wait for their time; held deliveries for theirs.
 
         A live broadcast none of whose deliveries is pending (every device had it, or there was
