@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from mqttpush.clock import zone
 from mqttpush.errors import InvalidContent
@@ -177,14 +178,29 @@ class Schedule:
         if self.count is not None and done >= self.count:
             return None
         tz = zone(self.tz)
-        nxt = self.cron.next_after(datetime.fromtimestamp(t, tz))
-        if nxt is None:
-            return None
-        when = nxt.timestamp()
-        return None if self.until is not None and when > self.until else when
+        # Walk wall-clock minutes; in the hour a DST fall-back repeats, one wall time is two
+        # instants, so take the first one after ``t`` (arithmetic on aware times drops the fold).
+        local = datetime.fromtimestamp(t, tz).replace(tzinfo=None)
+        while (nxt := self.cron.next_after(local)) is not None:
+            when = instant_after(nxt, tz, t)
+            if when is not None:
+                return None if self.until is not None and when > self.until else when
+            local = nxt
+        return None
 
 
 # --- quiet hours and caps -----------------------------------------------------------------------
+
+
+def instant_after(wall: datetime, tz: ZoneInfo, t: float) -> float | None:
+    """The first instant after ``t`` at which clocks in ``tz`` show ``wall`` (naive or aware;
+    two candidates in a repeated hour, one elsewhere; a time in a skipped hour maps past it)."""
+    wall = wall.replace(tzinfo=None)
+    first, second = (wall.replace(tzinfo=tz, fold=f).timestamp() for f in (0, 1))
+    # In a gap fold=1 reads the wall time with the offset after the jump (an instant before it):
+    # only fold=0, which lands as far past the gap as the wall time was into it, is meant.
+    later = [w for w in ((first, second) if first <= second else (first,)) if w > t]
+    return min(later) if later else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,17 +257,20 @@ def gate(
         if over_cap == "drop":
             return DeviceGate("drop", reason="capped")
         tomorrow = local.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
-        return gate_later(tomorrow, quiet, "capped")
+        return gate_later(tomorrow, quiet, "capped", now, tzinfo)
     if quiet is not None:
         end = quiet.ends_at(local)
         if end is not None:
-            return DeviceGate("hold", until=end.timestamp(), reason="quiet_hours")
+            return DeviceGate("hold", until=instant_after(end, tzinfo, now) or now, reason="quiet_hours")
     return DeviceGate("send")
 
 
-def gate_later(local: datetime, quiet: QuietHours | None, reason: str) -> DeviceGate:
+def gate_later(
+    local: datetime, quiet: QuietHours | None, reason: str, now: float, tz: ZoneInfo
+) -> DeviceGate:
+    """Hold until ``local`` (wall time in ``tz``), or past the quiet window it falls in."""
     end = quiet.ends_at(local) if quiet is not None else None
-    return DeviceGate("hold", until=(end or local).timestamp(), reason=reason)
+    return DeviceGate("hold", until=instant_after(end or local, tz, now) or now, reason=reason)
 
 
 def local_midnight(now: float, tz: str | None) -> float:

@@ -209,6 +209,22 @@ def test_spring_forward_fires_at_the_shifted_time_after_now() -> None:
     assert nxt == utc(2026, 3, 29, 1, 30)  # 03:30 CEST, an hour after 01:30 UTC's wall 02:30 CET would be
 
 
+def test_fall_back_second_pass_fires_at_the_second_wall_time() -> None:
+    schedule = Schedule.parse({"daily": "02:30", "tz": "Europe/Berlin"})
+    assert schedule.next_after(utc(2026, 10, 25, 1, 10)) == utc(2026, 10, 25, 1, 30)  # 02:30 CET
+    # after firing at 02:30 CEST (first pass) the next is the next day's, not 02:30 CET
+    assert schedule.next_after(utc(2026, 10, 25, 0, 30)) == utc(2026, 10, 26, 1, 30)
+
+
+def test_quiet_hours_ending_in_the_repeated_hour_hold_until_after_now() -> None:
+    # Quiet 01:00-02:30 in Berlin; at 02:10 CET (the second pass) the window ends at 02:30 CET,
+    # not at 02:30 CEST an hour ago.
+    quiet = QuietHours.parse({"start": "01:00", "end": "02:30"})
+    now = utc(2026, 10, 25, 1, 10)
+    decision = gate(now, "Europe/Berlin", quiet, None, 0)
+    assert decision == DeviceGate("hold", until=utc(2026, 10, 25, 1, 30), reason="quiet_hours")
+
+
 def test_fall_back_first_pass_fires_once_that_day() -> None:
     # Europe/Berlin, 25 October 2026: 03:00 CEST becomes 02:00 CET; 02:xx happens twice.
     schedule = Schedule.parse({"daily": "02:30", "tz": "Europe/Berlin"})
@@ -216,11 +232,6 @@ def test_fall_back_first_pass_fires_once_that_day() -> None:
     assert schedule.next_after(t) == utc(2026, 10, 25, 0, 30)  # 02:30 CEST
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: policy.Cron.next_after adds minutes to an aware local time, which drops fold=1;"
-    " in the repeated hour after a DST fall-back the next fire time is an hour in the past",
-)
 @pytest.mark.parametrize("spec", [{"cron": "*/5 * * * *"}, {"daily": "02:30"}])
 def test_fall_back_second_pass_is_still_strictly_after_now(spec: dict[str, str]) -> None:
     schedule = Schedule.parse(spec | {"tz": "Europe/Berlin"})
