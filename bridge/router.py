@@ -23,7 +23,7 @@ GRACE_SECONDS = 60.0
 # Which vendor a platform prefers when a device has several tokens.
 _PREFERENCE = {
     "ios": ("apns", "fcm", "webpush"),
-    "android": ("hms", "mipush", "fcm", "webpush"),
+    "android": ("fcm", "hms", "mipush", "webpush"),  # HMS / MiPush first only by channel, below
     "web": ("webpush", "fcm"),
     "iot": ("fcm", "webpush"),
 }

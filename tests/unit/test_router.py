@@ -1,4 +1,4 @@
-"""The router (DESIGN §4, docs/vendors.md §3), without sockets: facts in, a route out."""
+"""The router (docs/vendors.md §3), without sockets: facts in, a route out."""
 
 from __future__ import annotations
 
@@ -135,8 +135,9 @@ SEVERAL = (WEB, FCM, MI, HMS, APNS)  # newest first, in an order no preference f
         ("android", "HONOR", SEVERAL, ALL, HMS),  # case does not matter
         ("android", "xiaomi", SEVERAL, ALL, MI),
         ("android", "mi", SEVERAL, ALL, MI),
-        ("android", "xiaomi", SEVERAL, frozenset({"fcm", "hms"}), HMS),  # mipush not configured
-        ("android", "xiaomi", (FCM, HMS), ALL, HMS),  # no regid: the platform order
+        ("android", "xiaomi", SEVERAL, frozenset({"fcm", "hms"}), FCM),  # mipush not configured: FCM
+        ("android", "xiaomi", (FCM, HMS), ALL, FCM),  # no regid: the platform order, FCM first
+        ("android", None, (HMS, MI), ALL, HMS),  # no FCM token: HMS before MiPush
         ("android", "samsung", (WEB, FCM), ALL, FCM),
         ("android", None, (WEB, FCM), ALL, FCM),
         ("android", None, (WEB, MI), ALL, MI),  # no FCM token: the regid beats WebPush
@@ -161,11 +162,6 @@ def test_pick_token(
     assert pick_token(Facts(platform=platform, channel=channel, tokens=tokens), configured) == expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: bridge/router.py ranks hms and mipush before fcm for every Android device;"
-    " docs/vendors.md §3 says HMS on huawei/honor, MiPush on xiaomi, else FCM",
-)
 @pytest.mark.parametrize("channel", [None, "samsung", "oppo"])
 def test_android_without_a_vendor_channel_prefers_fcm(channel: str | None) -> None:
     device = Facts(platform="android", channel=channel, tokens=(HMS, MI, FCM))
