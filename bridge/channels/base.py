@@ -35,7 +35,7 @@ class PushMessage:
 
     msg_id: str
     envelope: dict[str, Any]
-    """The device envelope (DESIGN §2): id, app, type ("notification"|"message"), title, body, data,
+    """The device envelope (docs/protocol.md): id, app, type ("notification"|"message"), title, body, data,
     sent_at, expires_at, and optional image, url, sound, badge, category."""
     ttl: int
     """Seconds left until the message expires (>= 0)."""

@@ -91,7 +91,7 @@ _REFRESHABLE = frozenset({"oauth_error", "oauth_token_expired", "unauthorized"})
 
 @dataclass(frozen=True, slots=True)
 class HmsCredentials:
-    """The ``hms`` object of VENDORS.json (DESIGN §7)."""
+    """The ``hms`` object of VENDORS.json (docs/vendors.md)."""
 
     app_id: str
     client_id: str

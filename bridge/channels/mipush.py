@@ -93,7 +93,7 @@ _FAIL = {
 
 @dataclass(frozen=True, slots=True)
 class MiPushCredentials:
-    """The ``mipush`` object of VENDORS.json (DESIGN §7)."""
+    """The ``mipush`` object of VENDORS.json (docs/vendors.md)."""
 
     app_secret: str = field(repr=False)
     package_name: str

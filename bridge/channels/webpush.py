@@ -68,7 +68,7 @@ _TOPIC = re.compile(r"[A-Za-z0-9_-]{1,32}")
 
 @dataclass(frozen=True, slots=True)
 class WebPushCredentials:
-    """The ``webpush`` object of VENDORS.json (DESIGN §7) with the app's VAPID key pair."""
+    """The ``webpush`` object of VENDORS.json (docs/vendors.md) with the app's VAPID key pair."""
 
     subject: str
     """``mailto:`` or ``https:`` contact for the push service operator (the JWT ``sub``)."""
