@@ -44,51 +44,63 @@ def _print_task(doc: dict[str, Any]) -> None:
     click.echo(f"task {doc['task_id']} {doc['state']}  {counts}")
 
 
-def _task_command(name: str, doc: str, call: Callable[[PushClient, str], dict[str, Any]]) -> None:
-    @task.command(name, help=doc)
-    @click.argument("task_id")
-    @auth_options
-    @json_option
-    def command(task_id: str, url: str, app_key: str, app_secret: str, as_json: bool) -> None:
-        with errors(), push_client(url, app_key, app_secret) as client:
-            doc = call(client, task_id)
-        emit(doc, as_json, lambda: _print_task(doc))
+def _by_id(
+    name: str,
+    doc: str,
+    argument: str,
+    call: Callable[[PushClient, str], dict[str, Any]],
+    human: Callable[[str, dict[str, Any]], None],
+) -> click.Command:
+    """A command that calls the API with one id and prints the answer."""
 
-
-_task_command(
-    "status",
-    "Progress of a task: targeted, published, forwarded, arrived, opened, failed.",
-    lambda c, t: c.task(t),
-)
-_task_command(
-    "cancel",
-    "Stop a running task; deliveries not yet published become 'cancelled'.",
-    lambda c, t: c.cancel_task(t),
-)
-
-
-def _message_command(name: str, doc: str, call: Callable[[PushClient, str], dict[str, Any]]) -> click.Command:
     @click.command(name, help=doc)
-    @click.argument("msg_id")
+    @click.argument(argument)
     @auth_options
     @json_option
-    def command(msg_id: str, url: str, app_key: str, app_secret: str, as_json: bool) -> None:
+    def command(url: str, app_key: str, app_secret: str, as_json: bool, **ids: str) -> None:
+        (the_id,) = ids.values()
         with errors(), push_client(url, app_key, app_secret) as client:
-            doc = call(client, msg_id)
-        emit(doc, as_json, lambda: click.echo(f"{msg_id}: {doc.get('state', doc)}"))
+            answer = call(client, the_id)
+        emit(answer, as_json, lambda: human(the_id, answer))
 
     return command
 
 
-cancel = _message_command(
+def _print_state(msg_id: str, doc: dict[str, Any]) -> None:
+    click.echo(f"{msg_id}: {doc.get('state', doc)}")
+
+
+task.add_command(
+    _by_id(
+        "status",
+        "Progress of a task: targeted, published, forwarded, arrived, opened, failed.",
+        "task_id",
+        lambda c, t: c.task(t),
+        lambda _t, d: _print_task(d),
+    )
+)
+task.add_command(
+    _by_id(
+        "cancel",
+        "Stop a running task; deliveries not yet published become 'cancelled'.",
+        "task_id",
+        lambda c, t: c.cancel_task(t),
+        lambda _t, d: _print_task(d),
+    )
+)
+cancel = _by_id(
     "cancel",
     "Stop a message not yet (fully) sent: a draft, a scheduled send, a series, a running task.",
+    "msg_id",
     lambda c, m: c.cancel(m),
+    _print_state,
 )
-recall = _message_command(
+recall = _by_id(
     "recall",
     "Take a sent message back from devices that have not opened it (revoke).",
+    "msg_id",
     lambda c, m: c.recall(m),
+    _print_state,
 )
 
 

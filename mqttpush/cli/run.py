@@ -88,26 +88,16 @@ def listener_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
-def _listeners(
-    ws_port: int | None,
-    tls_cert: Path | None,
-    tls_key: Path | None,
-    mqtts_port: int | None,
-    wss_port: int | None,
-) -> dict[str, Any]:
-    """The listener fields of ServerConfig, checked: a TLS port needs both the certificate and key."""
-    if (tls_cert is None) != (tls_key is None):
+def _config(options: dict[str, Any]) -> ServerConfig:
+    """The command's flags (named as ServerConfig fields) as a config; TLS listeners need both
+    the certificate and the key."""
+    cert, key = options.get("tls_cert"), options.get("tls_key")
+    if (cert is None) != (key is None):
         raise click.BadParameter("give both --tls-cert and --tls-key", param_hint="--tls-cert/--tls-key")
-    for flag, value in (("--mqtts-port", mqtts_port), ("--wss-port", wss_port)):
-        if value is not None and tls_cert is None:
+    for flag, name in (("--mqtts-port", "mqtts_port"), ("--wss-port", "wss_port")):
+        if options.get(name) is not None and cert is None:
             raise click.BadParameter("needs --tls-cert and --tls-key", param_hint=flag)
-    return {
-        "ws_port": ws_port,
-        "tls_cert": tls_cert,
-        "tls_key": tls_key,
-        "mqtts_port": mqtts_port,
-        "wss_port": wss_port,
-    }
+    return ServerConfig(**options)
 
 
 def bridge_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -170,30 +160,11 @@ def _run_until_signal(
 @bridge_options
 @log_level_option
 @json_option
-def serve(
-    data_dir: Path,
-    host: str,
-    mqtt_port: int,
-    http_port: int,
-    public_mqtt_url: str | None,
-    max_envelope_bytes: int,
-    log_level: str,
-    as_json: bool,
-    **listeners: Any,
-) -> None:
+def serve(as_json: bool, **options: Any) -> None:
     """Run broker, bridge and HTTP API in one process (embedded defaults)."""
     from mqttpush.server import EmbeddedServer
 
-    config = ServerConfig(
-        data_dir=data_dir,
-        host=host,
-        mqtt_port=mqtt_port,
-        http_port=http_port,
-        public_mqtt_url=public_mqtt_url,
-        max_envelope_bytes=max_envelope_bytes,
-        log_level=log_level,
-        **_listeners(**listeners),
-    )
+    config = _config(options)
     _run_until_signal(
         lambda: EmbeddedServer(config),
         lambda s: {
@@ -201,14 +172,14 @@ def serve(
             **s.broker_node.listener_ports(),
             "http_port": s.http_port,
             "http_url": s.http_url,
-            "data_dir": str(data_dir),
+            "data_dir": str(config.data_dir),
         },
         lambda s: (
-            f"mqttpush {__version__} serving mqtt://{host}:{s.mqtt_port} and {s.http_url}"
-            f" (data in {data_dir}); Ctrl-C stops"
+            f"mqttpush {__version__} serving mqtt://{config.host}:{s.mqtt_port} and {s.http_url}"
+            f" (data in {config.data_dir}); Ctrl-C stops"
         ),
         as_json,
-        log_level,
+        config.log_level,
     )
 
 
@@ -220,21 +191,20 @@ def serve(
 @listener_options
 @log_level_option
 @json_option
-def broker(
-    data_dir: Path, host: str, mqtt_port: int, log_level: str, as_json: bool, **listeners: Any
-) -> None:
+def broker(as_json: bool, **options: Any) -> None:
     """Run the broker alone (devices authenticate against the store in --data-dir)."""
     from mqttpush.server import BrokerServer
 
-    config = ServerConfig(
-        data_dir=data_dir, host=host, mqtt_port=mqtt_port, log_level=log_level, **_listeners(**listeners)
-    )
+    config = _config(options)
     _run_until_signal(
         lambda: BrokerServer(config),
-        lambda s: {"mqtt_port": s.mqtt_port, **s.node.listener_ports(), "data_dir": str(data_dir)},
-        lambda s: f"mqttpush broker serving mqtt://{host}:{s.mqtt_port} (data in {data_dir}); Ctrl-C stops",
+        lambda s: {"mqtt_port": s.mqtt_port, **s.node.listener_ports(), "data_dir": str(config.data_dir)},
+        lambda s: (
+            f"mqttpush broker serving mqtt://{config.host}:{s.mqtt_port} (data in {config.data_dir});"
+            " Ctrl-C stops"
+        ),
         as_json,
-        log_level,
+        config.log_level,
     )
 
 
@@ -267,41 +237,20 @@ def broker(
 )
 @log_level_option
 @json_option
-def bridge(
-    broker_url: str,
-    data_dir: Path,
-    host: str,
-    http_port: int,
-    public_mqtt_url: str | None,
-    max_envelope_bytes: int,
-    mosquitto_dir: Path | None,
-    mosquitto_pid_file: Path | None,
-    log_level: str,
-    as_json: bool,
-) -> None:
+def bridge(as_json: bool, **options: Any) -> None:
     """Run bridge, HTTP API and scheduler against an MQTT broker, as its privileged client."""
     from mqttpush.server import BridgeServer
 
-    config = ServerConfig(
-        data_dir=data_dir,
-        host=host,
-        http_port=http_port,
-        public_mqtt_url=public_mqtt_url,
-        max_envelope_bytes=max_envelope_bytes,
-        log_level=log_level,
-        broker_url=broker_url,
-        mosquitto_dir=mosquitto_dir,
-        mosquitto_pid_file=mosquitto_pid_file,
-    )
+    config = _config(options)
     _run_until_signal(
         lambda: BridgeServer(config),
         lambda s: {
             "http_port": s.http_port,
             "http_url": s.http_url,
-            "broker": broker_url,
-            "data_dir": str(data_dir),
+            "broker": config.broker_url,
+            "data_dir": str(config.data_dir),
         },
-        lambda s: f"mqttpush bridge on {broker_url}, API at {s.http_url}; Ctrl-C stops",
+        lambda s: f"mqttpush bridge on {config.broker_url}, API at {s.http_url}; Ctrl-C stops",
         as_json,
-        log_level,
+        config.log_level,
     )
