@@ -61,6 +61,16 @@ class Outbound:
     """A hold that ended: pacing already gave these their slot (quiet hours and caps are checked again)."""
 
 
+@dataclass(slots=True)
+class _Send:
+    """One message of a batch on its way: the devices policy lets through now, then those routed to MQTT."""
+
+    out: Outbound
+    expires_at: float | None
+    devices: tuple[str, ...]
+    mqtt: tuple[str, ...] = ()
+
+
 class Dispatcher:
     def __init__(self, store: Store, publisher: Publisher, clock: Clock | None = None) -> None:
         self._store = store
@@ -151,38 +161,50 @@ class Dispatcher:
             batch = [(await self._queue.get())[2]]
             while not self._queue.empty() and len(batch) < _BATCH:
                 batch.append(self._queue.get_nowait()[2])
-            for out in batch:
-                expires_at = _expires_at(out.payload)
-                if expires_at is not None and expires_at <= self._clock.now():
-                    await self._expired(out)
-                    continue
-                if out.broadcast:
-                    await self._publish_broadcast(out, expires_at)
-                    continue
-                device_ids = await self._route(out, await self._apply_policy(out))
-                published: list[tuple[str, str]] = []
-                for i in range(0, len(device_ids), _CONCURRENCY):
-                    chunk = device_ids[i : i + _CONCURRENCY]
-                    # Many publishes in flight at once: over a socket (split mode) each waits for its PUBACK.
-                    results = await asyncio.gather(
-                        *(self._publish_inbox(out, d, expires_at) for d in chunk), return_exceptions=True
-                    )
-                    for device_id, result in zip(chunk, results, strict=True):
-                        if isinstance(result, BaseException):
-                            # The delivery stays pending in the store; the next start re-publishes it.
-                            log.error(
-                                "publish failed msg_id=%s device_id=%s: %r", out.msg_id, device_id, result
-                            )
-                        else:
-                            published.append((out.msg_id, device_id))
-                if published:
-                    moved = await self._store.run(self._store.transition, published, DeliveryState.PUBLISHED)
-                    if len(moved) != len(published):
-                        await self._take_back(set(published) - set(moved))
-                    await self._after_publish(out, [d for _, d in moved])
-                self._forward(out)
+            await self._dispatch(batch)
             if self._queue.empty():
                 self._idle.set()
+
+    async def _dispatch(self, batch: list[Outbound]) -> None:
+        """Publish a batch of messages together: one routing read, concurrent publishes, one
+        ``published`` transition and one inbox-bound check for all of them (a burst of
+        single-device pushes costs a few store calls, not a few per push)."""
+        now = self._clock.now()
+        sends: list[_Send] = []
+        for out in batch:
+            expires_at = _expires_at(out.payload)
+            if expires_at is not None and expires_at <= now:
+                await self._expired(out)
+            elif out.broadcast:
+                await self._publish_broadcast(out, expires_at)
+            else:
+                sends.append(_Send(out, expires_at, await self._apply_policy(out)))
+        await self._route(sends)
+        todo = [(send, device_id) for send in sends for device_id in send.mqtt]
+        published: list[tuple[str, str]] = []
+        for i in range(0, len(todo), _CONCURRENCY):
+            chunk = todo[i : i + _CONCURRENCY]
+            # Many publishes in flight at once: over a socket (split mode) each waits for its PUBACK.
+            results = await asyncio.gather(
+                *(self._publish_inbox(send.out, d, send.expires_at) for send, d in chunk),
+                return_exceptions=True,
+            )
+            for (send, device_id), result in zip(chunk, results, strict=True):
+                if isinstance(result, BaseException):
+                    # The delivery stays pending in the store; the next start re-publishes it.
+                    log.error("publish failed msg_id=%s device_id=%s: %r", send.out.msg_id, device_id, result)
+                else:
+                    published.append((send.out.msg_id, device_id))
+        if published:
+            moved = await self._store.run(self._store.transition, published, DeliveryState.PUBLISHED)
+            if len(moved) != len(published):
+                await self._take_back(set(published) - set(moved))
+            by_msg: dict[str, list[str]] = {}
+            for msg_id, device_id in moved:
+                by_msg.setdefault(msg_id, []).append(device_id)
+            await self._after_publish([(send.out, by_msg.get(send.out.msg_id, [])) for send in sends])
+        for send in sends:
+            self._forward(send.out)
 
     async def _apply_policy(self, out: Outbound) -> tuple[str, ...]:
         """Quiet hours, caps and pacing: which devices get it now (the others are held or dropped)."""
@@ -230,37 +252,41 @@ class Dispatcher:
                 self.on_hold()
         return tuple(devices)
 
-    async def _route(self, out: Outbound, device_ids: tuple[str, ...]) -> tuple[str, ...]:
-        """Split devices between MQTT and vendor channels (bridge/router.py); returns the MQTT ones.
-
-        The vendor half is sent after the MQTT publishes (``_forward``), so a vendor failure never
-        overtakes an MQTT copy that is still on its way.
-        """
+    async def _route(self, sends: list[_Send]) -> None:
+        """Split each message's devices between MQTT and vendor channels (bridge/router.py): sets
+        ``send.mqtt``; the vendor half is sent after the MQTT publishes (``_forward``), so a vendor
+        failure never overtakes an MQTT copy that is still on its way."""
         gateway = self.gateway
-        if gateway is None or not device_ids or out.policy.strategy == "mqtt":
-            return device_ids
-        configured = await gateway.configured(out.app_key)
-        if not configured and out.policy.strategy != "vendor":
-            return device_ids
-        facts = await self._store.run(self._store.route_facts, list(device_ids))
+        routed: list[tuple[_Send, frozenset[str]]] = []
+        for send in sends:
+            send.mqtt = send.devices
+            if gateway is None or not send.devices or send.out.policy.strategy == "mqtt":
+                continue
+            configured = await gateway.configured(send.out.app_key)
+            if configured or send.out.policy.strategy == "vendor":
+                routed.append((send, configured))
+        if not routed:
+            return
+        wanted = list(dict.fromkeys(d for send, _ in routed for d in send.devices))
+        facts = await self._store.run(self._store.route_facts, wanted)
         now = self._clock.now()
-        mqtt: list[str] = []
-        forwards: dict[str, list[tuple[str, str]]] = {}
-        impossible: list[str] = []
-        for device_id in device_ids:
-            r = route(out.policy.strategy, facts[device_id], configured, now)
-            if r.mqtt:
-                mqtt.append(device_id)
-            if r.vendor is not None and r.token is not None:
-                forwards.setdefault(r.vendor, []).append((device_id, r.token))
-            elif r.failure is not None:
-                impossible.append(device_id)
-        if impossible:
-            await self._store.run(
-                self._store.drop, out.msg_id, impossible, "no_vendor_token", DeliveryState.FAILED
-            )
-        self._vendor_plan[out.msg_id] = forwards
-        return tuple(mqtt)
+        for send, configured in routed:
+            out, mqtt, impossible = send.out, [], []
+            forwards: dict[str, list[tuple[str, str]]] = {}
+            for device_id in send.devices:
+                r = route(out.policy.strategy, facts[device_id], configured, now)
+                if r.mqtt:
+                    mqtt.append(device_id)
+                if r.vendor is not None and r.token is not None:
+                    forwards.setdefault(r.vendor, []).append((device_id, r.token))
+                elif r.failure is not None:
+                    impossible.append(device_id)
+            if impossible:
+                await self._store.run(
+                    self._store.drop, out.msg_id, impossible, "no_vendor_token", DeliveryState.FAILED
+                )
+            self._vendor_plan[out.msg_id] = forwards
+            send.mqtt = tuple(mqtt)
 
     def _forward(self, out: Outbound) -> None:
         plan = self._vendor_plan.pop(out.msg_id, None)
@@ -298,7 +324,7 @@ class Dispatcher:
             if len(moved) != len(keys):
                 await self._take_back(set(keys) - set(moved))
             moved_all += [d for _, d in moved]
-        await self._after_publish(out, moved_all)
+        await self._after_publish([(out, moved_all)])
 
     async def _expired(self, out: Outbound) -> None:
         """A message whose TTL passed before its turn (a long hold, a queue): expired, never published."""
@@ -313,22 +339,30 @@ class Dispatcher:
         for app_key, device_id, msg_id in ended:
             await self._publisher.clear_retained(topics.inbox_topic(app_key, device_id, msg_id))
 
-    async def _after_publish(self, out: Outbound, device_ids: list[str]) -> None:
-        if not device_ids:
-            return
-        sp, store = out.policy, self._store
-        if sp.repush_after is not None:
-            await store.run(
-                store.set_repush, [(out.msg_id, d) for d in device_ids], self._clock.now() + sp.repush_after
-            )
-            if self.on_hold is not None:
-                self.on_hold()
-        overflow = await store.run(store.inbox_overflow, device_ids, sp.inbox_limit)
-        for app_key, device_id, msg_id in overflow:
-            await self._publisher.clear_retained(topics.inbox_topic(app_key, device_id, msg_id))
-            await store.run(store.drop, msg_id, [device_id], "inbox_full")
-        if overflow:
-            log.info("inbox bound: dropped=%d", len(overflow))
+    async def _after_publish(self, published: list[tuple[Outbound, list[str]]]) -> None:
+        """Re-push timers and the per-device inbox bound for what was just published."""
+        store = self._store
+        repush: dict[float, list[tuple[str, str]]] = {}
+        by_limit: dict[int, list[str]] = {}
+        for out, device_ids in published:
+            if not device_ids:
+                continue
+            sp = out.policy
+            if sp.repush_after is not None:
+                at = self._clock.now() + sp.repush_after
+                repush.setdefault(at, []).extend((out.msg_id, d) for d in device_ids)
+            by_limit.setdefault(sp.inbox_limit, []).extend(device_ids)
+        for at, keys in repush.items():
+            await store.run(store.set_repush, keys, at)
+        if repush and self.on_hold is not None:
+            self.on_hold()
+        for limit, device_ids in by_limit.items():
+            overflow = await store.run(store.inbox_overflow, device_ids, limit)
+            for app_key, device_id, msg_id in overflow:
+                await self._publisher.clear_retained(topics.inbox_topic(app_key, device_id, msg_id))
+                await store.run(store.drop, msg_id, [device_id], "inbox_full")
+            if overflow:
+                log.info("inbox bound: dropped=%d", len(overflow))
 
     async def _publish_inbox(self, out: Outbound, device_id: str, expires_at: float | None) -> None:
         topic = topics.inbox_topic(out.app_key, device_id, out.msg_id)
