@@ -141,7 +141,7 @@ class Dispatcher:
         for (msg_id, released), items in unsent.items():
             app_key, policy = policies[msg_id]
             if app_key not in settings:
-                settings[app_key] = await store.run(store.app_settings, app_key)
+                settings[app_key] = await store.settings(app_key)
             self.submit(
                 Outbound(
                     msg_id,

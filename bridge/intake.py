@@ -164,7 +164,7 @@ class Intake:
         ttl = self._ttl(req.policy)
         body = self._body(req, await self._template(app, req), req.vars or {})
         policy = req.policy.model_dump(exclude_none=True) | {"ttl": ttl}
-        settings = await store.run(store.app_settings, app.app_key)
+        settings = await store.settings(app.app_key)
         send = SendPolicy.of(policy, settings)
         schedule = Schedule.parse(req.policy.schedule) if req.policy.schedule is not None else None
         now = self._clock.now()
@@ -240,7 +240,7 @@ class Intake:
         if rec is None or rec.state not in ("scheduled", "approved"):
             return
         now = self._clock.now()
-        settings = await store.run(store.app_settings, rec.app_key)
+        settings = await store.settings(rec.app_key)
         send = SendPolicy.of(rec.policy, settings)
         ttl = int(rec.policy.get("ttl", self.limits.default_ttl))
         if rec.policy.get("schedule") is not None:
@@ -347,7 +347,7 @@ class Intake:
             device_ids = await self._devices_now(app, target, req.policy.production)
             prepared.append((target, raw_target, body, device_ids))
         policy = req.policy.model_dump(exclude_none=True) | {"ttl": ttl}
-        send = SendPolicy.of(policy, await self._store.run(self._store.app_settings, app.app_key))
+        send = SendPolicy.of(policy, await self._store.settings(app.app_key))
         msg_ids = []
         for target, raw_target, body, device_ids in prepared:
             now = self._clock.now()

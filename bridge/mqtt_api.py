@@ -75,7 +75,7 @@ class MqttApi:
             log.info("MQTT API request dropped app=%s: %s", app_key, exc)
             return
         result: dict[str, Any] = {"request_id": request_id}
-        app = await self._store.run(self._store.get_app, app_key)
+        app = await self._store.app(app_key)
         if app is None:
             return
         try:

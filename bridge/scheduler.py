@@ -82,7 +82,7 @@ class Scheduler:
         for d in due:
             if d.msg_id not in out:
                 if d.app_key not in settings:
-                    settings[d.app_key] = await self._store.run(self._store.app_settings, d.app_key)
+                    settings[d.app_key] = await self._store.settings(d.app_key)
                 out[d.msg_id] = SendPolicy.of(d.policy, settings[d.app_key])
         return out
 

@@ -73,7 +73,7 @@ class TaskRunner:
         if rec is None or rec.state not in ("pending", "running"):
             return
         if policy is None:  # resumed after a restart
-            policy = SendPolicy.of(rec.policy, await store.run(store.app_settings, rec.app_key))
+            policy = SendPolicy.of(rec.policy, await store.settings(rec.app_key))
         target = parse_target(rec.target)
         production = bool(rec.policy.get("production", True))
         targeted = 0

@@ -133,7 +133,7 @@ def create_api(ctx: ApiContext) -> FastAPI:
         key = request.headers.get(signing.KEY_HEADER)
         if not key:
             raise AuthError(f"missing {signing.KEY_HEADER} header", code="unknown_app")
-        app = await store.run(store.get_app, key)
+        app = await store.app(key)
         if app is None:
             raise AuthError("unknown app key", code="unknown_app")
         return app
@@ -490,7 +490,7 @@ def create_api(ctx: ApiContext) -> FastAPI:
     @api.get("/api/v1/settings")
     async def get_settings(request: Request) -> dict[str, Any]:
         app, _ = await _signed(request)
-        return AppSettings.model_validate(await store.run(store.app_settings, app.app_key)).model_dump()
+        return AppSettings.model_validate(await store.settings(app.app_key)).model_dump()
 
     @api.put("/api/v1/settings")
     async def put_settings(request: Request) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from mqttpush.clock import Clock
 from mqttpush.models import DeliveryState
@@ -19,6 +20,8 @@ def chunks(items: Sequence[str], size: int = 500) -> Iterator[tuple[list[str], s
 
 class StoreCore:
     _conn: sqlite3.Connection
+    _settings: dict[str, tuple[float, dict[str, Any]]]
+    _settings_changes: int
     clock: Clock
     broker_hasher: Callable[[str], str] | None
 

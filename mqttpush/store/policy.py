@@ -54,6 +54,8 @@ class PolicyQueries(StoreCore):
         return result
 
     def put_app_settings(self, app_key: str, settings: dict[str, Any]) -> None:
+        self._settings_changes += 1  # a read in flight must not cache what this replaces
+        self._settings.pop(app_key, None)  # the next read sees the change, not the cache
         self._conn.execute(
             "INSERT OR REPLACE INTO app_settings (app_key, settings, updated_at) VALUES (?, ?, ?)",
             (app_key, json.dumps(settings), self.clock.now()),

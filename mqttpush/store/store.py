@@ -120,6 +120,14 @@ log = logging.getLogger("mqttpush.store")
 _GROUP = 64
 
 
+CACHE_SECONDS = 2.0
+"""How long an app or its settings read from the store may be used without reading it again."""
+
+
+def _fresh(read_at: float, now: float) -> bool:
+    return 0 <= now - read_at < CACHE_SECONDS  # a clock set back counts as stale
+
+
 class _GroupCommitter:
     """The store thread. Calls that queue up while one runs are run together in one transaction,
     each in its own savepoint (a failing call rolls back only its own writes), with one COMMIT for
@@ -238,6 +246,9 @@ class Store(TargetingQueries, PolicyQueries, VendorQueries):
         self.path = self.data_dir / DB_FILE
         self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
         self._worker: _GroupCommitter | None = None
+        self._apps: dict[str, tuple[float, App]] = {}
+        self._settings: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._settings_changes = 0
         try:
             self._set_wal()
             self._conn.execute("PRAGMA synchronous=NORMAL")
@@ -271,6 +282,28 @@ class Store(TargetingQueries, PolicyQueries, VendorQueries):
         future: asyncio.Future[T] = loop.create_future()
         self._worker.submit(functools.partial(fn, *args, **kwargs), loop, future)
         return await future
+
+    async def app(self, app_key: str) -> App | None:
+        """:meth:`get_app`, cached in memory for the hot path (every signed request names its app).
+        Apps only change by another process (``app create``), which a miss finds at once."""
+        hit = self._apps.get(app_key)
+        if hit is not None and _fresh(hit[0], self.clock.now()):
+            return hit[1]
+        app = await self.run(self.get_app, app_key)
+        if app is not None:
+            self._apps[app_key] = (self.clock.now(), app)
+        return app
+
+    async def settings(self, app_key: str) -> dict[str, Any]:
+        """:meth:`app_settings`, cached in memory: a change through this store is seen at once,
+        one made by another process within ``CACHE_SECONDS``."""
+        hit = self._settings.get(app_key)
+        if hit is None or not _fresh(hit[0], self.clock.now()):
+            changes = self._settings_changes
+            hit = (self.clock.now(), await self.run(self.app_settings, app_key))
+            if changes == self._settings_changes:  # no write overtook the read: safe to keep
+                self._settings[app_key] = hit
+        return dict(hit[1])
 
     def close(self) -> None:
         if self._worker is not None:
