@@ -10,11 +10,6 @@ message and a device registered after the crash still gets the live broadcast.
 
 from __future__ import annotations
 
-import json
-import signal
-import socket
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from queue import Queue
@@ -24,7 +19,7 @@ from mqttpush.client import PushClient
 from mqttpush.device import DeviceClient
 from mqttpush.errors import ClientError
 from mqttpush.store import Store
-from tests.foreign.test_split import Proc, _free_port, _poll
+from tests.foreign.test_split import Proc, _bridge, _free_port, _Mosquitto, _mosquitto_config, _poll
 
 TIMEOUT = 30.0
 
@@ -60,7 +55,7 @@ def _survives_broker_crash(
     store = Store(data)
     shop, news = store.create_app("shop"), store.create_app("news")
     store.close()
-    bridge = Proc("bridge", *bridge_args, "--data-dir", str(data), "--http-port", "0")
+    bridge = _bridge(data, *bridge_args)
     url = bridge.ready["http_url"]
     try:
         with (
@@ -128,66 +123,6 @@ def test_bridge_republishes_after_our_broker_is_killed_and_restarted(tmp_path: P
         assert brokers[-1].stop() == 0
 
 
-class _Mosquitto:
-    """``mosquitto -c CONF`` as docs/split.md starts it, restartable on its port."""
-
-    def __init__(self, conf: Path, port: int, pid_file: Path) -> None:
-        self.conf, self.port, self.pid_file = conf, port, pid_file
-        self.log = conf.parent / "mosquitto.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as log:
-            proc = subprocess.Popen(["mosquitto", "-c", str(self.conf)], stderr=log)
-        self.proc = proc
-
-        def listening() -> bool:
-            assert proc.poll() is None, f"mosquitto exited {proc.returncode}: {self.log.read_text()}"
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-            except OSError:
-                return False
-            return self.pid_file.exists() and self.pid_file.read_text().strip() == str(proc.pid)
-
-        _poll(listening, "mosquitto to listen and write its pid file")
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(10)
-
-
-def _mosquitto_config(data: Path, out: Path, port: int, pid_file: Path) -> Path:
-    """``mqttpush mosquitto-config`` exactly as docs/split.md gives it (no ``--user``)."""
-    made = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mqttpush",
-            "mosquitto-config",
-            "--data-dir",
-            str(data),
-            "--out",
-            str(out),
-            "--mqtt-port",
-            str(port),
-            "--pid-file",
-            str(pid_file),
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert made.returncode == 0, made.stderr
-    return Path(json.loads(made.stdout)["config"])
-
-
 def test_generated_mosquitto_config_starts_as_documented(tmp_path: Path) -> None:
     """Started by root (CI), mosquitto used to drop to user ``mosquitto``, which can neither write
     the pid file nor read the owner-only password file: ``Unable to write pid file.``"""
@@ -198,19 +133,7 @@ def test_generated_mosquitto_config_starts_as_documented(tmp_path: Path) -> None
     broker = _Mosquitto(_mosquitto_config(data, out, port, pid_file), port, pid_file)
     broker.start()
     try:
-        bridge = Proc(
-            "bridge",
-            "--broker",
-            f"mqtt://127.0.0.1:{port}",
-            "--data-dir",
-            str(data),
-            "--http-port",
-            "0",
-            "--mosquitto-dir",
-            str(out),
-            "--mosquitto-pid-file",
-            str(pid_file),
-        )
+        bridge = _bridge(data, *broker.bridge_flags())
         try:
             url = bridge.ready["http_url"]
             with PushClient(url, app.app_key, app.secret) as api:
@@ -244,17 +167,6 @@ def test_bridge_republishes_after_mosquitto_is_killed_and_restarted(tmp_path: Pa
         broker.start()
 
     try:
-        _survives_broker_crash(
-            data,
-            restart,
-            (
-                "--broker",
-                f"mqtt://127.0.0.1:{port}",
-                "--mosquitto-dir",
-                str(out),
-                "--mosquitto-pid-file",
-                str(pid_file),
-            ),
-        )
+        _survives_broker_crash(data, restart, broker.bridge_flags())
     finally:
         broker.stop()

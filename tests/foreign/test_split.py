@@ -47,6 +47,11 @@ class Proc:
         return self.proc.wait(30)
 
 
+def _bridge(data: Path, *broker: str) -> Proc:
+    """``mqttpush bridge`` on ``data``, its HTTP API on an ephemeral port; ``broker``: the flags for its broker."""
+    return Proc("bridge", *broker, "--data-dir", str(data), "--http-port", "0")
+
+
 def _poll(ready: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
     """Readiness poll with a deadline (for an outside process whose state we cannot await)."""
     deadline = time.monotonic() + timeout
@@ -114,21 +119,85 @@ def test_bridge_against_our_own_broker(tmp_path: Path) -> None:
     app = Store(data).create_app("split")
     broker = Proc("broker", "--data-dir", str(data), "--mqtt-port", "0")
     try:
-        bridge = Proc(
-            "bridge",
-            "--broker",
-            f"mqtt://127.0.0.1:{broker.ready['mqtt_port']}",
-            "--data-dir",
-            str(data),
-            "--http-port",
-            "0",
-        )
+        bridge = _bridge(data, "--broker", f"mqtt://127.0.0.1:{broker.ready['mqtt_port']}")
         try:
             _device_round_trip(bridge.ready["http_url"], app.app_key, app.secret)
         finally:
             assert bridge.stop() == 0
     finally:
         assert broker.stop() == 0
+
+
+class _Mosquitto:
+    """``mosquitto -c CONF`` as docs/split.md starts it, restartable on its port."""
+
+    def __init__(self, conf: Path, port: int, pid_file: Path) -> None:
+        self.conf, self.port, self.pid_file = conf, port, pid_file
+        self.log = conf.parent / "mosquitto.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            proc = subprocess.Popen(["mosquitto", "-c", str(self.conf)], stderr=log)
+        self.proc = proc
+
+        def listening() -> bool:
+            assert proc.poll() is None, f"mosquitto exited {proc.returncode}: {self.log.read_text()}"
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            except OSError:
+                return False
+            return self.pid_file.exists() and self.pid_file.read_text().strip() == str(proc.pid)
+
+        _poll(listening, "mosquitto to listen and write its pid file")
+
+    def bridge_flags(self) -> tuple[str, ...]:
+        """How ``mqttpush bridge`` is pointed at this mosquitto: its URL, its files, its pid file."""
+        return (
+            "--broker",
+            f"mqtt://127.0.0.1:{self.port}",
+            "--mosquitto-dir",
+            str(self.conf.parent),
+            "--mosquitto-pid-file",
+            str(self.pid_file),
+        )
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(10)
+
+
+def _mosquitto_config(data: Path, out: Path, port: int, pid_file: Path, *extra: str) -> Path:
+    """``mqttpush mosquitto-config`` as docs/split.md gives it (no ``--user`` unless in ``extra``)."""
+    made = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mqttpush",
+            "mosquitto-config",
+            "--data-dir",
+            str(data),
+            "--out",
+            str(out),
+            "--mqtt-port",
+            str(port),
+            "--pid-file",
+            str(pid_file),
+            *extra,
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert made.returncode == 0, made.stderr
+    return Path(json.loads(made.stdout)["config"])
 
 
 @pytest.fixture
@@ -143,56 +212,11 @@ def test_bridge_against_mosquitto_keeps_auth_and_acl(tmp_path: Path, mosquitto_d
     data = tmp_path / "data"
     app = Store(data).create_app("split")
     pid_file = folder / "mosquitto.pid"
-    made = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mqttpush",
-            "mosquitto-config",
-            "--data-dir",
-            str(data),
-            "--out",
-            str(folder),
-            "--mqtt-port",
-            str(port),
-            "--pid-file",
-            str(pid_file),
-            "--user",
-            pwd.getpwuid(os.getuid()).pw_name,
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert made.returncode == 0, made.stderr
-    conf = json.loads(made.stdout)["config"]
-    with (folder / "log").open("wb") as log:
-        mosq = subprocess.Popen(["mosquitto", "-c", conf], stderr=log)
-
-    def listening() -> bool:
-        assert mosq.poll() is None, (folder / "log").read_text()
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        except OSError:
-            return False
-        return pid_file.exists()
-
+    user = pwd.getpwuid(os.getuid()).pw_name
+    mosq = _Mosquitto(_mosquitto_config(data, folder, port, pid_file, "--user", user), port, pid_file)
     try:
-        _poll(listening, "mosquitto")
-        bridge = Proc(
-            "bridge",
-            "--broker",
-            f"mqtt://127.0.0.1:{port}",
-            "--data-dir",
-            str(data),
-            "--http-port",
-            "0",
-            "--mosquitto-dir",
-            str(folder),
-            "--mosquitto-pid-file",
-            str(pid_file),
-        )
+        mosq.start()
+        bridge = _bridge(data, *mosq.bridge_flags())
         try:
             _device_round_trip(bridge.ready["http_url"], app.app_key, app.secret)
             # An unknown device and a wrong token are refused by mosquitto itself.
@@ -210,8 +234,7 @@ def test_bridge_against_mosquitto_keeps_auth_and_acl(tmp_path: Path, mosquitto_d
         finally:
             assert bridge.stop() == 0
     finally:
-        mosq.send_signal(signal.SIGTERM)
-        mosq.wait(10)
+        mosq.stop()
 
 
 def test_bridge_refuses_a_bad_broker_url(tmp_path: Path) -> None:
