@@ -7,7 +7,7 @@ from mqttpush.models import DeliveryState, ReceiptEvent
 from mqttpush.store.store import Store
 from mqttpush.store.vendors import VendorOutcome
 from tests.store.fake_clock import START, FakeClock
-from tests.store.test_messages import accept, delivery, states
+from tests.store.test_messages import accept, delivery, published, receipts_a_second_apart, states
 
 
 def test_pending_deliveries_marks_expired_ones_expired(store: Store, clock: FakeClock) -> None:
@@ -27,8 +27,7 @@ def test_pending_deliveries_marks_expired_ones_expired(store: Store, clock: Fake
 
 def test_receipt_after_ttl_before_the_sweep_keeps_it_expired(store: Store, clock: FakeClock) -> None:
     app = store.create_app("shop")
-    accept(store, app.app_key, "m1", ["d1"], expires_at=START + 2)
-    store.transition([("m1", "d1")], DeliveryState.PUBLISHED)
+    published(store, app.app_key, expires_at=START + 2)
     clock.advance(4)
 
     assert store.apply_receipt(app.app_key, "d1", "m1", ReceiptEvent.ARRIVED) == "inbox"  # clear it
@@ -41,10 +40,8 @@ def test_receipt_after_ttl_before_the_sweep_keeps_it_expired(store: Store, clock
 
 def test_receipt_in_time_still_arrives(store: Store, clock: FakeClock) -> None:
     app = store.create_app("shop")
-    accept(store, app.app_key, "m1", ["d1"], expires_at=START + 2)
-    store.transition([("m1", "d1")], DeliveryState.PUBLISHED)
-    clock.advance(1)
-    store.apply_receipt(app.app_key, "d1", "m1", ReceiptEvent.ARRIVED)
+    published(store, app.app_key, expires_at=START + 2)
+    receipts_a_second_apart(store, clock, app.app_key, ReceiptEvent.ARRIVED)
     assert delivery(store, app.app_key, "m1", "d1")["state"] == "arrived"
 
 
@@ -70,13 +67,9 @@ def test_expired_broadcast_is_not_joined_by_a_late_receipt(store: Store, clock: 
 def test_a_receipt_that_moves_nothing_is_not_in_the_history(store: Store, clock: FakeClock) -> None:
     """``device listen --opened``: "opened" goes out before the automatic "arrived"."""
     app = store.create_app("shop")
-    accept(store, app.app_key, "m1", ["d1"])
-    store.transition([("m1", "d1")], DeliveryState.PUBLISHED)
-    clock.advance(1)
-    store.apply_receipt(app.app_key, "d1", "m1", ReceiptEvent.OPENED)
-    clock.advance(1)
-    store.apply_receipt(app.app_key, "d1", "m1", ReceiptEvent.ARRIVED)
-    store.apply_receipt(app.app_key, "d1", "m1", ReceiptEvent.OPENED)
+    published(store, app.app_key)
+    receipts_a_second_apart(store, clock, app.app_key, ReceiptEvent.OPENED, ReceiptEvent.ARRIVED)
+    store.apply_receipt(app.app_key, "d1", "m1", ReceiptEvent.OPENED)  # at the same moment
 
     d = delivery(store, app.app_key, "m1", "d1")
     assert d["state"] == "opened"
@@ -86,8 +79,7 @@ def test_a_receipt_that_moves_nothing_is_not_in_the_history(store: Store, clock:
 
 def test_an_mqtt_publish_counts_one_attempt(store: Store) -> None:
     app = store.create_app("shop")
-    accept(store, app.app_key, "m1", ["d1"])
-    store.transition([("m1", "d1")], DeliveryState.PUBLISHED)
+    published(store, app.app_key)
     store.transition([("m1", "d1")], DeliveryState.PUBLISHED)  # not a move: not an attempt
     d = delivery(store, app.app_key, "m1", "d1")
     assert (d["channel"], d["attempts"]) == ("mqtt", 1)
@@ -113,8 +105,7 @@ def test_vendor_forwarded_after_a_retry_counts_both_attempts(store: Store) -> No
 
 def test_vendor_copy_beside_mqtt_adds_to_channel_and_attempts(store: Store) -> None:
     app = store.create_app("shop")
-    accept(store, app.app_key, "m1", ["d1"])
-    store.transition([("m1", "d1")], DeliveryState.PUBLISHED)
+    published(store, app.app_key)
     store.record_vendor_outcomes(app.app_key, "fcm", [VendorOutcome("m1", "d1", "forwarded", "id", "t", 1)])
     d = delivery(store, app.app_key, "m1", "d1")
     assert (d["state"], d["channel"], d["attempts"]) == ("published", "fcm,mqtt", 2)

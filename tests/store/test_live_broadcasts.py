@@ -3,29 +3,16 @@
 
 from __future__ import annotations
 
-import json
-
 from mqttpush.models import ReceiptEvent
 from mqttpush.store.store import Store
 from tests.store.fake_clock import START, FakeClock
+from tests.store.test_messages import accept
 
 TTL = 3600
 
 
 def _broadcast(store: Store, app_key: str, msg_id: str, devices: list[str]) -> bytes:
-    envelope = json.dumps({"id": msg_id, "app": app_key, "title": "to all"}).encode()
-    store.accept_message(
-        msg_id=msg_id,
-        app_key=app_key,
-        kind="broadcast",
-        target={"broadcast": True},
-        envelope=envelope,
-        policy={"ttl": TTL},
-        expires_at=START + TTL,
-        device_ids=devices,
-        fanout="topic",
-    )
-    return envelope
+    return accept(store, app_key, msg_id, devices, START + TTL, broadcast=True, ttl=TTL, title="to all")
 
 
 def test_a_live_broadcast_with_nothing_pending_comes_once_without_a_device(

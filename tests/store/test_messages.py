@@ -13,20 +13,52 @@ TTL = 3 * 24 * 3600
 
 
 def accept(
-    store: Store, app_key: str, msg_id: str, devices: list[str], expires_at: float | None = None
+    store: Store,
+    app_key: str,
+    msg_id: str,
+    devices: list[str],
+    expires_at: float | None = None,
+    *,
+    broadcast: bool = False,
+    ttl: int = TTL,
+    title: str = "hi",
 ) -> bytes:
-    envelope = json.dumps({"id": msg_id, "app": app_key, "title": "hi"}).encode()
+    """Accept a message for ``devices`` (a broadcast: fanned out on its topic); its envelope."""
+    envelope = json.dumps({"id": msg_id, "app": app_key, "title": title}).encode()
     store.accept_message(
         msg_id=msg_id,
         app_key=app_key,
-        kind="devices",
-        target={"devices": devices},
+        kind="broadcast" if broadcast else "devices",
+        target={"broadcast": True} if broadcast else {"devices": devices},
         envelope=envelope,
-        policy={"ttl": TTL},
-        expires_at=store.clock.now() + TTL if expires_at is None else expires_at,
+        policy={"ttl": ttl},
+        expires_at=store.clock.now() + ttl if expires_at is None else expires_at,
         device_ids=devices,
+        fanout="topic" if broadcast else "inbox",
     )
     return envelope
+
+
+def published(
+    store: Store, app_key: str, msg_id: str = "m1", device_id: str = "d1", expires_at: float | None = None
+) -> None:
+    """A message accepted for one device and handed to the broker: what a receipt moves on."""
+    accept(store, app_key, msg_id, [device_id], expires_at)
+    store.transition([(msg_id, device_id)], DeliveryState.PUBLISHED)
+
+
+def receipts_a_second_apart(
+    store: Store,
+    clock: FakeClock,
+    app_key: str,
+    *events: ReceiptEvent,
+    msg_id: str = "m1",
+    device_id: str = "d1",
+) -> None:
+    """The device's receipts for one delivery, each one second after what came before."""
+    for event in events:
+        clock.advance(1)
+        store.apply_receipt(app_key, device_id, msg_id, event)
 
 
 def delivery(store: Store, app_key: str, msg_id: str, device_id: str) -> dict[str, Any]:
@@ -86,8 +118,7 @@ def test_transition_forward_moves_and_returns_moved_keys(store: Store, clock: Fa
 
 def test_transition_to_same_or_earlier_state_does_not_move(store: Store, clock: FakeClock) -> None:
     app = store.create_app("shop")
-    accept(store, app.app_key, "m1", ["d1"])
-    store.transition([("m1", "d1")], DeliveryState.PUBLISHED)
+    published(store, app.app_key)
     assert store.transition([("m1", "d1")], DeliveryState.PUBLISHED) == []
     assert store.transition([("m1", "d1")], DeliveryState.FORWARDED) == []
     clock.advance(1)
@@ -106,8 +137,7 @@ def test_transition_to_same_or_earlier_state_does_not_move(store: Store, clock: 
 def test_transition_to_failed_records_the_reason_and_is_terminal(store: Store, clock: FakeClock) -> None:
     # docs/delivery.md: a delivery can end in failed(reason); transition() is the store's only way there.
     app = store.create_app("shop")
-    accept(store, app.app_key, "m1", ["d1"])
-    store.transition([("m1", "d1")], DeliveryState.PUBLISHED)
+    published(store, app.app_key)
     t = clock.advance(1)
 
     assert store.transition([("m1", "d1")], DeliveryState.FAILED, detail="bad_token") == [("m1", "d1")]
@@ -168,12 +198,8 @@ def test_receipt_opened_from_published_implies_arrived(store: Store, clock: Fake
 
 def test_receipt_opened_after_arrived_adds_no_second_arrival(store: Store, clock: FakeClock) -> None:
     app = store.create_app("shop")
-    accept(store, app.app_key, "m1", ["d1"])
-    store.transition([("m1", "d1")], DeliveryState.PUBLISHED)
-    clock.advance(1)
-    store.apply_receipt(app.app_key, "d1", "m1", ReceiptEvent.ARRIVED)
-    clock.advance(1)
-    store.apply_receipt(app.app_key, "d1", "m1", ReceiptEvent.DISMISSED)
+    published(store, app.app_key)
+    receipts_a_second_apart(store, clock, app.app_key, ReceiptEvent.ARRIVED, ReceiptEvent.DISMISSED)
     d = delivery(store, app.app_key, "m1", "d1")
     assert d["state"] == "dismissed"
     assert states(d) == ["accepted", "published", "arrived", "dismissed"]
@@ -191,8 +217,7 @@ def test_duplicate_receipt_does_not_move_backwards(store: Store, clock: FakeCloc
 def test_receipt_for_another_apps_message_is_refused(store: Store) -> None:
     shop = store.create_app("shop")
     news = store.create_app("news")
-    accept(store, shop.app_key, "m1", ["d1"])
-    store.transition([("m1", "d1")], DeliveryState.PUBLISHED)
+    published(store, shop.app_key)
     before = delivery(store, shop.app_key, "m1", "d1")
 
     assert store.apply_receipt(news.app_key, "d1", "m1", ReceiptEvent.ARRIVED) is None
