@@ -8,12 +8,13 @@ asyncio's own loop (an isinstance check on its transport classes, say) must fail
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,11 +23,14 @@ from typing import Any
 import pytest
 import uvloop
 
+from bridge.vendors import check_vendor_config
 from mqttpush.client import PushClient
 from mqttpush.clock import Clock, ManualClock
 from mqttpush.config import ServerConfig
 from mqttpush.server import EmbeddedServer
 from mqttpush.store import Store
+from tests.fakes.apns import FakeApns, fake_apns
+from tests.fakes.tls import tls_server
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
@@ -72,6 +76,12 @@ class Running:
     def client(self) -> PushClient:
         return PushClient(self.url, self.app_key, self.app_secret)
 
+    def configure_vendor(self, vendor: str, obj: dict[str, Any], base_dir: Path) -> None:
+        """Store the app's settings for ``vendor`` (a VENDORS.json object; files relative to ``base_dir``)."""
+        store = Store(self.data_dir)
+        store.put_vendor_config(self.app_key, vendor, check_vendor_config(vendor, obj, base_dir, None))
+        store.close()
+
     def register(self, n: int = 1, platform: str = "android") -> list[tuple[str, str]]:
         """Register ``n`` new devices over HTTP; returns [(device_id, device_token)]."""
         out = []
@@ -106,6 +116,19 @@ class Running:
                     self.call(asyncio.wait_for(receipts.wait_handled(handled + 1), timeout), timeout + 1)
                 except TimeoutError:
                     raise AssertionError(f"{msg_id}/{device_id} never reached {state}: {doc}") from None
+
+
+@contextlib.asynccontextmanager
+async def serving_apns(r: Running, directory: Path, **settings: Any) -> AsyncIterator[FakeApns]:
+    """A fake APNs over TLS set as the app's APNs (its key written to ``directory``). On the way out
+    the server closes its vendor connections before the fake stops (else its TLS shutdown waits)."""
+    fake = fake_apns(directory, **settings)
+    async with tls_server(fake) as (base_url, ca_file):
+        try:
+            r.configure_vendor("apns", fake.vendor_config(base_url, ca_file), directory)
+            yield fake
+        finally:
+            await asyncio.to_thread(r.call, r.server.bridge.vendors.close())
 
 
 def _run_loop(loop: asyncio.AbstractEventLoop, started: Future[None]) -> None:

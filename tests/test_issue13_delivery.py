@@ -10,15 +10,12 @@ from pathlib import Path
 from queue import Queue
 from typing import Any
 
-from bridge.vendors import check_vendor_config
 from mqttpush import ids
 from mqttpush.clock import ManualClock
 from mqttpush.device import DeviceClient
 from mqttpush.envelope import Envelope
 from mqttpush.store import Store
-from tests.conftest import Running, _serve
-from tests.fakes.apns import FakeApns, write_auth_key
-from tests.fakes.tls import tls_server
+from tests.conftest import Running, _serve, serving_apns
 
 
 def _status(r: Running, msg_id: str) -> dict[str, Any]:
@@ -71,31 +68,6 @@ GOOD = "a" * 64
 DEAD = "b" * 64
 
 
-def _fake_apns(tmp_path: Path) -> FakeApns:
-    key = write_auth_key(tmp_path / "AuthKey.p8")
-    return FakeApns(
-        team_id="TEAM123456",
-        key_id="KEY1234567",
-        topic="com.example.app",
-        public_key=key.public_key(),
-        retry_after="0",
-    )
-
-
-def _configure_apns(r: Running, tmp_path: Path, base_url: str, ca_file: str) -> None:
-    obj = {
-        "team_id": "TEAM123456",
-        "key_id": "KEY1234567",
-        "key_file": "AuthKey.p8",
-        "topic": "com.example.app",
-        "base_url": base_url,
-        "ca_file": ca_file,
-    }
-    store = Store(r.data_dir)
-    store.put_vendor_config(r.app_key, "apns", check_vendor_config("apns", obj, tmp_path, None))
-    store.close()
-
-
 async def _push_settled(r: Running, device: str, **policy: Any) -> str:
     def go() -> str:
         with r.client() as c:
@@ -113,53 +85,43 @@ async def _push_settled(r: Running, device: str, **policy: Any) -> str:
 
 async def test_dead_apns_token_leaves_the_message_in_the_mqtt_inbox(running: Running, tmp_path: Path) -> None:
     r = running
-    fake = _fake_apns(tmp_path)
-    fake.bad.add(DEAD)
-    async with tls_server(fake) as (base_url, ca_file):
-        try:
-            _configure_apns(r, tmp_path, base_url, ca_file)
-            ((device, token),) = r.register(platform="ios")
-            with r.client() as c:
-                c.set_vendor_token(device, "apns", DEAD)
-            msg_id = await _push_settled(r, device, ttl=600)  # offline: the default strategy tries APNs
-            assert fake.answers == [(400, "BadDeviceToken")]
-            d = await asyncio.to_thread(_status, r, msg_id)
-            assert (d["state"], d["channel"], d["attempts"]) == ("published", "apns,mqtt", 2)
-            assert [h["state"] for h in d["history"]] == ["accepted", "published"]
-            assert "apns: BadDeviceToken" in d["history"][-1]["detail"]
+    async with serving_apns(r, tmp_path, retry_after="0") as fake:
+        fake.bad.add(DEAD)
+        ((device, token),) = r.register(platform="ios")
+        with r.client() as c:
+            c.set_vendor_token(device, "apns", DEAD)
+        msg_id = await _push_settled(r, device, ttl=600)  # offline: the default strategy tries APNs
+        assert fake.answers == [(400, "BadDeviceToken")]
+        d = await asyncio.to_thread(_status, r, msg_id)
+        assert (d["state"], d["channel"], d["attempts"]) == ("published", "apns,mqtt", 2)
+        assert [h["state"] for h in d["history"]] == ["accepted", "published"]
+        assert "apns: BadDeviceToken" in d["history"][-1]["detail"]
 
-            got: Queue[dict[str, Any]] = Queue()
-            client = DeviceClient.from_server(r.url, device, token, on_message=got.put)
-            await asyncio.to_thread(client.connect)
-            try:
-                assert (await asyncio.to_thread(got.get, True, 10))["id"] == msg_id
-                await asyncio.to_thread(r.wait_state, msg_id, device, "arrived")
-            finally:
-                await asyncio.to_thread(client.disconnect)
-        finally:  # close our connections before the fake stops (else its TLS shutdown waits)
-            await asyncio.to_thread(r.call, r.server.bridge.vendors.close())
+        got: Queue[dict[str, Any]] = Queue()
+        client = DeviceClient.from_server(r.url, device, token, on_message=got.put)
+        await asyncio.to_thread(client.connect)
+        try:
+            assert (await asyncio.to_thread(got.get, True, 10))["id"] == msg_id
+            await asyncio.to_thread(r.wait_state, msg_id, device, "arrived")
+        finally:
+            await asyncio.to_thread(client.disconnect)
 
 
 async def test_status_shows_the_vendor_channel_and_the_attempts(running: Running, tmp_path: Path) -> None:
     r = running
-    fake = _fake_apns(tmp_path)
-    async with tls_server(fake) as (base_url, ca_file):
-        try:
-            _configure_apns(r, tmp_path, base_url, ca_file)
-            (retried, _), (dead, _) = r.register(2, platform="ios")
-            with r.client() as c:
-                c.set_vendor_token(retried, "apns", GOOD)
-                c.set_vendor_token(dead, "apns", DEAD)
-            fake.unavailable_once.add(GOOD)  # 503, then 200
-            fake.bad.add(DEAD)
+    async with serving_apns(r, tmp_path, retry_after="0") as fake:
+        (retried, _), (dead, _) = r.register(2, platform="ios")
+        with r.client() as c:
+            c.set_vendor_token(retried, "apns", GOOD)
+            c.set_vendor_token(dead, "apns", DEAD)
+        fake.unavailable_once.add(GOOD)  # 503, then 200
+        fake.bad.add(DEAD)
 
-            d = await asyncio.to_thread(_status, r, await _push_settled(r, retried, strategy="vendor"))
-            assert (d["state"], d["channel"], d["attempts"]) == ("forwarded", "apns", 2)
-            d = await asyncio.to_thread(_status, r, await _push_settled(r, dead, strategy="vendor"))
-            assert (d["state"], d["channel"], d["attempts"]) == ("failed", "apns", 1)
-            assert (d["error"] or "").startswith("apns: BadDeviceToken")
-        finally:  # close our connections before the fake stops (else its TLS shutdown waits)
-            await asyncio.to_thread(r.call, r.server.bridge.vendors.close())
+        d = await asyncio.to_thread(_status, r, await _push_settled(r, retried, strategy="vendor"))
+        assert (d["state"], d["channel"], d["attempts"]) == ("forwarded", "apns", 2)
+        d = await asyncio.to_thread(_status, r, await _push_settled(r, dead, strategy="vendor"))
+        assert (d["state"], d["channel"], d["attempts"]) == ("failed", "apns", 1)
+        assert (d["error"] or "").startswith("apns: BadDeviceToken")
 
 
 # --- item 9 -----------------------------------------------------------------------------------------

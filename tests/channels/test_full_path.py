@@ -14,11 +14,9 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from bridge.vendors import check_vendor_config
 from mqttpush.device import DeviceClient
 from mqttpush.store import Store
-from tests.conftest import Running, cli
-from tests.fakes.apns import FakeApns, write_auth_key
+from tests.conftest import Running, cli, serving_apns
 from tests.fakes.fcm import FakeFcm, write_service_account
 from tests.fakes.hms import FakeHms
 from tests.fakes.mipush import FakeMiPush
@@ -27,12 +25,6 @@ from tests.fakes.webpush import FakePushService
 
 APNS_TOKEN = "a" * 64
 FCM_TOKEN = "fcm-token-" + "x" * 140
-
-
-def _configure(r: Running, vendor: str, obj: dict[str, Any], base_dir: Path) -> None:
-    store = Store(r.data_dir)
-    store.put_vendor_config(r.app_key, vendor, check_vendor_config(vendor, obj, base_dir, None))
-    store.close()
 
 
 async def _settle(r: Running) -> None:
@@ -74,24 +66,7 @@ async def _delivery(r: Running, msg_id: str) -> dict[str, Any]:
 
 async def test_apns_full_path_payload_and_dead_token(running: Running, tmp_path: Path) -> None:
     r = running
-    key = write_auth_key(tmp_path / "AuthKey.p8")
-    fake = FakeApns(
-        team_id="TEAM123456", key_id="KEY1234567", topic="com.example.app", public_key=key.public_key()
-    )
-    async with tls_server(fake) as (base_url, ca_file):
-        _configure(
-            r,
-            "apns",
-            {
-                "team_id": "TEAM123456",
-                "key_id": "KEY1234567",
-                "key_file": "AuthKey.p8",
-                "topic": "com.example.app",
-                "base_url": base_url,
-                "ca_file": ca_file,
-            },
-            tmp_path,
-        )
+    async with serving_apns(r, tmp_path) as fake:
         ((device, _),) = r.register(platform="ios")
         with r.client() as c:
             c.set_vendor_token(device, "apns", APNS_TOKEN)
@@ -113,7 +88,6 @@ async def test_apns_full_path_payload_and_dead_token(running: Running, tmp_path:
         assert Store(r.data_dir).vendor_tokens(device) == []  # the dead token left the registry
         with r.client() as c:
             assert c.vendors()["counters"]["apns"]["dropped_tokens"] == 1
-        await _hang_up(r)
 
 
 async def test_fcm_strategies_offline_online_vendor_first_vendor(running: Running, tmp_path: Path) -> None:
@@ -129,8 +103,8 @@ async def test_fcm_strategies_offline_online_vendor_first_vendor(running: Runnin
             public_key=key.public_key(),
         )
         holder["app"] = fake
-        _configure(
-            r, "fcm", {"service_account_file": "sa.json", "base_url": base_url, "ca_file": ca_file}, tmp_path
+        r.configure_vendor(
+            "fcm", {"service_account_file": "sa.json", "base_url": base_url, "ca_file": ca_file}, tmp_path
         )
         ((device, token),) = r.register(platform="android")
         with r.client() as c:
@@ -181,9 +155,9 @@ async def test_hms_mipush_webpush_full_path(running: Running, tmp_path: Path) ->
         tls_server(webpush.app) as (wp_url, wp_ca),
     ):
         hms_obj = hms.vendor_config(hms_url, hms_ca)
-        _configure(r, "hms", hms_obj, tmp_path)
-        _configure(r, "mipush", mipush.vendor_config(mi_url, mi_ca), tmp_path)
-        _configure(r, "webpush", {"subject": "mailto:ops@example.com", "ca_file": wp_ca}, tmp_path)
+        r.configure_vendor("hms", hms_obj, tmp_path)
+        r.configure_vendor("mipush", mipush.vendor_config(mi_url, mi_ca), tmp_path)
+        r.configure_vendor("webpush", {"subject": "mailto:ops@example.com", "ca_file": wp_ca}, tmp_path)
         (huawei, _), (xiaomi, _), (browser, _) = (
             r.register(platform="android")[0],
             r.register(platform="android")[0],
@@ -276,8 +250,8 @@ async def test_fcm_retry_then_delivered_and_auth_failure_alarm(running: Running,
             retry_after="0",
         )
         holder["app"] = fake
-        _configure(
-            r, "fcm", {"service_account_file": "sa.json", "base_url": base_url, "ca_file": ca_file}, tmp_path
+        r.configure_vendor(
+            "fcm", {"service_account_file": "sa.json", "base_url": base_url, "ca_file": ca_file}, tmp_path
         )
         (busy, _), (denied, _) = r.register(2, platform="android")
         with r.client() as c:

@@ -8,11 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bridge.vendors import check_vendor_config
 from mqttpush.store import Store
-from tests.conftest import Running, cli
-from tests.fakes.apns import FakeApns, write_auth_key
-from tests.fakes.tls import tls_server
+from tests.conftest import Running, cli, serving_apns
 
 TOKEN = "0" * 58 + "c0ffee"
 
@@ -50,22 +47,7 @@ async def test_device_show_masks_tokens_and_keeps_a_tombstone_of_a_dead_one(
     running: Running, tmp_path: Path
 ) -> None:
     r = running
-    key = write_auth_key(tmp_path / "AuthKey.p8")
-    fake = FakeApns(
-        team_id="TEAM123456", key_id="KEY1234567", topic="com.example.app", public_key=key.public_key()
-    )
-    async with tls_server(fake) as (base_url, ca_file):
-        store = Store(r.data_dir)
-        config = {
-            "team_id": "TEAM123456",
-            "key_id": "KEY1234567",
-            "key_file": "AuthKey.p8",
-            "topic": "com.example.app",
-            "base_url": base_url,
-            "ca_file": ca_file,
-        }
-        store.put_vendor_config(r.app_key, "apns", check_vendor_config("apns", config, tmp_path, None))
-        store.close()
+    async with serving_apns(r, tmp_path) as fake:
         ((device, _),) = r.register(platform="ios")
         with r.client() as c:
             c.set_vendor_token(device, "apns", TOKEN)
@@ -98,4 +80,3 @@ async def test_device_show_masks_tokens_and_keeps_a_tombstone_of_a_dead_one(
             c.set_vendor_token(device, "apns", TOKEN)
         (again,) = (await asyncio.to_thread(_show, r, device))["vendor_tokens"]
         assert again["removed_at"] is None and again["removed_reason"] is None
-        await asyncio.to_thread(r.call, r.server.bridge.vendors.close())

@@ -59,6 +59,18 @@ def write_auth_key(path: Path) -> ec.EllipticCurvePrivateKey:
     return key
 
 
+def fake_apns(directory: Path, **settings: Any) -> FakeApns:
+    """A fake for a new auth key written as ``directory/AuthKey.p8`` (see :meth:`FakeApns.vendor_config`)."""
+    key = write_auth_key(directory / "AuthKey.p8")
+    return FakeApns(
+        team_id="TEAM123456",
+        key_id="KEY1234567",
+        topic="com.example.app",
+        public_key=key.public_key(),
+        **settings,
+    )
+
+
 @dataclass
 class ApnsNotification:
     """One notification the fake accepted."""
@@ -96,6 +108,17 @@ class FakeApns:
     """Distinct provider tokens whose signature, kid, iss and iat checked out, in the order seen."""
     answers: list[tuple[int, str]] = field(default_factory=list)
     """(status, reason or "") of every answer, in order."""
+
+    def vendor_config(self, base_url: str, ca_file: str, key_file: str = "AuthKey.p8") -> dict[str, str]:
+        """The VENDORS.json ``apns`` object that points at this fake (``key_file`` as :func:`fake_apns` wrote it)."""
+        return {
+            "team_id": self.team_id,
+            "key_id": self.key_id,
+            "key_file": key_file,
+            "topic": self.topic,
+            "base_url": base_url,
+            "ca_file": ca_file,
+        }
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
