@@ -399,6 +399,11 @@ def test_an_unknown_device_zone_counts_as_utc() -> None:
 # --- pacing ---------------------------------------------------------------------------------------
 
 
+def amounts(smallest: float, largest: int) -> st.SearchStrategy[float]:
+    """A pacing amount as a push gives it: a whole number from 1, or a float from ``smallest``."""
+    return st.one_of(st.integers(1, largest), st.floats(min_value=smallest, max_value=largest))
+
+
 def slots(pace: Pace, total: int, now: float) -> list[float]:
     """Publish slots as the dispatcher hands them out: 1/rate apart from now."""
     interval = 1.0 / pace.rate(total)
@@ -406,10 +411,7 @@ def slots(pace: Pace, total: int, now: float) -> list[float]:
 
 
 @settings(max_examples=200)
-@given(
-    per_second=st.one_of(st.integers(1, 5000), st.floats(min_value=0.01, max_value=5000)),
-    total=st.integers(1, 3000),
-)
+@given(per_second=amounts(0.01, 5000), total=st.integers(1, 3000))
 def test_pacing_per_second_never_exceeds_the_rate(per_second: float, total: int) -> None:
     pace = Pace.parse({"per_second": per_second})
     times = slots(pace, total, 1_800_000_000.0)
@@ -420,10 +422,7 @@ def test_pacing_per_second_never_exceeds_the_rate(per_second: float, total: int)
 
 
 @settings(max_examples=200)
-@given(
-    minutes=st.one_of(st.integers(1, 1440), st.floats(min_value=0.1, max_value=1440)),
-    total=st.integers(0, 100_000),
-)
+@given(minutes=amounts(0.1, 1440), total=st.integers(0, 100_000))
 def test_pacing_over_minutes_ends_within_the_window(minutes: float, total: int) -> None:
     pace = Pace.parse({"over_minutes": minutes})
     now = 1_800_000_000.0
