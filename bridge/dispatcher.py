@@ -26,6 +26,7 @@ import functools
 import itertools
 import json
 import logging
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -78,6 +79,8 @@ class Dispatcher:
         self._clock = clock or SystemClock()
         self._queue: asyncio.PriorityQueue[tuple[int, int, Outbound]] = asyncio.PriorityQueue()
         self._seq = itertools.count()
+        self._waiting: OrderedDict[int, float] = OrderedDict()
+        """Submitted and not yet through :meth:`_dispatch`: seq -> submit time (oldest first)."""
         self._idle = asyncio.Event()
         self._idle.set()
         self._pace_next: dict[str, float] = {}
@@ -89,7 +92,16 @@ class Dispatcher:
 
     def submit(self, out: Outbound) -> None:
         self._idle.clear()
-        self._queue.put_nowait((out.policy.priority, next(self._seq), out))
+        seq = next(self._seq)
+        self._waiting[seq] = self._clock.now()
+        self._queue.put_nowait((out.policy.priority, seq, out))
+
+    def lag(self) -> float:
+        """How long the oldest submitted message has waited to be published (0 when none waits):
+        what the intake bounds so that overload shows as refusals, not as a silent backlog."""
+        if not self._waiting:
+            return 0.0
+        return max(0.0, self._clock.now() - next(iter(self._waiting.values())))
 
     async def drained(self) -> None:
         """Wait until everything submitted so far is published (or held) and recorded."""
@@ -158,10 +170,14 @@ class Dispatcher:
 
     async def run(self) -> None:
         while True:
-            batch = [(await self._queue.get())[2]]
-            while not self._queue.empty() and len(batch) < _BATCH:
-                batch.append(self._queue.get_nowait()[2])
-            await self._dispatch(batch)
+            items = [await self._queue.get()]
+            while not self._queue.empty() and len(items) < _BATCH:
+                items.append(self._queue.get_nowait())
+            try:
+                await self._dispatch([out for _, _, out in items])
+            finally:
+                for _, seq, _ in items:
+                    self._waiting.pop(seq, None)
             if self._queue.empty():
                 self._idle.set()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +18,7 @@ from bridge.tasks import TaskRunner
 from mqttpush import ids, topics
 from mqttpush.clock import Clock
 from mqttpush.envelope import RICH_FIELDS, Envelope
-from mqttpush.errors import Conflict, InvalidContent, MqttPushError, NotFound
+from mqttpush.errors import Conflict, InvalidContent, MqttPushError, NotFound, Overloaded
 from mqttpush.models import App, BatchRequest, Content, Notification, Policy, PushRequest
 from mqttpush.store import Store
 from mqttpush.store.policy import MessageRecord
@@ -33,6 +34,9 @@ class Limits:
     max_envelope_bytes: int = 4096
     default_ttl: int = DEFAULT_TTL
     max_ttl: int = MAX_TTL
+    max_publish_lag: float = 1.0
+    """Refuse new pushes (503 ``overloaded``) while accepted ones wait longer than this to be
+    published; 0 turns the bound off."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +164,7 @@ class Intake:
             known = await store.run(store.find_biz_id, app.app_key, req.policy.biz_id)
             if known is not None:
                 return known
+        self._admit()
         target = parse_target(req.target)
         ttl = self._ttl(req.policy)
         body = self._body(req, await self._template(app, req), req.vars or {})
@@ -218,6 +223,16 @@ class Intake:
         elif self.on_scheduled is not None:
             self.on_scheduled()
         return result
+
+    def _admit(self) -> None:
+        """Refuse a new push while the dispatcher is behind by more than ``max_publish_lag``."""
+        bound = self.limits.max_publish_lag
+        lag = self._dispatcher.lag()
+        if bound > 0 and lag > bound:
+            raise Overloaded(
+                f"pushes wait {lag:.1f}s to be published (bound {bound:g}s); retry later",
+                retry_after=max(1, math.ceil(lag)),
+            )
 
     def _dispatch(
         self,

@@ -37,6 +37,9 @@ class ServerConfig:
     max_ttl: int = 10 * 24 * 3600
     connect_timeout: float = 10.0
     expiry_interval: float = 5.0
+    max_publish_lag: float = 1.0
+    """Seconds accepted pushes may wait to be published before new ones get 503 ``overloaded``
+    with ``Retry-After`` (0: no bound)."""
     log_level: str = "info"
     broker_url: str | None = None
     """``mqttpush bridge`` only: the MQTT broker to work against, ``mqtt://HOST:PORT``."""

@@ -12,6 +12,7 @@ and carries a stable snake_case ``code``; the edges translate it (HTTP status an
     ├── Conflict              409
     ├── PayloadTooLarge       413  envelope or request body over its limit
     ├── InvalidContent        422  valid JSON that breaks a rule (ttl, platform, target)
+    ├── Overloaded            503  overloaded: pushes would wait too long to go out; retry after
     ├── StartupError               a server part could not start (port in use, ...)
     ├── StoreError                 the SQLite store refused (schema too new, ...)
     └── ClientError                the server client or CLI could not complete a call
@@ -70,6 +71,18 @@ class PayloadTooLarge(MqttPushError):
 class InvalidContent(MqttPushError):
     status = 422
     code = "invalid_request"
+
+
+class Overloaded(MqttPushError):
+    """Refused for now: accepted pushes already wait longer than the configured bound to be
+    published. ``retry_after`` (seconds) goes out as the ``Retry-After`` header."""
+
+    status = 503
+    code = "overloaded"
+
+    def __init__(self, message: str, *, retry_after: int, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
 
 
 class StartupError(MqttPushError):

@@ -203,7 +203,7 @@ class BridgeNode:
         self.dispatcher = Dispatcher(store, publisher, clock)
         self.receipts = Receipts(store, publisher)
         self.tasks = TaskRunner(store, self.dispatcher, clock)
-        limits = Limits(config.max_envelope_bytes, config.default_ttl, config.max_ttl)
+        limits = Limits(config.max_envelope_bytes, config.default_ttl, config.max_ttl, config.max_publish_lag)
         self.intake = Intake(store, self.dispatcher, self.tasks, clock, limits)
         self.scheduler = Scheduler(
             store, publisher, self.dispatcher, self.intake, clock, config.expiry_interval

@@ -31,6 +31,7 @@ from mqttpush.errors import (
     InvalidContent,
     MqttPushError,
     NotFound,
+    Overloaded,
     PayloadTooLarge,
 )
 from mqttpush.models import (
@@ -113,7 +114,10 @@ def create_api(ctx: ApiContext) -> FastAPI:
 
     @api.exception_handler(MqttPushError)
     async def _on_error(request: Request, exc: MqttPushError) -> JSONResponse:
-        return _error(exc.status, exc.code, exc.message)
+        response = _error(exc.status, exc.code, exc.message)
+        if isinstance(exc, Overloaded):
+            response.headers["Retry-After"] = str(exc.retry_after)
+        return response
 
     @api.exception_handler(RequestValidationError)
     async def _on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -102,6 +102,15 @@ def _config(options: dict[str, Any]) -> ServerConfig:
 
 def bridge_options(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option(
+        "--max-publish-lag",
+        type=click.FloatRange(0),
+        default=ServerConfig.max_publish_lag,
+        show_default=True,
+        envvar="MQTTPUSH_MAX_PUBLISH_LAG",
+        help="Refuse new pushes (503 overloaded, Retry-After) while accepted ones wait longer"
+        " than this many seconds to be published; 0: no bound.",
+    )(f)
+    f = click.option(
         "--max-envelope-bytes",
         type=click.IntRange(256, 1 << 20),
         default=ServerConfig.max_envelope_bytes,

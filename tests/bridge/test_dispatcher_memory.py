@@ -14,11 +14,12 @@ from typing import Any
 import pytest
 
 from bridge.dispatcher import Dispatcher
-from bridge.intake import Intake
+from bridge.intake import Intake, Limits
 from bridge.scheduler import Scheduler
 from bridge.tasks import TaskRunner
 from mqttpush import topics
 from mqttpush.clock import ManualClock
+from mqttpush.errors import Overloaded
 from mqttpush.models import App, PushRequest
 from mqttpush.store import Store
 
@@ -45,10 +46,14 @@ class MemoryPublisher:
 
     published: list[Published] = field(default_factory=list)
     cleared: list[str] = field(default_factory=list)
+    hold: asyncio.Event | None = None
+    """When set to an event, publishes wait for it (a broker that is slow to take messages)."""
 
     async def publish(
         self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False, **kwargs: Any
     ) -> None:
+        if self.hold is not None:
+            await self.hold.wait()
         self.published.append(Published(topic, payload, qos, retain, kwargs))
 
     async def clear_retained(self, topic: str, **kwargs: Any) -> None:
@@ -225,3 +230,30 @@ async def test_a_new_dispatcher_republishes_what_the_store_says_is_not_delivered
     (again,) = after_restart.published
     assert again.topic == rig.inbox(device, msg_id) and again.retain
     assert again.payload == rig.publisher.published[0].payload
+
+
+async def test_new_pushes_are_refused_while_accepted_ones_wait_past_the_lag_bound(rig: Rig) -> None:
+    rig.publisher.hold = asyncio.Event()  # the broker takes nothing for now
+    device = await rig.device()
+    stuck = await rig.push([device])
+    assert rig.dispatcher.lag() == 0.0
+    rig.clock.advance(1.5)  # past the default bound of 1 s
+    assert rig.dispatcher.lag() == 1.5
+    with pytest.raises(Overloaded) as refused:
+        await rig.push([device])
+    assert (refused.value.status, refused.value.code, refused.value.retry_after) == (503, "overloaded", 2)
+    rig.publisher.hold.set()
+    await rig.settle()
+    assert rig.dispatcher.lag() == 0.0 and await rig.state(stuck, device) == "published"
+    assert await rig.push([device])  # accepted again once the backlog is gone
+
+
+async def test_a_zero_bound_never_refuses(rig: Rig) -> None:
+    rig.intake.limits = Limits(max_publish_lag=0)
+    rig.publisher.hold = asyncio.Event()
+    device = await rig.device()
+    await rig.push([device])
+    rig.clock.advance(3600)
+    assert await rig.push([device])
+    rig.publisher.hold.set()
+    await rig.settle()
