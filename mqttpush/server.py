@@ -275,7 +275,9 @@ class BridgeNode:
         sock.bind((self.config.host, self.config.http_port))
         self._http_socket = sock
         self._http = _ApiServer(
-            uvicorn.Config(api, log_level="warning", access_log=False, lifespan="off", loop="none")
+            uvicorn.Config(
+                api, log_level="warning", access_log=False, lifespan="off", loop="none", http="httptools"
+            )
         )
         self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]))
         while not self._http.started:
