@@ -31,7 +31,7 @@ from sqlite_utils import Database
 
 from mqttpush import ids
 from mqttpush.clock import Clock, SystemClock
-from mqttpush.errors import Conflict, StoreError
+from mqttpush.errors import Conflict, NotFound, StoreError
 from mqttpush.models import (
     PENDING_STATES,
     App,
@@ -478,6 +478,14 @@ class Store(TargetingQueries, PolicyQueries, VendorQueries):
         )
         return [Device(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6]), r[7], r[8]) for r in rows]
 
+    def require_known(self, app_key: str, device_ids: list[str]) -> None:
+        """Raise :class:`NotFound` (``unknown_device``) unless every id is a device of ``app_key``."""
+        known = self.known_devices(app_key, device_ids)
+        unknown = [d for d in device_ids if d not in known]
+        if unknown:
+            shown = ", ".join(unknown[:5]) + (" …" if len(unknown) > 5 else "")
+            raise NotFound(f"{len(unknown)} unknown device(s): {shown}", code="unknown_device")
+
     def known_devices(self, app_key: str, device_ids: Iterable[str]) -> set[str]:
         """The subset of ``device_ids`` registered to ``app_key``."""
         wanted = list(dict.fromkeys(device_ids))
@@ -562,13 +570,18 @@ class Store(TargetingQueries, PolicyQueries, VendorQueries):
         priority: int = 1,
         next_run_at: float | None = None,
         parent_msg_id: str | None = None,
+        check_devices: bool = False,
     ) -> None:
         """Commit a message, one ``accepted`` delivery per device and its task (if any), in one transaction.
 
-        Raises :class:`Conflict` (``duplicate_biz_id``) if the app already used the policy's ``biz_id``.
+        Raises :class:`Conflict` (``duplicate_biz_id``) if the app already used the policy's ``biz_id``;
+        with ``check_devices``, :class:`NotFound` (``unknown_device``) unless every device is the
+        app's (checked in the same transaction: one store call for a push to a device list).
         """
         now = self.clock.now()
         with self._tx():
+            if check_devices:
+                self.require_known(app_key, device_ids)
             try:
                 self._conn.execute(
                     "INSERT INTO messages (msg_id, app_key, kind, target, envelope, policy, biz_id, created_at,"
