@@ -20,6 +20,7 @@ from bridge.channels.base import (
     Delivered,
     DropToken,
     Fail,
+    Outcome,
     PayloadTooLargeForVendor,
     PushMessage,
     Retry,
@@ -31,7 +32,16 @@ from mqttpush.store.vendors import VendorOutcome
 
 log = logging.getLogger("mqttpush.vendors")
 
-_SLICE = 200
+_RECORD_BATCH = 500
+"""Outcomes stored per store call (one transaction each)."""
+_IN_FLIGHT = 1000
+"""Default requests in flight per app and vendor (``max_in_flight``); HTTP/2 channels also hold
+to the server's SETTINGS_MAX_CONCURRENT_STREAMS per connection."""
+_RATE = 10_000.0
+"""Default sends a second per app and vendor (``rate_per_second``)."""
+_MAX_CONNECTIONS = 8
+GATEWAY_KEYS = frozenset({"rate_per_second", "max_in_flight", "connections"})
+"""VENDORS.json keys every vendor entry takes, read by the gateway, not the channel module."""
 
 ChannelFactory = Callable[[str, dict[str, Any]], Channel]
 """``(vendor, stored config) -> Channel``."""
@@ -73,7 +83,7 @@ class VendorGateway:
         max_attempts: int = 5,
         backoff: float = 1.0,
         max_backoff: float = 300.0,
-        rate_per_second: float = 2000.0,
+        rate_per_second: float = _RATE,
         recheck_seconds: float = 2.0,
     ) -> None:
         self._store = store
@@ -85,6 +95,7 @@ class VendorGateway:
         self._rate = rate_per_second
         self._channels: dict[tuple[str, str], Channel] = {}
         self._limits: dict[tuple[str, str], _RateLimit] = {}
+        self._in_flight: dict[tuple[str, str], int] = {}
         self._configured: dict[str, frozenset[str]] = {}
         # Credentials are also changed by other processes (`mqttpush app vendor set` writes the
         # store directly), so a cached app is re-checked against the store this often.
@@ -155,8 +166,10 @@ class VendorGateway:
             config = await self._store.run(self._store.vendor_config, app_key, vendor)
             if config is None:
                 return None
+            obj = config.get("obj") or {}
             self._channels[key] = self._factory(vendor, config)
-            self._limits[key] = _RateLimit(self._clock, float(config.get("rate_per_second", self._rate)))
+            self._limits[key] = _RateLimit(self._clock, float(obj.get("rate_per_second", self._rate)))
+            self._in_flight[key] = int(obj.get("max_in_flight", _IN_FLIGHT))
         return self._channels[key]
 
     async def _run(
@@ -172,36 +185,66 @@ class VendorGateway:
         attempt, todo = 0, forwards
         while todo:
             attempt += 1
-            results: list[Any] = []
-            # In slices: thousands of ready coroutines at once would starve the API on the same loop.
-            for i in range(0, len(todo), _SLICE):
-                results += await asyncio.gather(
-                    *(self._send(app_key, vendor, channel, f) for f in todo[i : i + _SLICE])
-                )
+            retry, wait = await self._attempt(app_key, vendor, channel, todo, attempt, on_failure)
+            if retry:
+                backoff = min(self._max_backoff, self._backoff * 2 ** (attempt - 1))
+                await self._clock.sleep(max(wait, backoff * random.uniform(0.5, 1.0)))
+            todo = retry
+
+    async def _attempt(
+        self,
+        app_key: str,
+        vendor: str,
+        channel: Channel,
+        todo: list[Forward],
+        attempt: int,
+        on_failure: OnFailure | None,
+    ) -> tuple[list[Forward], float]:
+        """Send each of ``todo`` once, up to the channel's in-flight limit at a time (a few workers
+        pulling from one iterator, not a coroutine per forward), and store outcomes as they come,
+        ``_RECORD_BATCH`` per store call. Returns what to retry and the longest Retry-After."""
+        pending = iter(todo)
+        answered: list[tuple[Forward, Outcome]] = []
+        retry: list[Forward] = []
+        wait = 0.0
+
+        async def settle() -> None:
+            nonlocal wait
+            batch = answered[:]
+            answered.clear()
             outcomes: list[tuple[Forward, str, str | None]] = []
-            retry: list[Forward] = []
-            wait = 0.0
-            for f, outcome in zip(todo, results, strict=True):
+            alarms: dict[str, None] = {}
+            for f, outcome in batch:
                 if isinstance(outcome, Delivered):
                     outcomes.append((f, "forwarded", outcome.vendor_id))
                 elif isinstance(outcome, DropToken):
                     outcomes.append((f, "dropped_token", outcome.reason))
                 elif isinstance(outcome, Fail):
                     if outcome.auth:
-                        await self._store.run(self._store.raise_alarm, app_key, vendor, outcome.reason)
+                        alarms[outcome.reason] = None
                     outcomes.append((f, "failed", ("auth: " if outcome.auth else "") + outcome.reason))
                 elif attempt >= self._max_attempts:
                     outcomes.append((f, "failed", f"gave up after {attempt} attempts: {outcome.reason}"))
                 else:
                     retry.append(f)
                     wait = max(wait, outcome.after or 0.0)
+            for reason in alarms:
+                await self._store.run(self._store.raise_alarm, app_key, vendor, reason)
             await self._record(app_key, vendor, outcomes, attempt, on_failure)
-            if retry:
-                backoff = min(self._max_backoff, self._backoff * 2 ** (attempt - 1))
-                await self._clock.sleep(max(wait, backoff * random.uniform(0.5, 1.0)))
-            todo = retry
 
-    async def _send(self, app_key: str, vendor: str, channel: Channel, f: Forward) -> Any:
+        async def worker() -> None:
+            for f in pending:
+                answered.append((f, await self._send(app_key, vendor, channel, f)))
+                if len(answered) >= _RECORD_BATCH:
+                    await settle()
+
+        workers = min(len(todo), self._in_flight.get((app_key, vendor), _IN_FLIGHT))
+        await asyncio.gather(*(worker() for _ in range(workers)))
+        if answered:
+            await settle()
+        return retry, wait
+
+    async def _send(self, app_key: str, vendor: str, channel: Channel, f: Forward) -> Outcome:
         await self._limits[(app_key, vendor)].wait()
         try:
             return await channel.send(f.message, f.token)
@@ -252,9 +295,34 @@ def _module(vendor: str) -> Any:
     return importlib.import_module(f"bridge.channels.{vendor}")
 
 
+def _gateway_settings(vendor: str, obj: Any) -> dict[str, float]:
+    """The entry's gateway keys (``rate_per_second``, ``max_in_flight``, ``connections``), checked."""
+    if not isinstance(obj, dict):
+        return {}
+    settings: dict[str, float] = {}
+    for key in GATEWAY_KEYS & set(obj):
+        value = obj[key]
+        whole = key != "rate_per_second"
+        if isinstance(value, bool) or not isinstance(value, int if whole else int | float) or value <= 0:
+            kind = "a positive whole number" if whole else "a positive number"
+            raise InvalidContent(
+                f"VENDORS.json {vendor}: {key!r} must be {kind}, got {value!r}", code="bad_vendor_config"
+            )
+        if key == "connections" and value > _MAX_CONNECTIONS:
+            raise InvalidContent(
+                f"VENDORS.json {vendor}: 'connections' is at most {_MAX_CONNECTIONS}, got {value}",
+                code="bad_vendor_config",
+            )
+        settings[key] = value
+    return settings
+
+
 def _credentials(vendor: str, config: dict[str, Any]) -> Any:
     module = _module(vendor)
     obj, base_dir = config["obj"], Path(config["base_dir"])
+    _gateway_settings(vendor, obj)
+    if isinstance(obj, dict):
+        obj = {k: v for k, v in obj.items() if k not in GATEWAY_KEYS}
     if vendor == "webpush":
         return module.load_credentials(obj, base_dir, vapid_private_key=config.get("vapid_private_pem") or "")
     return module.load_credentials(obj, base_dir)
@@ -292,5 +360,11 @@ def ensure_vapid(store: Store, app_key: str) -> str:
 
 def make_channel(vendor: str, config: dict[str, Any]) -> Channel:
     """Open a channel from stored credentials (the gateway's factory)."""
-    channel: Channel = getattr(_module(vendor), _CHANNEL_CLASSES[vendor])(_credentials(vendor, config))
+    settings = _gateway_settings(vendor, config["obj"])
+    options: dict[str, int] = {"max_concurrency": int(settings.get("max_in_flight", _IN_FLIGHT))}
+    if vendor == "apns":
+        options["connections"] = int(settings.get("connections", 1))
+    channel: Channel = getattr(_module(vendor), _CHANNEL_CLASSES[vendor])(
+        _credentials(vendor, config), **options
+    )
     return channel

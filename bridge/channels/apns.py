@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 import jwt
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -64,6 +63,7 @@ from bridge.channels.base import (
     tls_verify,
     token_error,
 )
+from bridge.channels.http2 import Http2Error, Http2Pool
 from mqttpush.errors import InvalidContent
 
 log = logging.getLogger(__name__)
@@ -370,7 +370,9 @@ class ProviderToken:
 
 
 class ApnsChannel(HttpChannel):
-    """Sends to APNs for one app over one multiplexed HTTP/2 connection."""
+    """Sends to APNs for one app: many concurrent streams on one HTTP/2 connection (at most
+    ``max_concurrency`` in flight and the server's ``SETTINGS_MAX_CONCURRENT_STREAMS`` per
+    connection), more connections (up to ``connections``) only when those are full."""
 
     name = "apns"
 
@@ -378,14 +380,23 @@ class ApnsChannel(HttpChannel):
         self,
         creds: ApnsCredentials,
         *,
-        max_concurrency: int = 100,
+        max_concurrency: int = 1000,
+        connections: int = 1,
         timeout: float = 10.0,
         now: Callable[[], float] = time.time,
     ) -> None:
         self.creds = creds
         self.provider_token = ProviderToken(creds, now=now)
         self._now = now
-        super().__init__(tls_verify(creds.ca_file), max_concurrency=max_concurrency, timeout=timeout)
+        verify = tls_verify(creds.ca_file)
+        super().__init__(verify, max_concurrency=max_concurrency, timeout=timeout)
+        self._pool = Http2Pool(
+            creds.base_url, verify, connections=connections, max_streams=max_concurrency, timeout=timeout
+        )
+
+    async def close(self) -> None:
+        await self._pool.aclose()
+        await super().close()
 
     async def send(self, message: PushMessage, token: str) -> Outcome:
         """Build, send, classify; one resend with a fresh provider token after ExpiredProviderToken
@@ -421,20 +432,12 @@ class ApnsChannel(HttpChannel):
                     return DropToken(f"BadDeviceToken: {exc.message}")
                 return Fail(f"{exc.code}: {exc.message}")
             try:
-                response = await self._client.request(
-                    request.method, request.url, headers=request.headers, content=request.body
-                )
-            except httpx.TransportError as exc:
+                response = await self._pool.request(request)
+            except Http2Error as exc:
                 self._bump("network_errors")
-                log.warning("apns network_error error=%s token=%s", type(exc).__name__, redact(token))
+                log.warning("apns network_error error=%s token=%s", exc, redact(token))
                 return Retry("network")
-            outcome = classify(
-                VendorResponse(
-                    response.status_code,
-                    {k.lower(): v for k, v in response.headers.items()},
-                    response.content,
-                )
-            )
+            outcome = classify(response)
             if (
                 not refreshed
                 and isinstance(outcome, Fail)
