@@ -15,6 +15,7 @@ from mqttpush.store import Store
 log = logging.getLogger("mqttpush.receipts")
 
 _BATCH = 1000
+_CLEAR_CONCURRENCY = 256  # inbox clears in flight at once, as the dispatcher publishes
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,12 +73,27 @@ class Receipts:
             fanouts = await self._store.run(
                 self._store.apply_receipts, [(r.app_key, r.device_id, r.msg_id, r.event) for r in batch]
             )
+            clears: list[str] = []
             for r, fanout in zip(batch, fanouts, strict=True):
                 if fanout == "inbox":
                     # Any receipt proves the device has the message: it must not come back on reconnect.
-                    await self._publisher.clear_retained(topics.inbox_topic(r.app_key, r.device_id, r.msg_id))
+                    clears.append(topics.inbox_topic(r.app_key, r.device_id, r.msg_id))
                 elif fanout is None:
                     log.info("receipt for unknown delivery device_id=%s msg_id=%s", r.device_id, r.msg_id)
+            await self._clear(list(dict.fromkeys(clears)))
             self.handled += len(batch)
             async with self._handled_changed:
                 self._handled_changed.notify_all()
+
+    async def _clear(self, inboxes: list[str]) -> None:
+        """Clear retained inbox topics, many at once (over a socket, split mode, each waits for its
+        PUBACK). A failed clear is logged and the others go on: the receipts are stored already,
+        and a copy that comes back is one the device de-duplicates by ``id``."""
+        for i in range(0, len(inboxes), _CLEAR_CONCURRENCY):
+            chunk = inboxes[i : i + _CLEAR_CONCURRENCY]
+            results = await asyncio.gather(
+                *(self._publisher.clear_retained(t) for t in chunk), return_exceptions=True
+            )
+            for topic, result in zip(chunk, results, strict=True):
+                if isinstance(result, BaseException):
+                    log.error("inbox clear failed topic=%s: %r", topic, result)

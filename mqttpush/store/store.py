@@ -700,45 +700,123 @@ class Store(TargetingQueries, PolicyQueries, VendorQueries):
         return self.apply_receipts([(app_key, device_id, msg_id, event)])[0]
 
     def apply_receipts(self, receipts: list[tuple[str, str, str, ReceiptEvent]]) -> list[str | None]:
-        """Many receipts in one transaction (receipts come in bursts: one fsync, not one each)."""
+        """Many receipts ``(app, device, msg, event)`` in one transaction (receipts come in bursts:
+        one fsync, not one each). Returns each one's fanout, as :meth:`apply_receipt` does.
+
+        Set-based: the batch's messages and deliveries are read with a few ``IN`` queries, each
+        receipt is decided in Python in arrival order (a repeat, or ``arrived`` then ``opened`` for
+        one delivery, acts as if applied one at a time), and the moves are written with
+        ``executemany`` and ``UPDATE … IN`` per message (1,000 receipts were 4,000 statements).
+        """
         now = self.clock.now()
         with self._tx():
-            return [self._apply_receipt(a, d, m, e, now) for a, d, m, e in receipts]
+            messages = self._receipt_messages(list(dict.fromkeys(m for _, _, m, _ in receipts)))
+            keys = [(m, d) for a, d, m, _ in receipts if m in messages and messages[m][0] == a]
+            states = self._receipt_states(list(dict.fromkeys(keys)))
+            before = dict(states)
+            events: list[tuple[str, str, str, float, str | None]] = []
+            fanouts = [
+                self._apply_receipt(a, d, m, e, now, messages, states, events) for a, d, m, e in receipts
+            ]
+            joined = [k for k in states if k not in before]
+            self._conn.executemany(
+                "INSERT INTO deliveries (msg_id, device_id, channel, state, updated_at) VALUES (?, ?, 'mqtt', ?, ?)",
+                [(m, d, states[m, d].value, now) for m, d in joined],
+            )
+            moved: dict[tuple[str, DeliveryState], list[str]] = {}
+            for (m, d), s in states.items():
+                if (m, d) in before and before[m, d] is not s:
+                    moved.setdefault((m, s), []).append(d)
+            self._receipt_moves(moved, now)
+            self._conn.executemany(
+                "INSERT INTO delivery_events (msg_id, device_id, state, at, detail) VALUES (?, ?, ?, ?, ?)",
+                events,
+            )
+        return fanouts
 
+    def _receipt_moves(self, moved: dict[tuple[str, DeliveryState], list[str]], now: float) -> None:
+        """Write the final states: ``(msg_id, state) → device ids``. Receipts never move a delivery
+        to failed/dropped, so ``error`` is left as it is."""
+        singles = [(s.value, now, m, ds[0]) for (m, s), ds in moved.items() if len(ds) == 1]
+        self._conn.executemany(
+            "UPDATE deliveries SET state = ?, updated_at = ? WHERE msg_id = ? AND device_id = ?", singles
+        )
+        # The devices of one list push: in one UPDATE … IN (…) each costs about half a statement.
+        for (msg_id, state), device_ids in moved.items():
+            if len(device_ids) > 1:
+                for chunk, marks in chunks(device_ids, 400):
+                    self._conn.execute(
+                        f"UPDATE deliveries SET state = ?, updated_at = ? WHERE msg_id = ? AND device_id IN ({marks})",
+                        (state.value, now, msg_id, *chunk),
+                    )
+
+    def _receipt_messages(self, msg_ids: list[str]) -> dict[str, tuple[str, str, float]]:
+        """``msg_id → (app_key, fanout, expires_at)`` of those that exist."""
+        found: dict[str, tuple[str, str, float]] = {}
+        for chunk, marks in chunks(msg_ids):
+            for msg_id, app_key, fanout, expires_at in self._conn.execute(
+                f"SELECT msg_id, app_key, fanout, expires_at FROM messages WHERE msg_id IN ({marks})", chunk
+            ):
+                found[msg_id] = (str(app_key), str(fanout), float(expires_at))
+        return found
+
+    def _receipt_states(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], DeliveryState]:
+        """The current state of each delivery ``(msg_id, device_id)`` that exists."""
+        found: dict[tuple[str, str], DeliveryState] = {}
+        for i in range(0, len(keys), 400):
+            chunk = keys[i : i + 400]
+            # CROSS JOIN keeps the key list outside: one primary-key lookup per key, never a scan.
+            for msg_id, device_id, state in self._conn.execute(
+                f"SELECT d.msg_id, d.device_id, d.state FROM (VALUES {','.join(['(?, ?)'] * len(chunk))}) k"
+                " CROSS JOIN deliveries d ON d.msg_id = k.column1 AND d.device_id = k.column2",
+                [x for key in chunk for x in key],
+            ):
+                found[msg_id, device_id] = DeliveryState(state)
+        return found
+
+    @staticmethod
     def _apply_receipt(
-        self, app_key: str, device_id: str, msg_id: str, event: ReceiptEvent, now: float
+        app_key: str,
+        device_id: str,
+        msg_id: str,
+        event: ReceiptEvent,
+        now: float,
+        messages: dict[str, tuple[str, str, float]],
+        states: dict[tuple[str, str], DeliveryState],
+        events: list[tuple[str, str, str, float, str | None]],
     ) -> str | None:
-        msg = self._conn.execute(
-            "SELECT fanout, expires_at FROM messages WHERE msg_id = ? AND app_key = ?", (msg_id, app_key)
-        ).fetchone()
-        if msg is None:
+        """Decide one receipt against the batch's view: moves ``states`` and appends to ``events``
+        the history rows, in order. Returns the fanout, or None for no such delivery."""
+        msg = messages.get(msg_id)
+        if msg is None or msg[0] != app_key:
             return None
-        fanout, expired = str(msg[0]), float(msg[1]) <= now
-        row = self._conn.execute(
-            "SELECT state FROM deliveries WHERE msg_id = ? AND device_id = ?", (msg_id, device_id)
-        ).fetchone()
-        if row is None and fanout == "topic" and expired:
+        fanout, expired = msg[1], msg[2] <= now
+        key = (msg_id, device_id)
+        current = states.get(key)
+        if current is None and fanout == "topic" and expired:
             return fanout  # too late to join the broadcast
-        if row is None and fanout == "topic":
+        if current is None and fanout == "topic":
             # A device that registered after the broadcast went out still gets it (retained): count it.
-            self._insert_deliveries(msg_id, [device_id], now)
-            self._record(msg_id, device_id, DeliveryState.PUBLISHED, now, "joined broadcast")
-            row = (DeliveryState.PUBLISHED.value,)
-        if row is None:
+            events.append((msg_id, device_id, DeliveryState.ACCEPTED.value, now, None))
+            events.append((msg_id, device_id, DeliveryState.PUBLISHED.value, now, "joined broadcast"))
+            current = DeliveryState.PUBLISHED
+        if current is None:
             return None
-        current = DeliveryState(row[0])
         if expired and current in PENDING_STATES:
             # Past its TTL before the sweep got to it: the device did not have it in time.
-            self._record(msg_id, device_id, DeliveryState.EXPIRED, now, "ttl")
-            return fanout
-        new = DeliveryState(event.value)
-        if advances(current, new):
-            # opened/dismissed imply arrival: keep the arrival time in the history too
-            if new is not DeliveryState.ARRIVED and advances(current, DeliveryState.ARRIVED):
-                self._record(msg_id, device_id, DeliveryState.ARRIVED, now, "implied")
-            self._record(msg_id, device_id, new, now, None)
+            events.append((msg_id, device_id, DeliveryState.EXPIRED.value, now, "ttl"))
+            current = DeliveryState.EXPIRED
+        else:
+            new = DeliveryState(event.value)
+            if advances(current, new):
+                # opened/dismissed imply arrival: keep the arrival time in the history too
+                if new is not DeliveryState.ARRIVED and advances(current, DeliveryState.ARRIVED):
+                    events.append((msg_id, device_id, DeliveryState.ARRIVED.value, now, "implied"))
+                events.append((msg_id, device_id, new.value, now, None))
+                current = new
         # A receipt that moves nothing (a late "arrived" after "opened", a repeat) is no transition:
         # the history stays a forward path.
+        states[key] = current
         return fanout
 
     def pending_deliveries(self) -> list[PendingDelivery]:
