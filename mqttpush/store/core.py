@@ -33,7 +33,9 @@ class StoreCore:
     ) -> None:
         raise NotImplementedError
 
-    def _insert_deliveries(self, msg_id: str, device_ids: list[str], now: float) -> list[str]:
+    def _insert_deliveries(
+        self, msg_id: str, device_ids: list[str], now: float, *, new_message: bool = False
+    ) -> list[str]:
         raise NotImplementedError
 
     def _seal(self, plain: str) -> bytes:

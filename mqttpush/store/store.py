@@ -609,7 +609,7 @@ class Store(TargetingQueries, PolicyQueries, VendorQueries):
                 raise Conflict(
                     f"biz_id {policy.get('biz_id')!r} was already used", code="duplicate_biz_id"
                 ) from None
-            self._insert_deliveries(msg_id, device_ids, now)
+            self._insert_deliveries(msg_id, device_ids, now, new_message=True)
             if task_id is not None:
                 self._conn.execute(
                     "INSERT INTO tasks (task_id, app_key, msg_id, kind, state, created_at, updated_at)"
@@ -617,10 +617,13 @@ class Store(TargetingQueries, PolicyQueries, VendorQueries):
                     (task_id, app_key, msg_id, kind, now, now),
                 )
 
-    def _insert_deliveries(self, msg_id: str, device_ids: list[str], now: float) -> list[str]:
-        """Insert ``accepted`` deliveries that do not exist yet; returns the device ids inserted."""
+    def _insert_deliveries(
+        self, msg_id: str, device_ids: list[str], now: float, *, new_message: bool = False
+    ) -> list[str]:
+        """Insert ``accepted`` deliveries that do not exist yet; returns the device ids inserted.
+        ``new_message``: the message was inserted in this transaction, so none can exist."""
         existing: set[str] = set()
-        for chunk, marks in chunks(device_ids):
+        for chunk, marks in [] if new_message else chunks(device_ids):
             existing.update(
                 r[0]
                 for r in self._conn.execute(
