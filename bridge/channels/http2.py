@@ -34,6 +34,22 @@ class Http2Error(Exception):
     """The request may not have reached the vendor: connection failed or lost, stream reset, timeout."""
 
 
+class _GoawayStateMachine(h2.connection.H2ConnectionStateMachine):
+    """h2's connection state machine, except that a received GOAWAY leaves the connection open:
+    h2 closes it at once (python-hyper/h2#1181), which would make the answers to the streams the
+    server still finishes protocol errors. No new stream is opened on it (it is no longer usable)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._transitions = {
+            **self._transitions,
+            (h2.connection.ConnectionState.CLIENT_OPEN, h2.connection.ConnectionInputs.RECV_GOAWAY): (
+                None,
+                h2.connection.ConnectionState.CLIENT_OPEN,
+            ),
+        }
+
+
 @dataclass(slots=True)
 class _Stream:
     done: asyncio.Future[None]
@@ -48,6 +64,7 @@ class _Connection(asyncio.Protocol):
     def __init__(self, max_streams: int) -> None:
         config = h2.config.H2Configuration(client_side=True, header_encoding=None)
         self._h2 = h2.connection.H2Connection(config)
+        self._h2.state_machine = _GoawayStateMachine()
         self._h2.local_settings = h2.settings.Settings(
             client=True, initial_values={h2.settings.SettingCodes.ENABLE_PUSH: 0}
         )
@@ -114,6 +131,7 @@ class _Connection(asyncio.Protocol):
                     self._end(
                         stream_id, Http2Error(f"connection closed by the server (GOAWAY {event.error_code})")
                     )
+                self._close_if_drained()
         self._flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -138,6 +156,7 @@ class _Connection(asyncio.Protocol):
                 stream.done.set_result(None)
             else:
                 stream.done.set_exception(exc)
+        self._close_if_drained()
         self._release()
 
     def _release(self, everyone: bool = False) -> None:
@@ -217,7 +236,13 @@ class _Connection(asyncio.Protocol):
         with contextlib.suppress(h2.exceptions.H2Error):
             self._h2.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
         self._flush_soon()
+        self._close_if_drained()
         self._release()
+
+    def _close_if_drained(self) -> None:
+        # After GOAWAY (or with stream ids used up) nothing else will use the connection.
+        if not self.usable and not self._streams:
+            self.close()
 
     def close(self) -> None:
         self.usable = False
@@ -277,7 +302,9 @@ class Http2Pool:
             best = max(self._connections, key=lambda c: c.capacity, default=None)
             if best is not None and best.capacity > 0:
                 return best
-            if len(self._connections) + self._opening < self._max_connections:
+            # While a connection is being opened, its streams are not known yet: wait for them
+            # rather than open more connections at once.
+            if not self._opening and len(self._connections) < self._max_connections:
                 return await self._open()
             # One waiter woken per freed stream, not all of them (hundreds wait at full load).
             waiter = asyncio.get_running_loop().create_future()
@@ -297,11 +324,14 @@ class Http2Pool:
                         ssl=self._ssl,
                         server_hostname=self._host,
                     )
-                    ssl_object = transport.get_extra_info("ssl_object")
-                    if ssl_object is None or ssl_object.selected_alpn_protocol() != "h2":
+                    try:
+                        ssl_object = transport.get_extra_info("ssl_object")
+                        if ssl_object is None or ssl_object.selected_alpn_protocol() != "h2":
+                            raise Http2Error(f"{self.authority} does not offer HTTP/2 (ALPN h2)")
+                        await connection.settled
+                    except BaseException:  # no SETTINGS in time, or cancelled: not left open
                         transport.close()
-                        raise Http2Error(f"{self.authority} does not offer HTTP/2 (ALPN h2)")
-                    await connection.settled
+                        raise
             except (OSError, ssl.SSLError, TimeoutError) as exc:
                 raise Http2Error(f"cannot connect to {self.authority}: {exc!r}") from exc
             connection.freed = self._wake
