@@ -17,6 +17,7 @@ Devices the router sends to a vendor are forwarded after the MQTT publishes; und
 
 Nothing is lost if the process dies between commit and publish: :meth:`recover` re-publishes
 every undelivered, unexpired delivery of an active message at start, through the same policy.
+Nor if a batch fails on the way (a store write refused): :meth:`run` puts it back in the queue.
 """
 
 from __future__ import annotations
@@ -169,15 +170,23 @@ class Dispatcher:
         return len(pending)
 
     async def run(self) -> None:
+        """Publish what is submitted, a batch at a time, until cancelled. A batch that fails (the
+        store refused a write, say) goes back in the queue whole before the error propagates to
+        the supervisor (bridge/supervisor.py), which runs this again after a backoff: what it had
+        published is published again (devices de-duplicate by id) and moved to ``published`` then.
+        Nothing submitted meanwhile is lost: it waits in the queue."""
         while True:
             items = [await self._queue.get()]
             while not self._queue.empty() and len(items) < _BATCH:
                 items.append(self._queue.get_nowait())
             try:
                 await self._dispatch([out for _, _, out in items])
-            finally:
-                for _, seq, _ in items:
-                    self._waiting.pop(seq, None)
+            except BaseException:
+                for item in items:
+                    self._queue.put_nowait(item)
+                raise
+            for _, seq, _ in items:
+                self._waiting.pop(seq, None)
             if self._queue.empty():
                 self._idle.set()
 

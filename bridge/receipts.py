@@ -49,6 +49,8 @@ class Receipts:
         self._store = store
         self._publisher = publisher
         self._queue: asyncio.Queue[Receipt] = asyncio.Queue()
+        self._retry: list[Receipt] = []
+        """A batch the store refused, applied first when :meth:`run` is started again."""
         self.handled = 0
         self._handled_changed = asyncio.Condition()
 
@@ -65,14 +67,20 @@ class Receipts:
         self._queue.put_nowait(receipt)
 
     async def run(self) -> None:
+        """Apply receipts until cancelled. A batch the store refuses is kept for the next run (the
+        supervisor, bridge/supervisor.py, starts this again after a backoff) and raised."""
         while True:
-            batch = [await self._queue.get()]
+            batch, self._retry = self._retry or [await self._queue.get()], []
             while not self._queue.empty() and len(batch) < _BATCH:
                 batch.append(self._queue.get_nowait())
             # Coalesced: one transaction for every receipt that arrived meanwhile.
-            fanouts = await self._store.run(
-                self._store.apply_receipts, [(r.app_key, r.device_id, r.msg_id, r.event) for r in batch]
-            )
+            try:
+                fanouts = await self._store.run(
+                    self._store.apply_receipts, [(r.app_key, r.device_id, r.msg_id, r.event) for r in batch]
+                )
+            except BaseException:
+                self._retry = batch
+                raise
             clears: list[str] = []
             for r, fanout in zip(batch, fanouts, strict=True):
                 if fanout == "inbox":

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 from typing import Any
 
 from bridge.dispatcher import Dispatcher, Outbound
@@ -17,8 +16,6 @@ from mqttpush import topics
 from mqttpush.clock import Clock
 from mqttpush.store import Store
 from mqttpush.store.policy import DueDelivery
-
-log = logging.getLogger("mqttpush.scheduler")
 
 
 class Scheduler:
@@ -54,12 +51,11 @@ class Scheduler:
             await self._repush()
 
     async def run(self) -> None:
+        """Passes until cancelled. A failed pass propagates to the supervisor (bridge/supervisor.py),
+        which logs it once and runs this again after a backoff on the same clock."""
         while True:
             self._wake.clear()
-            try:
-                await self.tick()
-            except Exception:
-                log.exception("scheduler pass failed")
+            await self.tick()
             nxt = await self._store.run(self._store.next_wakeup)
             delay = self._interval if nxt is None else min(self._interval, max(0.0, nxt - self._clock.now()))
             sleeping = asyncio.ensure_future(self._clock.sleep(delay))

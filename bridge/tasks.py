@@ -19,6 +19,7 @@ from bridge.dispatcher import Dispatcher, Outbound
 from bridge.policy import SendPolicy
 from bridge.targets import AudienceTarget, FileTarget, Target, filter_matches, parse_target
 from mqttpush.clock import Clock
+from mqttpush.errors import StoreUnavailable
 from mqttpush.store import Store
 
 log = logging.getLogger("mqttpush.tasks")
@@ -57,10 +58,16 @@ class TaskRunner:
         await self._dispatcher.drained()
 
     async def run(self) -> None:
+        """Resolve started tasks until cancelled. A task the store could not go on with (disk full,
+        locked) is not failed: it goes back in the queue (its delivery inserts are idempotent) and
+        the error propagates to the supervisor (bridge/supervisor.py), which runs this again."""
         while True:
-            _, _, task_id, policy = await self._queue.get()
+            priority, seq, task_id, policy = await self._queue.get()
             try:
                 await self._execute(task_id, policy)
+            except StoreUnavailable:
+                self._queue.put_nowait((priority, seq, task_id, policy))
+                raise
             except Exception as exc:
                 log.exception("task failed task_id=%s", task_id)
                 await self._store.run(self._store.finish_task, task_id, "failed", repr(exc))

@@ -13,6 +13,8 @@ and carries a stable snake_case ``code``; the edges translate it (HTTP status an
     ├── PayloadTooLarge       413  envelope or request body over its limit
     ├── InvalidContent        422  valid JSON that breaks a rule (ttl, platform, target)
     ├── Overloaded            503  overloaded: pushes would wait too long to go out; retry after
+    ├── StoreUnavailable      503  store_unavailable: the store cannot write (disk full, I/O error,
+    │                              locked beyond the busy timeout); nothing was accepted; retry after
     ├── StartupError               a server part could not start (port in use, ...)
     ├── StoreError                 the SQLite store refused (schema too new, ...)
     └── ClientError                the server client or CLI could not complete a call
@@ -81,6 +83,18 @@ class Overloaded(MqttPushError):
     code = "overloaded"
 
     def __init__(self, message: str, *, retry_after: int, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
+
+
+class StoreUnavailable(MqttPushError):
+    """The store cannot write now (disk full, I/O error, locked beyond the busy timeout): nothing
+    of the call is on disk. Transient: ``retry_after`` (seconds) goes out as ``Retry-After``."""
+
+    status = 503
+    code = "store_unavailable"
+
+    def __init__(self, message: str, *, retry_after: int = 5, code: str | None = None) -> None:
         super().__init__(message, code=code)
         self.retry_after = retry_after
 

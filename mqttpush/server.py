@@ -14,7 +14,7 @@ import contextlib
 import logging
 import resource
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import uvicorn
@@ -26,6 +26,7 @@ from bridge.mqtt_api import MqttApi
 from bridge.publisher import MqttPublisher, Publisher
 from bridge.receipts import Receipts
 from bridge.scheduler import Scheduler
+from bridge.supervisor import Supervisors
 from bridge.tasks import TaskRunner
 from bridge.vendors import VendorGateway, make_channel
 from mqttpush.api.app import ApiContext, create_api
@@ -97,36 +98,24 @@ class _Presence:
     def __init__(self, store: Store) -> None:
         self._store = store
         self._queue: asyncio.Queue[tuple[str, bool]] = asyncio.Queue()
+        self._retry: tuple[str, bool] | None = None
+        """A change the store refused, written first when :meth:`run` is started again."""
 
     def put(self, device_id: str, online: bool) -> None:
         self._queue.put_nowait((device_id, online))
 
     async def run(self) -> None:
         while True:
-            device_id, online = await self._queue.get()
+            change, self._retry = self._retry or await self._queue.get(), None
             try:
-                await self._store.run(self._store.set_presence, device_id, online)
-            finally:
-                self._queue.task_done()
+                await self._store.run(self._store.set_presence, *change)
+            except BaseException:
+                self._retry = change  # kept, in order, for the supervisor's restart
+                raise
+            self._queue.task_done()
 
     async def idle(self) -> None:
         await self._queue.join()
-
-
-class _Tasks:
-    """Background tasks of a node, cancelled together."""
-
-    def __init__(self) -> None:
-        self._tasks: list[asyncio.Task[Any]] = []
-
-    def start(self, *coros: Any) -> None:
-        self._tasks += [asyncio.create_task(c) for c in coros]
-
-    async def cancel(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
 
 
 class BrokerNode:
@@ -147,7 +136,7 @@ class BrokerNode:
             mqtts_port=config.mqtts_port,
             wss_port=config.wss_port,
         )
-        self._tasks = _Tasks()
+        self.loops = Supervisors()
 
     @property
     def port(self) -> int:
@@ -183,10 +172,10 @@ class BrokerNode:
         raise_fd_limit()
         await self.store.run(self.store.reset_presence)
         await self.broker.start()
-        self._tasks.start(self.presence.run())
+        self.loops.start("presence", self.presence.run)
 
     async def stop(self) -> None:
-        await self._tasks.cancel()
+        await self.loops.cancel()
         await self.broker.shutdown()
 
 
@@ -220,7 +209,10 @@ class BridgeNode:
             else None
         )
         self._mqtt_port = mqtt_port
-        self._tasks = _Tasks()
+        self.loops = Supervisors()
+        """Every long-running loop of the bridge, restarted after a failure (``GET /readyz``)."""
+        self.extra_loops: Callable[[], dict[str, str]] = lambda: {}
+        """Loops of other parts in the same process (the embedded broker's presence writer)."""
         self._http: _ApiServer | None = None
         self._http_task: asyncio.Task[None] | None = None
         self._http_socket: socket.socket | None = None
@@ -245,26 +237,36 @@ class BridgeNode:
             if parsed is not None and parsed.kind is TopicKind.PRESENCE and parsed.device is not None:
                 self.presence.put(parsed.device, payload == b"online")
 
+    def not_ready(self) -> dict[str, str]:
+        """Loops of this process waiting to be restarted (name -> cause), for ``GET /readyz``."""
+        return self.loops.down() | self.extra_loops()
+
     def _mqtt_url(self, request_host: str) -> str:
         return self.config.public_mqtt_url or f"mqtt://{request_host}:{self._mqtt_port()}"
 
     async def start(self) -> None:
         await self.dispatcher.recover()
         await self.tasks.resume()
-        self._tasks.start(
-            self.dispatcher.run(),
-            self.receipts.run(),
-            self.scheduler.run(),
-            self.tasks.run(),
-            self.mqtt_api.run(),
-            self.presence.run(),
-        )
+        clock_sleep = self.clock.sleep  # backoff on the loop's own clock where it has one
+        self.loops.start("dispatcher", self.dispatcher.run, clock_sleep)
+        self.loops.start("receipts", self.receipts.run)
+        self.loops.start("scheduler", self.scheduler.run, clock_sleep)
+        self.loops.start("tasks", self.tasks.run, clock_sleep)
+        self.loops.start("mqtt_api", self.mqtt_api.run)
+        self.loops.start("presence", self.presence.run)
         if self.mosquitto is not None:
-            self._tasks.start(self.mosquitto.run())
+            self.loops.start("mosquitto", self.mosquitto.run)
         on_register = self.mosquitto.changed if self.mosquitto is not None else None
         api = create_api(
             ApiContext(
-                self.store, self.intake, self.tasks, self.clock, self._mqtt_url, on_register, self.publisher
+                self.store,
+                self.intake,
+                self.tasks,
+                self.clock,
+                self._mqtt_url,
+                on_register,
+                self.publisher,
+                self.not_ready,
             )
         )
         # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on accepted sockets whose proto says
@@ -297,7 +299,7 @@ class BridgeNode:
             await asyncio.wait_for(self.dispatcher.drained(), 5)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self.vendors.drained(), 5)
-        await self._tasks.cancel()
+        await self.loops.cancel()
         await self.vendors.close()
         if self._http_socket is not None:
             self._http_socket.close()
@@ -321,6 +323,7 @@ class EmbeddedServer:
             self.bridge.tasks,
         )
         self.intake, self.mqtt_api = self.bridge.intake, self.bridge.mqtt_api
+        self.bridge.extra_loops = self.broker_node.loops.down
 
     @property
     def mqtt_port(self) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -33,6 +34,7 @@ from mqttpush.errors import (
     NotFound,
     Overloaded,
     PayloadTooLarge,
+    StoreUnavailable,
 )
 from mqttpush.models import (
     AliasRequest,
@@ -54,6 +56,7 @@ log = logging.getLogger("mqttpush.api")
 M = TypeVar("M", bound=BaseModel)
 
 MAX_BODY_BYTES = 1 << 20
+READY_PROBE_SECONDS = 5.0
 MAX_FILE_LINES = 1_000_000
 FILE_BATCH = 5000
 
@@ -76,6 +79,8 @@ class ApiContext:
     """Told after a device (re-)registers: a foreign broker's password file must follow."""
     publisher: Publisher | None = None
     """For recalls: the revoke envelope goes out at once."""
+    not_ready: Callable[[], dict[str, str]] | None = None
+    """Supervised loops waiting to be restarted (name -> cause), for ``GET /readyz``."""
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:
@@ -115,7 +120,7 @@ def create_api(ctx: ApiContext) -> FastAPI:
     @api.exception_handler(MqttPushError)
     async def _on_error(request: Request, exc: MqttPushError) -> JSONResponse:
         response = _error(exc.status, exc.code, exc.message)
-        if isinstance(exc, Overloaded):
+        if isinstance(exc, Overloaded | StoreUnavailable):
             response.headers["Retry-After"] = str(exc.retry_after)
         return response
 
@@ -211,7 +216,25 @@ def create_api(ctx: ApiContext) -> FastAPI:
 
     @api.get("/healthz")
     async def healthz() -> dict[str, Any]:
+        """The process is up (liveness)."""
         return {"ok": True, "version": __version__}
+
+    @api.get("/readyz")
+    async def readyz() -> JSONResponse:
+        """Ready while the store can write and every supervised loop runs (docs/api.md)."""
+        parts: dict[str, str] = {}
+        if store.write_failure is not None:  # only then a probe write: it costs an fsync
+            try:
+                await asyncio.wait_for(store.check_writable(), READY_PROBE_SECONDS)
+            except (StoreUnavailable, TimeoutError) as exc:
+                parts["store"] = str(exc) or "the store did not answer in time"
+        if ctx.not_ready is not None:
+            parts |= ctx.not_ready()
+        if not parts:
+            return JSONResponse({"ready": True})
+        message = "not ready: " + "; ".join(f"{name}: {why}" for name, why in parts.items())
+        doc = {"error": {"code": "not_ready", "message": message, "parts": parts}}
+        return JSONResponse(doc, status_code=503)
 
     @api.post("/api/v1/devices", status_code=201)
     async def register_device(request: Request) -> JSONResponse:

@@ -10,6 +10,7 @@ running server.
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import hashlib
 import hmac
@@ -31,7 +32,7 @@ from sqlite_utils import Database
 
 from mqttpush import ids
 from mqttpush.clock import Clock, SystemClock
-from mqttpush.errors import Conflict, NotFound, StoreError
+from mqttpush.errors import Conflict, NotFound, StoreError, StoreUnavailable
 from mqttpush.models import (
     PENDING_STATES,
     App,
@@ -118,6 +119,7 @@ class _Sealer:
 
 log = logging.getLogger("mqttpush.store")
 _GROUP = 64
+_BUSY_TIMEOUT_MS = 10_000
 
 
 CACHE_SECONDS = 2.0
@@ -128,14 +130,26 @@ def _fresh(read_at: float, now: float) -> bool:
     return 0 <= now - read_at < CACHE_SECONDS  # a clock set back counts as stale
 
 
+class _WriteHealth:
+    """What the store thread last learned about writing: ``failure`` is why the last write could
+    not be made (None once one commits again). Set on the store thread, read on the event loop."""
+
+    failure: StoreUnavailable | None = None
+
+
 class _GroupCommitter:
     """The store thread. Calls that queue up while one runs are run together in one transaction,
     each in its own savepoint (a failing call rolls back only its own writes), with one COMMIT for
     all: under load most of the store's time was COMMITs. Every caller learns its result only
-    after the commit, so "accepted" still means "on disk" (docs/architecture.md)."""
+    after the commit, so "accepted" still means "on disk" (docs/architecture.md).
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    A write the disk or the lock refuses (disk full, I/O error, busy beyond the timeout) raises
+    :class:`StoreUnavailable` to its caller and leaves no transaction open behind it, so the next
+    call starts clean: the store works again by itself once the cause is gone."""
+
+    def __init__(self, conn: sqlite3.Connection, health: _WriteHealth) -> None:
         self._conn = conn
+        self._health = health
         self._calls: queue.SimpleQueue[
             tuple[Callable[[], Any], asyncio.AbstractEventLoop, asyncio.Future[Any]] | None
         ] = queue.SimpleQueue()
@@ -171,9 +185,21 @@ class _GroupCommitter:
                     held = more
                     break
                 batch.append(more)
-            outcomes = self._run(batch) if len(batch) > 1 else [_outcome(first[0])]
+            outcomes = self._run(batch) if len(batch) > 1 else [self._single(first[0])]
             for (_, loop, future), (ok, value) in zip(batch, outcomes, strict=True):
                 loop.call_soon_threadsafe(_settle, future, ok, value)
+
+    def _single(self, call: Callable[[], Any]) -> tuple[bool, Any]:
+        """One call in its own transaction (or none, for a plain read)."""
+        conn = self._conn
+        changes = conn.total_changes
+        ok, value = _outcome(call)
+        if not ok and conn.in_transaction:
+            # Left open by a COMMIT that failed (busy, disk full): end it, or every later write
+            # would nest inside it as a savepoint and never reach the disk.
+            self._rollback()
+        self._learn(ok, value, conn.total_changes != changes)
+        return ok, value
 
     def _run(self, batch: list[Any]) -> list[tuple[bool, Any]]:
         conn = self._conn
@@ -184,24 +210,41 @@ class _GroupCommitter:
                 conn.execute("SAVEPOINT store_call")
                 ok, value = _outcome(call)
                 if not conn.in_transaction:
+                    if not ok:
+                        # SQLite rolled the whole group back (disk full, I/O error): none of the
+                        # calls so far is on disk, whatever they returned.
+                        raise sqlite3.OperationalError(f"group transaction rolled back: {value}")
                     # A call ended the group's transaction itself: a bug; what ran so far is
                     # whatever that call did to it, the rest runs alone.
                     log.error("store call %r ended the group transaction", call)
                     outcomes.append((ok, value))
-                    return outcomes + [_outcome(c) for c, _, _ in batch[len(outcomes) :]]
+                    return outcomes + [self._single(c) for c, _, _ in batch[len(outcomes) :]]
                 if not ok:
                     conn.execute("ROLLBACK TO store_call")
                 conn.execute("RELEASE store_call")
                 outcomes.append((ok, value))
             conn.execute("COMMIT")
+            self._learn(True, None, True)
             return outcomes
         except sqlite3.Error as exc:
             # BEGIN or COMMIT failed (busy beyond the timeout, disk full): none of the group is
             # on disk; run the calls one by one, each with its own transaction.
             log.warning("group commit of %d calls failed, running them singly: %r", len(batch), exc)
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            return [_outcome(call) for call, _, _ in batch]
+            self._rollback()
+            return [self._single(call) for call, _, _ in batch]
+
+    def _rollback(self) -> None:
+        if self._conn.in_transaction:
+            try:
+                self._conn.execute("ROLLBACK")
+            except sqlite3.Error as exc:  # SQLite may have rolled back by itself meanwhile
+                log.debug("rollback after a failed write: %r", exc)
+
+    def _learn(self, ok: bool, value: Any, wrote: bool) -> None:
+        if not ok and isinstance(value, StoreUnavailable):
+            self._health.failure = value
+        elif ok and wrote:
+            self._health.failure = None
 
 
 def _groupable(call: Callable[[], Any]) -> bool:
@@ -209,11 +252,71 @@ def _groupable(call: Callable[[], Any]) -> bool:
     return isinstance(getattr(fn, "__self__", None), Store)
 
 
+# SQLite's primary result codes (and OS errors) that say "not now" rather than "never": the disk
+# is full, failing or read-only, or another writer held the lock beyond the busy timeout.
+_UNAVAILABLE_CODES = frozenset(
+    {
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_READONLY,
+    }
+)
+_UNAVAILABLE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS})
+
+
+def _unavailable(exc: BaseException) -> StoreUnavailable | None:
+    """The :class:`StoreUnavailable` that ``exc`` means, if it is a transient write refusal. Looks
+    down the chain too: a ROLLBACK that fails after SQLite already rolled back hides the cause."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return None
+        if isinstance(seen, StoreUnavailable):
+            return seen
+        code = getattr(seen, "sqlite_errorcode", None)
+        if (isinstance(seen, sqlite3.Error) and code is not None and code & 0xFF in _UNAVAILABLE_CODES) or (
+            isinstance(seen, OSError) and seen.errno in _UNAVAILABLE_ERRNOS
+        ):
+            return StoreUnavailable(f"the store cannot write now: {seen}")
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def _outcome(call: Callable[[], Any]) -> tuple[bool, Any]:
     try:
         return True, call()
     except Exception as exc:
+        unavailable = _unavailable(exc)
+        if unavailable is not None and unavailable is not exc:
+            unavailable.__cause__ = exc
+            return False, unavailable
         return False, exc
+
+
+_PROBE_BYTES = 64 * 1024
+
+
+def _probe_write(conn: sqlite3.Connection, data_dir: Path) -> None:
+    """Can the store write again? Room beside the database for a few pages, and the write lock
+    taken and a commit made (waiting only briefly: a health check must answer)."""
+    probe = data_dir / ".mqttpush-probe"
+    try:
+        with probe.open("wb") as f:
+            f.write(b"\0" * _PROBE_BYTES)
+            f.flush()
+            os.fsync(f.fileno())
+    finally:
+        probe.unlink(missing_ok=True)
+    conn.execute("PRAGMA busy_timeout = 200")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(f"PRAGMA user_version = {int(conn.execute('PRAGMA user_version').fetchone()[0])}")
+        conn.execute("COMMIT")
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
 
 
 def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
@@ -244,8 +347,11 @@ class Store(TargetingQueries, PolicyQueries, VendorQueries):
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.clock = clock or SystemClock()
         self.path = self.data_dir / DB_FILE
-        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
+        self._conn = sqlite3.connect(
+            self.path, check_same_thread=False, isolation_level=None, timeout=_BUSY_TIMEOUT_MS / 1000
+        )
         self._worker: _GroupCommitter | None = None
+        self._health = _WriteHealth()
         self._apps: dict[str, tuple[float, App]] = {}
         self._settings: dict[str, tuple[float, dict[str, Any]]] = {}
         self._settings_changes = 0
@@ -277,11 +383,22 @@ class Store(TargetingQueries, PolicyQueries, VendorQueries):
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run one store call on the store thread and await its result (after its commit)."""
         if self._worker is None:
-            self._worker = _GroupCommitter(self._conn)
+            self._worker = _GroupCommitter(self._conn, self._health)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._worker.submit(functools.partial(fn, *args, **kwargs), loop, future)
         return await future
+
+    @property
+    def write_failure(self) -> StoreUnavailable | None:
+        """Why the last write through :meth:`run` failed, until one commits again (None: fine)."""
+        return self._health.failure
+
+    async def check_writable(self) -> None:
+        """Raise :class:`StoreUnavailable` unless the store can write now (a small real write);
+        a success clears :attr:`write_failure`."""
+        await self.run(functools.partial(_probe_write, self._conn, self.data_dir))
+        self._health.failure = None
 
     async def app(self, app_key: str) -> App | None:
         """:meth:`get_app`, cached in memory for the hot path (every signed request names its app).
