@@ -13,13 +13,11 @@ import json
 import logging
 from typing import Any
 
-from pydantic import ValidationError
-
 from bridge.intake import Intake
 from bridge.publisher import Publisher
 from mqttpush import ids, topics
 from mqttpush.errors import MqttPushError
-from mqttpush.models import PushRequest
+from mqttpush.models import PushRequest, check_json_values, validate_request
 from mqttpush.store import Store
 
 log = logging.getLogger("mqttpush.mqtt_api")
@@ -39,11 +37,10 @@ def parse_request(payload: bytes) -> tuple[str, PushRequest | MqttPushError]:
     if not isinstance(request_id, str) or not ids.is_valid_id(request_id):
         raise ValueError("request_id must be 1-64 URL-safe characters")
     try:
-        return request_id, PushRequest.model_validate(obj)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "body"
-        return request_id, MqttPushError(f"{where}: {first['msg']}", code="invalid_request")
+        check_json_values(obj)
+        return request_id, validate_request(PushRequest, obj)
+    except MqttPushError as exc:
+        return request_id, exc
 
 
 class MqttApi:
@@ -85,5 +82,8 @@ class MqttApi:
         except MqttPushError as exc:
             result |= exc.to_json()
         await self._publisher.publish(
-            topics.api_result_topic(app_key, request_id), json.dumps(result).encode(), qos=1, retain=False
+            topics.api_result_topic(app_key, request_id),
+            json.dumps(result, allow_nan=False).encode(),
+            qos=1,
+            retain=False,
         )

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from mqttpush.errors import PayloadTooLarge
+from mqttpush.errors import InvalidContent, PayloadTooLarge
 
 DEFAULT_MAX_BYTES = 4096
 RICH_FIELDS = ("image", "url", "sound", "badge", "category")
@@ -39,8 +39,21 @@ class Envelope:
         return out
 
     def encode(self, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
-        """UTF-8 JSON; raises :class:`PayloadTooLarge` above ``max_bytes``."""
-        raw = json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":")).encode()
+        """UTF-8 JSON that every JSON parser reads (no NaN or Infinity, no lone surrogates);
+        raises :class:`PayloadTooLarge` above ``max_bytes``, :class:`InvalidContent` for a value
+        JSON cannot carry (``invalid_json_number``, ``invalid_unicode``)."""
+        try:
+            raw = json.dumps(
+                self.to_dict(), ensure_ascii=False, allow_nan=False, separators=(",", ":")
+            ).encode()
+        except UnicodeEncodeError:
+            raise InvalidContent(
+                "the envelope holds a lone UTF-16 surrogate", code="invalid_unicode"
+            ) from None
+        except ValueError:
+            raise InvalidContent(
+                "the envelope holds NaN or Infinity, which JSON cannot carry", code="invalid_json_number"
+            ) from None
         if len(raw) > max_bytes:
             raise PayloadTooLarge(
                 f"envelope is {len(raw)} bytes, the limit is {max_bytes}", code="envelope_too_large"

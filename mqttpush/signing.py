@@ -19,6 +19,9 @@ NONCE_HEADER = "X-MQTTPush-Nonce"
 SIGNATURE_HEADER = "X-MQTTPush-Signature"
 WINDOW_SECONDS = 300
 NONCE_RE = re.compile(r"[A-Za-z0-9_-]{16,64}")
+# Unix seconds in ASCII digits; 20 of them keep the arithmetic in range (int("1" + "0" * 400)
+# minus a float overflows) and int() would also take "+1", " 1", "1_0" and non-ASCII digits.
+TIMESTAMP_RE = re.compile(r"[0-9]{1,20}")
 
 
 def string_to_sign(method: str, path_with_query: str, timestamp: str, nonce: str, body: bytes) -> bytes:
@@ -72,10 +75,9 @@ def check_headers(timestamp: str | None, nonce: str | None, signature: str | Non
             f"signed requests need {TIMESTAMP_HEADER}, {NONCE_HEADER} and {SIGNATURE_HEADER}",
             code="missing_signature",
         )
-    try:
-        ts = int(timestamp)
-    except ValueError:
-        raise AuthError(f"{TIMESTAMP_HEADER} must be unix seconds", code="stale_timestamp") from None
+    if TIMESTAMP_RE.fullmatch(timestamp) is None:
+        raise AuthError(f"{TIMESTAMP_HEADER} must be unix seconds", code="stale_timestamp")
+    ts = int(timestamp)
     if abs(now - ts) > WINDOW_SECONDS:
         raise AuthError(
             f"timestamp is {int(now - ts)}s away from server time (allowed ±{WINDOW_SECONDS}s)",

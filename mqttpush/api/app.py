@@ -14,8 +14,9 @@ from typing import Any, TypeVar
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from bridge.channels.tokens import validate_vendor_token
 from bridge.intake import Intake
@@ -27,7 +28,6 @@ from mqttpush import __version__, ids, signing, topics
 from mqttpush.clock import Clock, zone
 from mqttpush.errors import (
     AuthError,
-    BadRequest,
     Forbidden,
     InvalidContent,
     MqttPushError,
@@ -49,6 +49,8 @@ from mqttpush.models import (
     TagsRequest,
     TemplateRequest,
     VendorTokenRequest,
+    parse_json_object,
+    validate_request,
 )
 from mqttpush.store import Store
 
@@ -83,38 +85,52 @@ class ApiContext:
     """Supervised loops waiting to be restarted (name -> cause), for ``GET /readyz``."""
 
 
-def _error(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+class UnsupportedMediaType(MqttPushError):
+    """A body on a JSON route declared as something else (``text/plain``, a form)."""
+
+    status = 415
+    code = "unsupported_media_type"
+
+
+def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.partition(";")[0].strip().lower()
+    kind, _, subtype = media.partition("/")
+    return kind == "application" and (subtype == "json" or subtype.endswith("+json"))
 
 
 async def _body(request: Request) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+    """A JSON route's body: at most MAX_BODY_BYTES, and JSON or undeclared (curl --data-binary
+    without -H, or a client that sets no Content-Type)."""
+    declared = request.headers.get("content-length", "")
+    # ASCII digits only: str.isdigit() also takes "²", which int() refuses.
+    if declared.isascii() and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
         raise PayloadTooLarge(f"request body over {MAX_BODY_BYTES} bytes", code="body_too_large")
     body = await request.body()
     if len(body) > MAX_BODY_BYTES:
         raise PayloadTooLarge(f"request body over {MAX_BODY_BYTES} bytes", code="body_too_large")
+    content_type = request.headers.get("content-type")
+    if body and content_type is not None and not _is_json(content_type):
+        raise UnsupportedMediaType(f"the body must be application/json, not {content_type[:64]!r}")
     return body
 
 
 def _parse(model: type[M], body: bytes) -> M:
-    try:
-        obj = json.loads(body)
-    except (ValueError, RecursionError) as exc:
-        raise BadRequest(f"body is not valid JSON: {exc}", code="malformed_json") from None
-    if not isinstance(obj, dict):
-        raise BadRequest("body must be a JSON object", code="malformed_json")
-    try:
-        return model.model_validate(obj)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "body"
-        raise InvalidContent(f"{where}: {first['msg']}", code="invalid_request") from None
+    return validate_request(model, parse_json_object(body))
 
 
 def create_api(ctx: ApiContext) -> FastAPI:
     """Build the FastAPI app over one store and bridge."""
-    api = FastAPI(title="mqttpush", version=__version__, description="Push notifications over MQTT.")
+    # No redirect from /path/ to /path: every answer is the JSON of docs/api.md, a 404 here.
+    api = FastAPI(
+        title="mqttpush",
+        version=__version__,
+        description="Push notifications over MQTT.",
+        redirect_slashes=False,
+    )
     store = ctx.store
 
     @api.exception_handler(MqttPushError)
@@ -131,7 +147,19 @@ def create_api(ctx: ApiContext) -> FastAPI:
     @api.exception_handler(StarletteHTTPException)
     async def _on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         codes = {404: "not_found", 405: "method_not_allowed"}
-        return _error(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = _allowed(request)
+        return _error(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail), headers)
+
+    def _allowed(request: Request) -> str:
+        """Every method of every route on this path (Starlette names only the first route's)."""
+        methods: set[str] = set()
+        for route in api.router.routes:
+            match, _ = route.matches({**request.scope, "method": "GET"})
+            if match != Match.NONE:
+                methods.update(getattr(route, "methods", None) or ())
+        return ", ".join(sorted(methods))
 
     @api.exception_handler(Exception)
     async def _on_crash(request: Request, exc: Exception) -> JSONResponse:
