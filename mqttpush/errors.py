@@ -11,6 +11,7 @@ and carries a stable snake_case ``code``; the edges translate it (HTTP status an
     ├── NotFound              404  unknown_device, unknown_message, ...
     ├── Conflict              409
     ├── PayloadTooLarge       413  envelope or request body over its limit
+    ├── UnsupportedMediaType  415  a body on a JSON route declared as something else
     ├── InvalidContent        422  valid JSON that breaks a rule (ttl, platform, target)
     ├── Overloaded            503  overloaded: pushes would wait too long to go out; retry after
     ├── StoreUnavailable      503  store_unavailable: the store cannot write (disk full, I/O error,
@@ -68,6 +69,13 @@ class Conflict(MqttPushError):
 class PayloadTooLarge(MqttPushError):
     status = 413
     code = "payload_too_large"
+
+
+class UnsupportedMediaType(MqttPushError):
+    """A body on a JSON route declared as something else (``text/plain``, a form)."""
+
+    status = 415
+    code = "unsupported_media_type"
 
 
 class InvalidContent(MqttPushError):

@@ -35,6 +35,7 @@ from mqttpush.errors import (
     Overloaded,
     PayloadTooLarge,
     StoreUnavailable,
+    UnsupportedMediaType,
 )
 from mqttpush.models import (
     AliasRequest,
@@ -83,13 +84,6 @@ class ApiContext:
     """For recalls: the revoke envelope goes out at once."""
     not_ready: Callable[[], dict[str, str]] | None = None
     """Supervised loops waiting to be restarted (name -> cause), for ``GET /readyz``."""
-
-
-class UnsupportedMediaType(MqttPushError):
-    """A body on a JSON route declared as something else (``text/plain``, a form)."""
-
-    status = 415
-    code = "unsupported_media_type"
 
 
 def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
