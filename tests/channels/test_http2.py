@@ -229,6 +229,19 @@ class H2Server:
         return sum(len(c.open) for c in self.connections)
 
 
+def holding_first_connection(held: list[Request]) -> Callable[[Request], None]:
+    """A handler that keeps the requests of the server's first connection unanswered (in ``held``)
+    and answers the others."""
+
+    def on_request(request: Request) -> None:
+        if request.connection is request.connection.server.connections[0]:
+            held.append(request)
+        else:
+            answer_soon(request)
+
+    return on_request
+
+
 def request_to(server: H2Server, path: str, body: bytes = b"") -> VendorRequest:
     """GET ``path`` on the server, or POST when there is a body."""
     return VendorRequest("POST" if body else "GET", f"{server.base_url}{path}", {"x-test": path}, body)
@@ -378,12 +391,7 @@ async def test_a_lost_connection_fails_its_requests_and_the_next_request_reconne
     tmp_path: Path, how: str
 ) -> None:
     held: list[Request] = []
-
-    def hold_first_connection(request: Request) -> None:
-        if request.connection is server.connections[0]:
-            held.append(request)
-        else:
-            answer_soon(request)
+    hold_first_connection = holding_first_connection(held)
 
     async with H2Server(tmp_path, on_request=hold_first_connection) as server:
         pool = server.pool(timeout=WAIT * 10)  # a failure must come from the loss, not a timeout
@@ -411,12 +419,7 @@ async def test_goaway_fails_the_streams_above_its_last_stream_id_and_lets_the_ot
     tmp_path: Path,
 ) -> None:
     held: list[Request] = []
-
-    def hold_first_connection(request: Request) -> None:
-        if request.connection is server.connections[0]:
-            held.append(request)
-        else:
-            answer_soon(request)
+    hold_first_connection = holding_first_connection(held)
 
     async with H2Server(tmp_path, on_request=hold_first_connection) as server:
         pool = server.pool(timeout=WAIT * 10)
