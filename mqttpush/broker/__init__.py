@@ -4,5 +4,6 @@ This package is the only importer of amqtt.
 """
 
 from mqttpush.broker.broker import Authenticator, PresenceHook, PushBroker, Tap
+from mqttpush.broker.limits import BrokerLimits
 
-__all__ = ["Authenticator", "PresenceHook", "PushBroker", "Tap"]
+__all__ = ["Authenticator", "BrokerLimits", "PresenceHook", "PushBroker", "Tap"]

@@ -20,6 +20,10 @@ What we replace, and why (docs/protocol.md, "What our broker layer fixes"):
 * A CONNECT must arrive within ``connect_timeout`` seconds of the socket opening, and only an
   MQTT 3.1.1 one goes on: MQTT 5 and 3.1 clients get CONNACK 0x01 at once (amqtt parsed an MQTT 5
   CONNECT as 3.1.1 and left the client waiting for the timeout).
+* **Limits** (``limits.py``, docs/security.md): a global and a per-address cap on connections and
+  a per-address back-off after failed logins close a socket before its CONNECT is read; refused
+  connections are logged as one summary line per interval, not one line each (amqtt logged every
+  connection and every failure: 32 MB in 20 s of a password flood).
 * **Expiry**: a retained message published with ``expires_at`` is never sent after that time
   (not replayed on SUBSCRIBE, not sent from an offline queue) and is pruned from the index.
 * **The message path** after CONNACK is ours (``connection.py``, ``wire.py``): packets parsed
@@ -53,6 +57,7 @@ from transitions import MachineError
 from mqttpush.broker import wire
 from mqttpush.broker.connection import Connection, Outbox
 from mqttpush.broker.index import RetainedIndex, SubscriptionIndex
+from mqttpush.broker.limits import BrokerLimits, ConnectionCaps, LoginThrottle, RefusalSummary
 from mqttpush.broker.websocket import WebSocketProtocol, WsTransport
 from mqttpush.clock import Clock, SystemClock
 from mqttpush.errors import StartupError
@@ -230,11 +235,13 @@ class PushBroker(Broker):  # type: ignore[misc]
         wss_port: int | None = None,
         clock: Clock | None = None,
         expiry_sweep: float = 60.0,
+        limits: BrokerLimits | None = None,
     ) -> None:
         """``tls`` = (certificate chain file, key file) for the ``mqtts_port`` and ``wss_port``
         listeners; ``ws_port`` is plain MQTT over WebSocket. Each listener is off when None.
         ``clock`` tells when a message's ``expires_at`` has passed; expired retained messages are
-        also swept from memory every ``expiry_sweep`` seconds of it."""
+        also swept from memory every ``expiry_sweep`` seconds of it. ``limits``: connection caps
+        and the failed-login back-off (docs/security.md)."""
         listeners: dict[str, dict[str, Any]] = {"default": {"type": "tcp", "bind": f"{host}:{port}"}}
         if ws_port is not None:
             listeners["ws"] = {"type": "ws", "bind": f"{host}:{ws_port}"}
@@ -275,6 +282,14 @@ class PushBroker(Broker):  # type: ignore[misc]
         self._dirty: list[Connection] = []  # written to this loop turn, flushed at its end
         self._ws_tasks: set[asyncio.Task[None]] = set()  # WebSocket clients (TCP ones are asyncio's)
         self._stopping = False
+        limits = limits or BrokerLimits()
+        self._caps = ConnectionCaps(limits.max_connections, limits.max_connections_per_ip)
+        self._throttle = LoginThrottle(
+            limits.login_failures, limits.login_window, limits.login_backoff, limits.login_backoff_max
+        )
+        self._refusals = RefusalSummary()
+        self._refusal_log_interval = limits.refusal_log_interval
+        self._refusal_log: asyncio.TimerHandle | None = None
 
     # --- public surface (used in-process by the bridge's publisher) ---------------------------
 
@@ -377,6 +392,7 @@ class PushBroker(Broker):  # type: ignore[misc]
 
     async def shutdown(self) -> None:
         self._stopping = True
+        self._log_refusals()
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -425,6 +441,49 @@ class PushBroker(Broker):  # type: ignore[misc]
         self._ws_tasks.add(task)
         task.add_done_callback(self._ws_tasks.discard)
 
+    async def _client_connected(
+        self, listener_name: str, reader: ReaderAdapter, writer: WriterAdapter
+    ) -> None:
+        # amqtt's own logged every connection and every failed one; ours counts refusals into a
+        # summary line, and the caps and the login back-off close a socket before reading from it.
+        server = self._servers.get(listener_name)
+        if server is None:
+            raise BrokerError(f"invalid listener name {listener_name!r}")
+        peer = writer.get_peer_info()
+        address, remote_port = (peer[0], peer[1]) if peer else ("unknown", 0)
+        refusal = (
+            "throttled" if self._throttle.blocked(address, self._clock.now()) else self._caps.admit(address)
+        )
+        if refusal is not None:
+            self._refused(address, refusal)
+            await writer.close()
+            return
+        try:
+            await server.acquire_connection()
+            try:
+                handler, session = await self._initialize_client_session(reader, writer, address, remote_port)
+                await self._handle_client_session(reader, writer, session, handler, server, listener_name)
+            except (AMQTTError, MQTTError, NoDataError) as exc:
+                log.debug("connection ended address=%s: %s", address, exc)
+            finally:
+                server.release_connection()
+        finally:
+            self._caps.release(address)
+
+    def _refused(self, address: str, reason: str) -> None:
+        if self._refusals.note(address, reason, self._clock.now()) and not self._stopping:
+            self._refusal_log = asyncio.get_running_loop().call_later(
+                self._refusal_log_interval, self._log_refusals
+            )
+
+    def _log_refusals(self) -> None:
+        if self._refusal_log is not None:
+            self._refusal_log.cancel()
+            self._refusal_log = None
+        line = self._refusals.summary(self._clock.now())
+        if line is not None:
+            log.info("%s", line)
+
     async def stream_connected(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, listener_name: str
     ) -> None:
@@ -440,25 +499,41 @@ class PushBroker(Broker):  # type: ignore[misc]
                 self._read_connect(reader, writer, remote_address), self._connect_timeout
             )
         except TimeoutError as exc:
+            self._refused(remote_address, "no CONNECT in time")
             await writer.close()
             raise AMQTTError(
                 f"no CONNECT from {remote_address}:{remote_port} in {self._connect_timeout}s"
             ) from exc
         except MQTTError:
+            self._refused(remote_address, "invalid CONNECT")
             await writer.close()
             raise
-        except (AMQTTError, NoDataError, PacketTooLarge, wire.Malformed) as exc:
+        except NoDataError as exc:
+            self._refused(remote_address, "closed before CONNECT")
+            await writer.close()
+            raise AMQTTError(exc) from exc
+        except (AMQTTError, PacketTooLarge, wire.Malformed) as exc:
+            self._refused(remote_address, "bad first packet")
             await writer.close()
             raise AMQTTError(exc) from exc
         handler.broker = self
 
         client_id: str = incoming.client_id
-        identity = await self._authenticator(client_id, incoming.username, incoming.password)
+        if self._throttle.blocked(remote_address, self._clock.now()):
+            # Blocked while this CONNECT was on its way: not checked, or a batch of sockets
+            # opened before the block would still get its guesses in.
+            identity = None
+            self._refused(remote_address, "throttled")
+        else:
+            identity = await self._authenticator(client_id, incoming.username, incoming.password)
+            if identity is None:
+                log.debug("connect refused client_id=%s address=%s", client_id, remote_address)
+                self._throttle.failed(remote_address, self._clock.now())
+                self._refused(remote_address, "bad credentials")
         if identity is None:
-            log.info("connect refused client_id=%s address=%s", client_id, remote_address)
             writer.write(wire.encode_connack(False, NOT_AUTHORIZED))
             await writer.close()
-            raise MQTTError(f"client {client_id!r} refused: bad credentials")
+            raise MQTTError(f"client {client_id!r} refused")
 
         existing = self._sessions.get(client_id)
         self._current_handler[client_id] = handler
@@ -505,7 +580,6 @@ class PushBroker(Broker):  # type: ignore[misc]
         if code:
             # MQTT-3.1.2-2: an MQTT 5 or 3.1 client hears "unacceptable protocol level" at once
             # (amqtt parsed its CONNECT as 3.1.1 and left it waiting for the connect timeout).
-            log.info("connect refused address=%s: not MQTT 3.1.1", remote_address)
             writer.write(wire.encode_connack(False, code))
             await writer.close()
             raise MQTTError("CONNECT refused: protocol level other than MQTT 3.1.1")
