@@ -13,8 +13,10 @@ from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -116,6 +118,133 @@ def _parse(model: type[M], body: bytes) -> M:
     return validate_request(model, parse_json_object(body))
 
 
+# --- OpenAPI: the routes read raw bytes themselves (the signature covers them), so what each
+# takes and which credentials it needs is declared here, next to each route, via openapi_extra.
+
+SIGNED: dict[str, list[str]] = {"appKey": [], "appTimestamp": [], "appNonce": [], "appSignature": []}
+"""All four signing headers together (DESIGN §3.1)."""
+KEY_ONLY: dict[str, list[str]] = {"appKey": []}
+BEARER: dict[str, list[str]] = {"deviceToken": []}
+_SIGNING = (
+    "HMAC-SHA256 signing (docs/api.md): X-MQTTPush-Signature is lowercase hex "
+    "HMAC-SHA256(app_secret, METHOD \\n PATH_WITH_QUERY \\n TIMESTAMP \\n NONCE \\n hex(SHA-256(body))); "
+    "all four X-MQTTPush-* headers go together."
+)
+SECURITY_SCHEMES: dict[str, Any] = {
+    "appKey": {
+        "type": "apiKey",
+        "in": "header",
+        "name": signing.KEY_HEADER,
+        "description": "The app key. " + _SIGNING,
+    },
+    "appTimestamp": {
+        "type": "apiKey",
+        "in": "header",
+        "name": signing.TIMESTAMP_HEADER,
+        "description": "Unix seconds, within ±300 s of the server's clock. " + _SIGNING,
+    },
+    "appNonce": {
+        "type": "apiKey",
+        "in": "header",
+        "name": signing.NONCE_HEADER,
+        "description": "16-64 URL-safe characters, never reused within 10 minutes. " + _SIGNING,
+    },
+    "appSignature": {
+        "type": "apiKey",
+        "in": "header",
+        "name": signing.SIGNATURE_HEADER,
+        "description": _SIGNING,
+    },
+    "deviceToken": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "The device token from registration (`<device_id>.<secret>`), also its MQTT password.",
+    },
+}
+ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+        }
+    },
+}
+_ERROR_STATUSES = {
+    "400": "Malformed JSON or request",
+    "401": "Missing or bad credentials",
+    "403": "Not allowed for these credentials",
+    "404": "No such route or object",
+    "405": "Method not allowed (Allow lists the methods)",
+    "409": "The object is not in a state that allows this",
+    "413": "Body or file too large",
+    "415": "Body is not application/json",
+    "422": "Invalid content",
+    "429": "Over the request rate (Retry-After)",
+    "503": "Overloaded or store unavailable (Retry-After)",
+}
+_BODY_MODELS: tuple[type[BaseModel], ...] = (
+    DeviceRegistrationRequest,
+    PushRequest,
+    BatchRequest,
+    TemplateRequest,
+    DeviceUpdateRequest,
+    TagsRequest,
+    AliasRequest,
+    ApproveRequest,
+    VendorTokenRequest,
+    AppSettings,
+)
+
+
+def _doc(
+    *security: dict[str, list[str]], body: type[BaseModel] | None = None, text_body: bool = False
+) -> dict[str, Any]:
+    """``openapi_extra`` of a route: its credentials (alternatives) and its body."""
+    extra: dict[str, Any] = {"security": list(security)}
+    if body is not None:
+        assert body in _BODY_MODELS
+        schema = {"$ref": f"#/components/schemas/{body.__name__}"}
+        extra["requestBody"] = {"required": True, "content": {"application/json": {"schema": schema}}}
+    elif text_body:
+        text = {"schema": {"type": "string", "description": "one entry a line"}}
+        extra["requestBody"] = {"required": True, "content": {"text/plain": text}}
+    return extra
+
+
+def _complete_openapi(schema: dict[str, Any]) -> dict[str, Any]:
+    """Add the body models, the error shape and the security schemes to FastAPI's document."""
+    _, defs = models_json_schema(
+        [(m, "validation") for m in _BODY_MODELS], ref_template="#/components/schemas/{model}"
+    )
+    components = schema.setdefault("components", {})
+    schemas = components.setdefault("schemas", {})
+    # FastAPI's own 422 shape is never sent: every refusal is ERROR_SCHEMA.
+    schemas.pop("HTTPValidationError", None)
+    schemas.pop("ValidationError", None)
+    schemas.update(defs.get("$defs", {}))
+    schemas["Error"] = ERROR_SCHEMA
+    components["securitySchemes"] = SECURITY_SCHEMES
+    error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    for path, item in schema["paths"].items():
+        for operation in item.values():
+            responses = operation["responses"]
+            responses.pop("422", None)
+            if path.startswith("/api/"):
+                responses.update({s: {"description": d, **error} for s, d in _ERROR_STATUSES.items()})
+            else:
+                for status in ("405", "429"):
+                    responses[status] = {"description": _ERROR_STATUSES[status], **error}
+            if path == "/readyz":
+                responses["503"] = {
+                    "description": "Not ready: the message and parts name each cause",
+                    **error,
+                }
+    return schema
+
+
 def create_api(ctx: ApiContext) -> FastAPI:
     """Build the FastAPI app over one store and bridge."""
     # No redirect from /path/ to /path: every answer is the JSON of docs/api.md, a 404 here.
@@ -126,6 +255,16 @@ def create_api(ctx: ApiContext) -> FastAPI:
         redirect_slashes=False,
     )
     store = ctx.store
+
+    def openapi() -> dict[str, Any]:
+        if api.openapi_schema is None:
+            doc = get_openapi(
+                title=api.title, version=api.version, description=api.description, routes=api.routes
+            )
+            api.openapi_schema = _complete_openapi(doc)
+        return api.openapi_schema
+
+    api.openapi = openapi  # type: ignore[method-assign]
 
     @api.exception_handler(MqttPushError)
     async def _on_error(request: Request, exc: MqttPushError) -> JSONResponse:
@@ -258,7 +397,12 @@ def create_api(ctx: ApiContext) -> FastAPI:
         doc = {"error": {"code": "not_ready", "message": message, "parts": parts}}
         return JSONResponse(doc, status_code=503)
 
-    @api.post("/api/v1/devices", status_code=201)
+    @api.post(
+        "/api/v1/devices",
+        status_code=201,
+        openapi_extra=_doc(KEY_ONLY, body=DeviceRegistrationRequest),
+        responses={200: {"description": "Registered again: same device id, new token"}},
+    )
     async def register_device(request: Request) -> JSONResponse:
         app = await _app_by_key(request)
         req = _parse(DeviceRegistrationRequest, await _body(request))
@@ -284,35 +428,35 @@ def create_api(ctx: ApiContext) -> FastAPI:
         }
         return JSONResponse(doc, status_code=201 if reg.created else 200)
 
-    @api.get("/api/v1/devices/me")
+    @api.get("/api/v1/devices/me", openapi_extra=_doc(BEARER))
     async def device_me(request: Request) -> dict[str, Any]:
         return _device_doc(request, await _device(request))
 
-    @api.post("/api/v1/push", status_code=202)
+    @api.post("/api/v1/push", status_code=202, openapi_extra=_doc(SIGNED, body=PushRequest))
     async def push(request: Request) -> JSONResponse:
         app, body = await _signed(request)
         result = await ctx.intake.push(app, _parse(PushRequest, body))
         return JSONResponse(result, status_code=202)
 
-    @api.post("/api/v1/push/batch", status_code=202)
+    @api.post("/api/v1/push/batch", status_code=202, openapi_extra=_doc(SIGNED, body=BatchRequest))
     async def push_batch(request: Request) -> JSONResponse:
         app, body = await _signed(request)
         msg_ids = await ctx.intake.push_batch(app, _parse(BatchRequest, body))
         return JSONResponse({"msg_ids": msg_ids}, status_code=202)
 
-    @api.get("/api/v1/tasks/{task_id}")
+    @api.get("/api/v1/tasks/{task_id}", openapi_extra=_doc(SIGNED))
     async def task_status(task_id: str, request: Request) -> dict[str, Any]:
         app, _ = await _signed(request)
         return await store.run(store.task_status, app.app_key, task_id)
 
-    @api.delete("/api/v1/tasks/{task_id}")
+    @api.delete("/api/v1/tasks/{task_id}", openapi_extra=_doc(SIGNED))
     async def task_cancel(task_id: str, request: Request) -> dict[str, Any]:
         app, _ = await _signed(request)
         await store.run(store.cancel_task, app.app_key, task_id)
         ctx.tasks.cancelled(task_id)
         return await store.run(store.task_status, app.app_key, task_id)
 
-    @api.post("/api/v1/files", status_code=201)
+    @api.post("/api/v1/files", status_code=201, openapi_extra=_doc(SIGNED, text_body=True))
     async def upload_file(request: Request, kind: str = "devices", alias_type: str = "user") -> JSONResponse:
         """A list of device ids (or aliases, ``?kind=aliases&alias_type=user``), one a line, streamed."""
         app, ts, nonce, sig = await _signed_headers(request)
@@ -377,7 +521,11 @@ def create_api(ctx: ApiContext) -> FastAPI:
         await flush()
         return _Lines(count, digest.hexdigest())
 
-    @api.put("/api/v1/templates/{name}")
+    @api.put(
+        "/api/v1/templates/{name}",
+        openapi_extra=_doc(SIGNED, body=TemplateRequest),
+        responses={201: {"description": "Created"}},
+    )
     async def put_template(name: str, request: Request) -> JSONResponse:
         app, body = await _signed(request)
         if not ALIAS_TYPE_RE.fullmatch(name):
@@ -388,18 +536,18 @@ def create_api(ctx: ApiContext) -> FastAPI:
         created = await store.run(store.put_template, app.app_key, name, template)
         return JSONResponse({"name": name, **template}, status_code=201 if created else 200)
 
-    @api.get("/api/v1/templates")
+    @api.get("/api/v1/templates", openapi_extra=_doc(SIGNED))
     async def list_templates(request: Request) -> dict[str, Any]:
         app, _ = await _signed(request)
         return {"templates": await store.run(store.list_templates, app.app_key)}
 
-    @api.get("/api/v1/devices/{device_id}")
+    @api.get("/api/v1/devices/{device_id}", openapi_extra=_doc(SIGNED, BEARER))
     async def show_device(device_id: str, request: Request) -> dict[str, Any]:
         app_key, _, _ = await _app_or_device(request, device_id)
         doc = await store.run(store.device_doc, app_key, device_id)
         return doc | {"vendor_tokens": await store.run(store.masked_vendor_tokens, device_id)}
 
-    @api.patch("/api/v1/devices/{device_id}")
+    @api.patch("/api/v1/devices/{device_id}", openapi_extra=_doc(SIGNED, BEARER, body=DeviceUpdateRequest))
     async def update_device(device_id: str, request: Request) -> dict[str, Any]:
         app_key, by_app, body = await _app_or_device(request, device_id)
         changes = _parse(DeviceUpdateRequest, body).model_dump(exclude_none=True)
@@ -410,7 +558,7 @@ def create_api(ctx: ApiContext) -> FastAPI:
         await store.run(store.update_device, app_key, device_id, **changes)
         return await store.run(store.device_doc, app_key, device_id)
 
-    @api.post("/api/v1/devices/{device_id}/tags")
+    @api.post("/api/v1/devices/{device_id}/tags", openapi_extra=_doc(SIGNED, BEARER, body=TagsRequest))
     async def update_tags(device_id: str, request: Request) -> dict[str, Any]:
         app_key, _, body = await _app_or_device(request, device_id)
         req = _parse(TagsRequest, body)
@@ -420,7 +568,7 @@ def create_api(ctx: ApiContext) -> FastAPI:
         tags = await store.run(store.update_tags, app_key, device_id, req.add, req.remove)
         return {"device_id": device_id, "tags": tags}
 
-    @api.post("/api/v1/devices/{device_id}/aliases")
+    @api.post("/api/v1/devices/{device_id}/aliases", openapi_extra=_doc(SIGNED, BEARER, body=AliasRequest))
     async def bind_alias(device_id: str, request: Request) -> dict[str, Any]:
         app_key, _, body = await _app_or_device(request, device_id)
         req = _parse(AliasRequest, body)
@@ -432,7 +580,9 @@ def create_api(ctx: ApiContext) -> FastAPI:
         doc = await store.run(store.device_doc, app_key, device_id)
         return {"device_id": device_id, "aliases": doc["aliases"]}
 
-    @api.delete("/api/v1/devices/{device_id}/aliases/{alias_type}/{alias}")
+    @api.delete(
+        "/api/v1/devices/{device_id}/aliases/{alias_type}/{alias}", openapi_extra=_doc(SIGNED, BEARER)
+    )
     async def unbind_alias(device_id: str, alias_type: str, alias: str, request: Request) -> dict[str, Any]:
         app_key, _, _ = await _app_or_device(request, device_id)
         await store.run(store.unbind_alias, app_key, device_id, alias_type, alias)
@@ -452,12 +602,12 @@ def create_api(ctx: ApiContext) -> FastAPI:
             "deliveries": status.deliveries,
         }
 
-    @api.get("/api/v1/messages/{msg_id}")
+    @api.get("/api/v1/messages/{msg_id}", openapi_extra=_doc(SIGNED))
     async def message_status(msg_id: str, request: Request) -> dict[str, Any]:
         app, _ = await _signed(request)
         return await _status_doc(app, msg_id)
 
-    @api.get("/api/v1/messages")
+    @api.get("/api/v1/messages", openapi_extra=_doc(SIGNED))
     async def list_messages(request: Request, state: str | None = None, limit: int = 100) -> dict[str, Any]:
         """Recent messages, e.g. ``?state=draft`` for what waits for approval."""
         app, _ = await _signed(request)
@@ -465,13 +615,13 @@ def create_api(ctx: ApiContext) -> FastAPI:
             "messages": await store.run(store.list_messages, app.app_key, state, max(1, min(limit, 1000)))
         }
 
-    @api.delete("/api/v1/messages/{msg_id}")
+    @api.delete("/api/v1/messages/{msg_id}", openapi_extra=_doc(SIGNED))
     async def cancel_message(msg_id: str, request: Request) -> dict[str, Any]:
         app, _ = await _signed(request)
         await ctx.intake.cancel(app, msg_id)
         return await _status_doc(app, msg_id)
 
-    @api.post("/api/v1/messages/{msg_id}/approve")
+    @api.post("/api/v1/messages/{msg_id}/approve", openapi_extra=_doc(SIGNED, body=ApproveRequest))
     async def approve_message(msg_id: str, request: Request) -> dict[str, Any]:
         app, body = await _signed(request)
         req = _parse(ApproveRequest, body)
@@ -480,14 +630,16 @@ def create_api(ctx: ApiContext) -> FastAPI:
             ctx.intake.on_scheduled()
         return await _status_doc(app, msg_id)
 
-    @api.post("/api/v1/messages/{msg_id}/recall")
+    @api.post("/api/v1/messages/{msg_id}/recall", openapi_extra=_doc(SIGNED))
     async def recall_message(msg_id: str, request: Request) -> dict[str, Any]:
         app, _ = await _signed(request)
         assert ctx.publisher is not None
         told = await ctx.intake.recall(app, msg_id, ctx.publisher)
         return {"msg_id": msg_id, "revoked_devices": told}
 
-    @api.put("/api/v1/devices/{device_id}/tokens")
+    @api.put(
+        "/api/v1/devices/{device_id}/tokens", openapi_extra=_doc(SIGNED, BEARER, body=VendorTokenRequest)
+    )
     async def set_vendor_token(device_id: str, request: Request) -> dict[str, Any]:
         """Register a vendor token (APNs, FCM, HMS, MiPush) or a WebPush subscription for a device."""
         app_key, _, body = await _app_or_device(request, device_id)
@@ -510,14 +662,14 @@ def create_api(ctx: ApiContext) -> FastAPI:
             "tokens": [{"vendor": t["vendor"], "updated_at": t["updated_at"]} for t in tokens],
         }
 
-    @api.delete("/api/v1/devices/{device_id}/tokens/{vendor}")
+    @api.delete("/api/v1/devices/{device_id}/tokens/{vendor}", openapi_extra=_doc(SIGNED, BEARER))
     async def remove_vendor_token(device_id: str, vendor: str, request: Request) -> dict[str, Any]:
         app_key, _, _ = await _app_or_device(request, device_id)
         await store.run(store.device_doc, app_key, device_id)  # 404 for another app's device
         removed = await store.run(store.remove_vendor_token, device_id, vendor)
         return {"device_id": device_id, "removed": removed}
 
-    @api.get("/api/v1/webpush/key")
+    @api.get("/api/v1/webpush/key", openapi_extra=_doc(KEY_ONLY))
     async def webpush_key(request: Request) -> dict[str, Any]:
         """The app's VAPID public key, for a browser's ``pushManager.subscribe`` (X-MQTTPush-Key)."""
         app = await _app_by_key(request)
@@ -526,7 +678,7 @@ def create_api(ctx: ApiContext) -> FastAPI:
             raise NotFound("this app has no VAPID key yet (mqttpush app vapid)", code="no_vapid_key")
         return {"public_key": config["vapid_public_key"]}
 
-    @api.get("/api/v1/vendors")
+    @api.get("/api/v1/vendors", openapi_extra=_doc(SIGNED))
     async def vendors(request: Request) -> dict[str, Any]:
         """Configured vendor channels, their counters, and alarms (e.g. rejected credentials)."""
         app, _ = await _signed(request)
@@ -536,12 +688,12 @@ def create_api(ctx: ApiContext) -> FastAPI:
             "alarms": await store.run(store.alarms, app.app_key),
         }
 
-    @api.get("/api/v1/settings")
+    @api.get("/api/v1/settings", openapi_extra=_doc(SIGNED))
     async def get_settings(request: Request) -> dict[str, Any]:
         app, _ = await _signed(request)
         return AppSettings.model_validate(await store.settings(app.app_key)).model_dump()
 
-    @api.put("/api/v1/settings")
+    @api.put("/api/v1/settings", openapi_extra=_doc(SIGNED, body=AppSettings))
     async def put_settings(request: Request) -> dict[str, Any]:
         app, body = await _signed(request)
         settings = _parse(AppSettings, body)
