@@ -36,6 +36,19 @@ class ServerConfig:
     default_ttl: int = 3 * 24 * 3600
     max_ttl: int = 10 * 24 * 3600
     connect_timeout: float = 10.0
+    # MQTT connection limits (docs/security.md)
+    mqtt_max_connections: int = 100_000
+    """MQTT connections open at once; a socket over it is closed before its CONNECT is read."""
+    mqtt_max_connections_per_ip: int = 10_000
+    """MQTT connections open at once from one IP; over it, closed before CONNECT is read."""
+    login_failures: int = 20
+    """Failed MQTT logins from one IP (each within ``login_window`` s of the last) before its
+    new connections are closed unread for ``login_backoff`` s, doubling with each further failure."""
+    login_window: float = 60.0
+    login_backoff: float = 1.0
+    login_backoff_max: float = 300.0
+    refusal_log_interval: float = 10.0
+    """Refused MQTT connections are logged as one summary line at most this often (seconds)."""
     expiry_interval: float = 5.0
     max_publish_lag: float = 1.0
     """Seconds accepted pushes may wait to be published before new ones get 503 ``overloaded``

@@ -30,7 +30,7 @@ from bridge.supervisor import Supervisors
 from bridge.tasks import TaskRunner
 from bridge.vendors import VendorGateway, make_channel
 from mqttpush.api.app import ApiContext, create_api
-from mqttpush.broker import PushBroker
+from mqttpush.broker import BrokerLimits, PushBroker
 from mqttpush.clock import Clock, SystemClock
 from mqttpush.config import ServerConfig
 from mqttpush.store import Store
@@ -135,6 +135,15 @@ class BrokerNode:
             tls=(str(config.tls_cert), str(config.tls_key)) if config.tls_cert and config.tls_key else None,
             mqtts_port=config.mqtts_port,
             wss_port=config.wss_port,
+            limits=BrokerLimits(
+                max_connections=config.mqtt_max_connections,
+                max_connections_per_ip=config.mqtt_max_connections_per_ip,
+                login_failures=config.login_failures,
+                login_window=config.login_window,
+                login_backoff=config.login_backoff,
+                login_backoff_max=config.login_backoff_max,
+                refusal_log_interval=config.refusal_log_interval,
+            ),
         )
         self.loops = Supervisors()
 

@@ -88,6 +88,53 @@ def listener_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
+def mqtt_limit_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The broker's connection caps and failed-login back-off (docs/security.md)."""
+    for name, kind, help_text in (
+        (
+            "refusal-log-interval",
+            click.FloatRange(0.1),
+            "Log refused MQTT connections as one summary line at most this often (s).",
+        ),
+        ("login-backoff-max", click.FloatRange(0), "Longest block of an IP after failed MQTT logins (s)."),
+        (
+            "login-backoff",
+            click.FloatRange(0),
+            "First block of an IP after --login-failures failed logins (s); doubles with each further failure.",
+        ),
+        (
+            "login-window",
+            click.FloatRange(0),
+            "Failed logins count towards --login-failures while each comes within this many seconds of the last.",
+        ),
+        (
+            "login-failures",
+            click.IntRange(1),
+            "Failed MQTT logins from one IP before its new connections are closed unread (back-off).",
+        ),
+        (
+            "mqtt-max-connections-per-ip",
+            click.IntRange(1),
+            "MQTT connections open at once from one IP; more are closed before CONNECT.",
+        ),
+        (
+            "mqtt-max-connections",
+            click.IntRange(1),
+            "MQTT connections open at once; more are closed before CONNECT.",
+        ),
+    ):
+        field = name.replace("-", "_")
+        f = click.option(
+            f"--{name}",
+            type=kind,
+            default=getattr(ServerConfig, field),
+            show_default=True,
+            envvar="MQTTPUSH_" + field.upper(),
+            help=help_text,
+        )(f)
+    return f
+
+
 def _config(options: dict[str, Any]) -> ServerConfig:
     """The command's flags (named as ServerConfig fields) as a config; TLS listeners need both
     the certificate and the key."""
@@ -166,6 +213,7 @@ def _run_until_signal(
 @mqtt_port_option
 @http_port_option
 @listener_options
+@mqtt_limit_options
 @bridge_options
 @log_level_option
 @json_option
@@ -198,6 +246,7 @@ def serve(as_json: bool, **options: Any) -> None:
 @host_option
 @mqtt_port_option
 @listener_options
+@mqtt_limit_options
 @log_level_option
 @json_option
 def broker(as_json: bool, **options: Any) -> None:
