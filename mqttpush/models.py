@@ -80,6 +80,15 @@ class App:
     app_key: str
     name: str
     secret: str
+    previous_secret: str | None = None
+    previous_until: float = 0.0
+
+    def secrets_at(self, now: float) -> tuple[str, ...]:
+        """The secrets that verify a signature at ``now``: the current one and, within the
+        overlap of a rotation, the one it replaced."""
+        if self.previous_secret is not None and now < self.previous_until:
+            return (self.secret, self.previous_secret)
+        return (self.secret,)
 
 
 @dataclass(frozen=True, slots=True)

@@ -330,12 +330,20 @@ def create_api(ctx: ApiContext) -> FastAPI:
         if not await store.run(store.use_nonce, app.app_key, nonce, 2 * signing.WINDOW_SECONDS):
             raise AuthError("nonce already used", code="replayed_nonce")
 
+    def _check_signature(app: App, request: Request, ts: str, nonce: str, sig: str, digest: str) -> None:
+        """The current secret, or within a rotation's overlap the previous one (docs/operations.md)."""
+        current, *previous = app.secrets_at(store.clock.now())
+        for secret in previous:
+            try:
+                return signing.check_signature(secret, request.method, _path(request), ts, nonce, sig, digest)
+            except AuthError:
+                pass  # not the previous secret either way: the current one decides
+        signing.check_signature(current, request.method, _path(request), ts, nonce, sig, digest)
+
     async def _signed(request: Request) -> tuple[App, bytes]:
         app, ts, nonce, sig = await _signed_headers(request)
         body = await _body(request)
-        signing.check_signature(
-            app.secret, request.method, _path(request), ts, nonce, sig, hashlib.sha256(body).hexdigest()
-        )
+        _check_signature(app, request, ts, nonce, sig, hashlib.sha256(body).hexdigest())
         await _use_nonce(app, nonce)
         return app, body
 
@@ -469,7 +477,7 @@ def create_api(ctx: ApiContext) -> FastAPI:
         )
         try:
             lines = await _receive_lines(request, file_id, kind)
-            signing.check_signature(app.secret, request.method, _path(request), ts, nonce, sig, lines.digest)
+            _check_signature(app, request, ts, nonce, sig, lines.digest)
             await _use_nonce(app, nonce)
         except BaseException:
             await store.run(store.drop_file, file_id)

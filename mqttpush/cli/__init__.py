@@ -10,7 +10,7 @@ from __future__ import annotations
 import click
 
 from mqttpush import __version__
-from mqttpush.cli import apps, devices, listen, messages, push, run, templates
+from mqttpush.cli import apps, devices, listen, messages, ops, push, run, templates
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -35,6 +35,8 @@ for command in (
     messages.recall,
     messages.approve,
     templates.template,
+    ops.backup,
+    ops.restore,
 ):
     main.add_command(command)
 

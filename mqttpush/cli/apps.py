@@ -6,6 +6,7 @@ through the signed HTTP API.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -97,14 +98,59 @@ def app_vendor_set(app_key: str, data_dir: Path, config_file: Path, as_json: boo
 @app.command("vapid")
 @click.argument("app_key")
 @data_dir_option
+@click.option(
+    "--rotate",
+    is_flag=True,
+    help="Replace the key pair; browser subscriptions made with the old public key stop working.",
+)
 @json_option
-def app_vapid(app_key: str, data_dir: Path, as_json: bool) -> None:
+def app_vapid(app_key: str, data_dir: Path, rotate: bool, as_json: bool) -> None:
     """The app's VAPID public key for WebPush, generated on first use."""
-    from bridge.vendors import ensure_vapid
+    from bridge.vendors import check_vendor_config, ensure_vapid
 
     with local_store(data_dir, app_key) as store:
+        config = store.vendor_config(app_key, "webpush")
+        if rotate and config and config.get("vapid_private_pem"):
+            kept = {k: v for k, v in config.items() if not k.startswith("vapid_")}
+            fresh = check_vendor_config("webpush", config["obj"], Path(config["base_dir"]), kept)
+            store.put_vendor_config(app_key, "webpush", fresh)
         public_key = ensure_vapid(store, app_key)
     emit({"public_key": public_key}, as_json, lambda: click.echo(public_key))
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _seconds(value: str) -> float:
+    match = _DURATION.fullmatch(value.strip())
+    if match is None:
+        raise click.BadParameter("use seconds or a duration like 90m, 24h, 7d", param_hint="--overlap")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+@app.group("secret")
+def app_secret() -> None:
+    """The app's signing secret (local admin)."""
+
+
+@app_secret.command("rotate")
+@click.argument("app_key")
+@data_dir_option
+@click.option(
+    "--overlap",
+    default="24h",
+    show_default=True,
+    help="How long the old secret keeps verifying (seconds or 90m, 24h, 7d; 0 = not at all).",
+)
+@json_option
+def app_secret_rotate(app_key: str, data_dir: Path, overlap: str, as_json: bool) -> None:
+    """Give the app a new secret (shown here only); the old one works until the overlap ends."""
+    seconds = _seconds(overlap)
+    with local_store(data_dir, app_key) as store, errors():
+        rotated = store.rotate_app_secret(app_key, seconds)
+    doc = {"app_key": app_key, "app_secret": rotated.secret, "previous_valid_until": rotated.previous_until}
+    emit(doc, as_json, lambda: click.echo(f"app_key:    {app_key}\napp_secret: {rotated.secret}"))
 
 
 @app.command("settings")
@@ -155,11 +201,14 @@ def app_settings(
 
 @click.command("service-credentials")
 @data_dir_option
+@click.option(
+    "--rotate", is_flag=True, help="Replace the password (restart a split bridge with the new one)."
+)
 @json_option
-def service_credentials(data_dir: Path, as_json: bool) -> None:
+def service_credentials(data_dir: Path, rotate: bool, as_json: bool) -> None:
     """The bridge's privileged MQTT identity (publish/subscribe under mqttpush/#)."""
     with local_store(data_dir) as store:
-        username, password = store.service_credentials()
+        username, password = store.rotate_service_credentials() if rotate else store.service_credentials()
     emit(
         {"username": username, "password": password},
         as_json,

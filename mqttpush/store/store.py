@@ -471,15 +471,44 @@ class Store(TargetingQueries, PolicyQueries, VendorQueries):
         return app
 
     def get_app(self, app_key: str) -> App | None:
-        row = self._conn.execute("SELECT name, secret_enc FROM apps WHERE app_key = ?", (app_key,)).fetchone()
+        row = self._conn.execute(
+            "SELECT name, secret_enc, previous_secret_enc, previous_until FROM apps WHERE app_key = ?",
+            (app_key,),
+        ).fetchone()
         if row is None:
             return None
-        return App(app_key=app_key, name=row[0], secret=self._sealer.open(row[1]))
+        return App(
+            app_key=app_key,
+            name=row[0],
+            secret=self._sealer.open(row[1]),
+            previous_secret=self._sealer.open(row[2]) if row[2] is not None else None,
+            previous_until=float(row[3] or 0.0),
+        )
+
+    def rotate_app_secret(self, app_key: str, overlap: float) -> App:
+        """Give the app a new secret; the old one keeps verifying for ``overlap`` seconds
+        (docs/operations.md, "Rotating secrets"). A rotation within an overlap drops the oldest."""
+        secret = ids.new_secret()
+        now = self.clock.now()
+        with self._tx():
+            row = self._conn.execute("SELECT secret_enc FROM apps WHERE app_key = ?", (app_key,)).fetchone()
+            if row is None:
+                raise NotFound(f"unknown app key {app_key}", code="unknown_app")
+            self._conn.execute(
+                "UPDATE apps SET secret_enc = ?, previous_secret_enc = ?, previous_until = ? WHERE app_key = ?",
+                (self._sealer.seal(secret), row[0], now + max(0.0, overlap), app_key),
+            )
+        self._apps.pop(app_key, None)
+        app = self.get_app(app_key)
+        assert app is not None
+        return app
 
     def authenticate_app(self, app_key: str, secret: str) -> bool:
-        """True if ``secret`` is the app's secret (MQTT publish API login)."""
+        """True if ``secret`` is one of the app's secrets now (MQTT publish API login)."""
         app = self.get_app(app_key)
-        return app is not None and hmac.compare_digest(app.secret.encode(), secret.encode())
+        return app is not None and any(
+            hmac.compare_digest(s.encode(), secret.encode()) for s in app.secrets_at(self.clock.now())
+        )
 
     def list_apps(self) -> list[dict[str, Any]]:
         rows = self._conn.execute(
@@ -640,6 +669,17 @@ class Store(TargetingQueries, PolicyQueries, VendorQueries):
             (SERVICE_USERNAME, self._sealer.seal(password), self.clock.now()),
         )
         return self.service_credentials()
+
+    def rotate_service_credentials(self) -> tuple[str, str]:
+        """Replace the service password; whatever logs in with the old one (a split bridge, a
+        mosquitto password file) needs the new one (docs/operations.md, "Rotating secrets")."""
+        password = ids.new_secret()
+        with self._tx():
+            self._conn.execute(
+                "INSERT OR REPLACE INTO service_accounts (username, password_enc, created_at) VALUES (?, ?, ?)",
+                (SERVICE_USERNAME, self._sealer.seal(password), self.clock.now()),
+            )
+        return SERVICE_USERNAME, password
 
     def broker_accounts(self) -> tuple[list[tuple[str, str, str]], list[tuple[str, str]], tuple[str, str]]:
         """What a foreign broker needs to check logins: ``(app, device_id, broker_hash)`` per device,

@@ -1,0 +1,53 @@
+"""Operations on a whole data dir: ``backup`` and ``restore`` (docs/operations.md).
+
+``backup`` works beside a running server; ``restore`` refuses a store a process still has open.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from mqttpush import __version__
+from mqttpush.cli.shell import data_dir_option, emit, errors, json_option
+
+
+@click.command("backup")
+@click.argument("dest", type=click.Path(path_type=Path))
+@data_dir_option
+@json_option
+def backup(dest: Path, data_dir: Path, as_json: bool) -> None:
+    """Copy the store (database, master key, manifest) into the new directory DEST, online."""
+    from mqttpush.store.backup import backup as take_backup
+
+    with errors():
+        manifest = take_backup(data_dir, dest, __version__, time.time())
+    counts = manifest["counts"]
+    emit(
+        {"backup": str(dest), "manifest": manifest},
+        as_json,
+        lambda: click.echo(
+            f"backup in {dest}: {counts['apps']} apps, {counts['devices']} devices, {counts['messages']} messages"
+        ),
+    )
+
+
+@click.command("restore")
+@click.argument("src", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@data_dir_option
+@click.option("--force", is_flag=True, help="Replace the store in a data dir that already holds one.")
+@json_option
+def restore(src: Path, data_dir: Path, force: bool, as_json: bool) -> None:
+    """Check the backup in SRC against its manifest and install it as the store in --data-dir
+    (the server must be stopped)."""
+    from mqttpush.store.backup import restore as install
+
+    with errors():
+        manifest = install(src, data_dir, force=force)
+    emit(
+        {"restored": str(data_dir), "manifest": manifest},
+        as_json,
+        lambda: click.echo(f"restored {src} into {data_dir} (schema {manifest['schema_version']})"),
+    )
