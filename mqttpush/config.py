@@ -53,6 +53,24 @@ class ServerConfig:
     max_publish_lag: float = 1.0
     """Seconds accepted pushes may wait to be published before new ones get 503 ``overloaded``
     with ``Retry-After`` (0: no bound)."""
+    api_rate: float = 1000.0
+    """Requests a second each app may make (signed or device-token routes) before 429
+    ``rate_limited`` with ``Retry-After`` (0: no limit)."""
+    api_burst: int = 2000
+    """Requests an app may make at once above ``api_rate``."""
+    ip_rate: float = 20.0
+    """Requests a second each client IP may make to routes without a signature or token
+    (device registration, health) before 429 ``rate_limited`` (0: no limit)."""
+    ip_burst: int = 100
+    """Requests a client IP may make at once above ``ip_rate``."""
+    http_header_timeout: float = 10.0
+    """Seconds a client has to send a request's headers before its connection is closed."""
+    http_keepalive_timeout: int = 5
+    """Seconds an idle keep-alive connection stays open."""
+    http_max_connections: int = 10_000
+    """HTTP connections open at once; one more gets 503 ``too_many_connections`` and is closed."""
+    http_max_header_bytes: int = 64 * 1024
+    """Request line and headers together, in bytes; above, 431 ``headers_too_large``."""
     log_level: str = "info"
     broker_url: str | None = None
     """``mqttpush bridge`` only: the MQTT broker to work against, ``mqtt://HOST:PORT``."""

@@ -13,6 +13,7 @@ and carries a stable snake_case ``code``; the edges translate it (HTTP status an
     ├── PayloadTooLarge       413  envelope or request body over its limit
     ├── UnsupportedMediaType  415  a body on a JSON route declared as something else
     ├── InvalidContent        422  valid JSON that breaks a rule (ttl, platform, target)
+    ├── RateLimited           429  rate_limited: an app or a client IP over its request rate; retry after
     ├── Overloaded            503  overloaded: pushes would wait too long to go out; retry after
     ├── StoreUnavailable      503  store_unavailable: the store cannot write (disk full, I/O error,
     │                              locked beyond the busy timeout); nothing was accepted; retry after
@@ -81,6 +82,18 @@ class UnsupportedMediaType(MqttPushError):
 class InvalidContent(MqttPushError):
     status = 422
     code = "invalid_request"
+
+
+class RateLimited(MqttPushError):
+    """Refused for now: the app (or, before authentication, the client IP) is over its request
+    rate. ``retry_after`` (whole seconds, at least 1) goes out as the ``Retry-After`` header."""
+
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: int, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
 
 
 class Overloaded(MqttPushError):

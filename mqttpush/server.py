@@ -14,6 +14,7 @@ import contextlib
 import logging
 import resource
 import socket
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -30,6 +31,8 @@ from bridge.supervisor import Supervisors
 from bridge.tasks import TaskRunner
 from bridge.vendors import VendorGateway, make_channel
 from mqttpush.api.app import ApiContext, create_api
+from mqttpush.api.connections import ConnectionLimits, guarded_protocol
+from mqttpush.api.limits import RateLimiter
 from mqttpush.broker import BrokerLimits, PushBroker
 from mqttpush.clock import Clock, SystemClock
 from mqttpush.config import ServerConfig
@@ -276,6 +279,8 @@ class BridgeNode:
                 on_register,
                 self.publisher,
                 self.not_ready,
+                RateLimiter.of(self.config.api_rate, self.config.api_burst, time.monotonic),
+                RateLimiter.of(self.config.ip_rate, self.config.ip_burst, time.monotonic),
             )
         )
         # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on accepted sockets whose proto says
@@ -287,7 +292,19 @@ class BridgeNode:
         self._http_socket = sock
         self._http = _ApiServer(
             uvicorn.Config(
-                api, log_level="warning", access_log=False, lifespan="off", loop="none", http="httptools"
+                api,
+                log_level="warning",
+                access_log=False,
+                lifespan="off",
+                loop="none",
+                http=guarded_protocol(
+                    ConnectionLimits(
+                        self.config.http_header_timeout,
+                        self.config.http_max_connections,
+                        self.config.http_max_header_bytes,
+                    )
+                ),
+                timeout_keep_alive=self.config.http_keepalive_timeout,
             )
         )
         self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]))

@@ -27,6 +27,7 @@ from bridge.publisher import Publisher
 from bridge.targets import ALIAS_RE, ALIAS_TYPE_RE, TAG_RE
 from bridge.tasks import TaskRunner
 from mqttpush import __version__, ids, signing, topics
+from mqttpush.api.limits import RateLimiter, retry_after
 from mqttpush.clock import Clock, zone
 from mqttpush.errors import (
     AuthError,
@@ -36,6 +37,7 @@ from mqttpush.errors import (
     NotFound,
     Overloaded,
     PayloadTooLarge,
+    RateLimited,
     StoreUnavailable,
     UnsupportedMediaType,
 )
@@ -86,6 +88,10 @@ class ApiContext:
     """For recalls: the revoke envelope goes out at once."""
     not_ready: Callable[[], dict[str, str]] | None = None
     """Supervised loops waiting to be restarted (name -> cause), for ``GET /readyz``."""
+    app_limiter: RateLimiter | None = None
+    """Requests per app key on signed and device-token routes, after authentication (None: no limit)."""
+    ip_limiter: RateLimiter | None = None
+    """Requests per client IP on routes without a signature or token (None: no limit)."""
 
 
 def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -269,7 +275,7 @@ def create_api(ctx: ApiContext) -> FastAPI:
     @api.exception_handler(MqttPushError)
     async def _on_error(request: Request, exc: MqttPushError) -> JSONResponse:
         response = _error(exc.status, exc.code, exc.message)
-        if isinstance(exc, Overloaded | StoreUnavailable):
+        if isinstance(exc, Overloaded | StoreUnavailable | RateLimited):
             response.headers["Retry-After"] = str(exc.retry_after)
         return response
 
@@ -308,6 +314,21 @@ def create_api(ctx: ApiContext) -> FastAPI:
             raise AuthError("unknown app key", code="unknown_app")
         return app
 
+    def _limit(limiter: RateLimiter | None, key: str, who: str) -> None:
+        wait = limiter.take(key) if limiter is not None else 0.0
+        if wait > 0:
+            seconds = retry_after(wait)
+            raise RateLimited(f"{who} is over its request rate; retry in {seconds} s", retry_after=seconds)
+
+    def _limit_app(app_key: str) -> None:
+        """After authentication: one app's flood never takes another app's requests."""
+        _limit(ctx.app_limiter, app_key, "this app")
+
+    def _limit_ip(request: Request) -> None:
+        """Routes without a signature or token are limited by client address instead."""
+        host = request.client.host if request.client is not None else ""
+        _limit(ctx.ip_limiter, host, "this client address")
+
     def _path(request: Request) -> str:
         path = str(request.scope.get("raw_path", request.url.path.encode()).decode("latin-1"))
         return path + ("?" + request.url.query if request.url.query else "")
@@ -327,6 +348,9 @@ def create_api(ctx: ApiContext) -> FastAPI:
         return app, ts, nonce, sig
 
     async def _use_nonce(app: App, nonce: str) -> None:
+        # Every signed request passes here once its signature holds; limited before the nonce is
+        # used up, so a refused request may be sent again as it was.
+        _limit_app(app.app_key)
         if not await store.run(store.use_nonce, app.app_key, nonce, 2 * signing.WINDOW_SECONDS):
             raise AuthError("nonce already used", code="replayed_nonce")
 
@@ -367,6 +391,7 @@ def create_api(ctx: ApiContext) -> FastAPI:
         device = await store.run(store.get_device, device_id) if app_key else None
         if device is None:
             raise AuthError("unknown or revoked device token", code="bad_token")
+        _limit_app(device.app_key)
         return device
 
     def _device_doc(request: Request, device: Device) -> dict[str, Any]:
@@ -384,13 +409,15 @@ def create_api(ctx: ApiContext) -> FastAPI:
         }
 
     @api.get("/healthz")
-    async def healthz() -> dict[str, Any]:
+    async def healthz(request: Request) -> dict[str, Any]:
         """The process is up (liveness)."""
+        _limit_ip(request)
         return {"ok": True, "version": __version__}
 
     @api.get("/readyz")
-    async def readyz() -> JSONResponse:
+    async def readyz(request: Request) -> JSONResponse:
         """Ready while the store can write and every supervised loop runs (docs/api.md)."""
+        _limit_ip(request)
         parts: dict[str, str] = {}
         if store.write_failure is not None:  # only then a probe write: it costs an fsync
             try:
@@ -412,6 +439,7 @@ def create_api(ctx: ApiContext) -> FastAPI:
         responses={200: {"description": "Registered again: same device id, new token"}},
     )
     async def register_device(request: Request) -> JSONResponse:
+        _limit_ip(request)
         app = await _app_by_key(request)
         req = _parse(DeviceRegistrationRequest, await _body(request))
         if req.timezone is not None:
@@ -680,6 +708,7 @@ def create_api(ctx: ApiContext) -> FastAPI:
     @api.get("/api/v1/webpush/key", openapi_extra=_doc(KEY_ONLY))
     async def webpush_key(request: Request) -> dict[str, Any]:
         """The app's VAPID public key, for a browser's ``pushManager.subscribe`` (X-MQTTPush-Key)."""
+        _limit_ip(request)
         app = await _app_by_key(request)
         config = await store.run(store.vendor_config, app.app_key, "webpush")
         if not config or not config.get("vapid_public_key"):

@@ -147,7 +147,55 @@ def _config(options: dict[str, Any]) -> ServerConfig:
     return ServerConfig(**options)
 
 
+_HTTP_LIMITS: tuple[tuple[str, click.FloatRange | click.IntRange, str], ...] = (
+    (
+        "api-rate",
+        click.FloatRange(0),
+        "Requests a second per app (signed or device-token routes); over it 429 rate_limited with Retry-After; 0: no limit.",
+    ),
+    ("api-burst", click.IntRange(1), "Requests an app may make at once above --api-rate."),
+    (
+        "ip-rate",
+        click.FloatRange(0),
+        "Requests a second per client IP to routes without a signature or token (device registration, health); 0: no limit.",
+    ),
+    ("ip-burst", click.IntRange(1), "Requests a client IP may make at once above --ip-rate."),
+    (
+        "http-header-timeout",
+        click.FloatRange(0, min_open=True),
+        "Seconds a client has to send a request's headers; then 408 and the connection is closed.",
+    ),
+    ("http-keepalive-timeout", click.IntRange(1), "Seconds an idle keep-alive HTTP connection stays open."),
+    (
+        "http-max-connections",
+        click.IntRange(1),
+        "HTTP connections open at once; beyond, 503 too_many_connections.",
+    ),
+    (
+        "http-max-header-bytes",
+        click.IntRange(1024),
+        "Request line and headers, in bytes; above, 431 headers_too_large.",
+    ),
+)
+
+
+def http_limit_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Rate limits and HTTP connection limits (docs/api.md, "Limits"), for serve and bridge."""
+    for name, kind, help_text in reversed(_HTTP_LIMITS):
+        field = name.replace("-", "_")
+        f = click.option(
+            f"--{name}",
+            type=kind,
+            default=getattr(ServerConfig, field),
+            show_default=True,
+            envvar="MQTTPUSH_" + field.upper(),
+            help=help_text,
+        )(f)
+    return f
+
+
 def bridge_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = http_limit_options(f)
     f = click.option(
         "--max-publish-lag",
         type=click.FloatRange(0),
