@@ -27,7 +27,7 @@ def _routes(r: Running) -> list[tuple[str, str]]:
         (method, route.path)
         for route in api.routes
         if isinstance(route, APIRoute)
-        for method in sorted(route.methods)
+        for method in sorted(route.methods or ())
     ]
 
 
