@@ -142,6 +142,9 @@ def test_backup_under_load_holds_every_push_accepted_before_it(tmp_path: Path) -
         doc = json.loads(proc.stdout)
         assert doc["backup"] == str(dest)
         assert doc["manifest"]["counts"]["messages"] >= len(before)
+        with PushClient(server.url, app_key, secret) as c:  # the server kept accepting meanwhile
+            c.push({"target": {"devices": [device]}, "notification": {"title": "after"}})
+        assert len(accepted) > len(before)
 
         refused = cli("restore", str(dest), "--data-dir", str(data), "--force", "--json")
         assert refused.returncode == 2 and "[store_in_use]" in refused.stderr
@@ -157,3 +160,19 @@ def test_backup_under_load_holds_every_push_accepted_before_it(tmp_path: Path) -
     finally:
         store.close()
     assert not missing, f"{len(missing)} of {len(before)} pushes accepted before the backup are not in it"
+
+
+def test_restore_refuses_a_store_open_without_a_lock_file(tmp_path: Path) -> None:
+    """A process that holds the database open (not only a server with its lock file) is seen."""
+    data, dest = tmp_path / "data", tmp_path / "bk"
+    _seeded(data)
+    backup(data, dest, "9.9", 1_800_000_000.0)
+    assert not list(data.glob(".lock*"))
+    store = Store(data)
+    try:
+        with pytest.raises(StoreError) as refused:
+            restore(dest, data, force=True)
+        assert refused.value.code == "store_in_use"
+    finally:
+        store.close()
+    assert restore(dest, data, force=True)["counts"]["apps"] == 1
