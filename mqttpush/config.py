@@ -64,7 +64,8 @@ class ServerConfig:
     ip_burst: int = 100
     """Requests a client IP may make at once above ``ip_rate``."""
     http_header_timeout: float = 10.0
-    """Seconds a client has to send a request's headers before its connection is closed."""
+    """Seconds a client has to send a request's headers, and the longest a request body may
+    stall, before 408 ``request_timeout`` closes its connection."""
     http_keepalive_timeout: int = 5
     """Seconds an idle keep-alive connection stays open."""
     http_max_connections: int = 10_000

@@ -4,7 +4,7 @@ uvicorn has no header timeout and httptools no header size limit: a client that 
 its headers (slowloris) held its connection forever, and a 200 KB header was read whole. Its
 ``limit_concurrency`` answers only once the headers are complete, in plain text. So, per
 connection: the request line and headers must arrive within ``header_timeout`` (else 408, or a
-silent close when nothing came), stay under ``max_header_bytes`` and ``MAX_HEADER_COUNT`` (else
+silent close when nothing came), a body must not stall for longer (else 408), stay under ``max_header_bytes`` and ``MAX_HEADER_COUNT`` (else
 431), and a connection beyond ``max_connections`` gets 503 at once. Every refusal is the JSON
 error shape of docs/api.md and closes the connection.
 """
@@ -58,6 +58,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._head_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
         self._in_head = False
         self._head_seen = 0
         """Bytes of the request line and complete header lines (exact, from the parser)."""
@@ -82,6 +83,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_head_timer()
+        self._disarm_body_timer()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -123,6 +125,20 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._in_head = False
         self._disarm_head_timer()
         super().on_headers_complete()
+        self._arm_body_timer()  # disarmed at once by on_message_complete when there is no body
+
+    def on_body(self, body: bytes) -> None:
+        super().on_body(body)
+        self._disarm_body_timer()
+        self._arm_body_timer()
+
+    def on_message_complete(self) -> None:
+        self._disarm_body_timer()
+        super().on_message_complete()
+
+    def handle_websocket_upgrade(self) -> None:
+        self._disarm_body_timer()
+        super().handle_websocket_upgrade()
 
     def _check_head(self, *, in_parser: bool) -> None:
         limit = self.limits.max_header_bytes
@@ -158,12 +174,35 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         else:
             self.transport.close()  # nothing came: close without an answer, as for an idle keep-alive
 
+    def _arm_body_timer(self) -> None:
+        if self._body_timer is None:
+            self._body_timer = self.loop.call_later(self.limits.header_timeout, self._body_stalled)
+
+    def _disarm_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _body_stalled(self) -> None:
+        """No body bytes for ``header_timeout`` seconds while the request's body is being read."""
+        self._body_timer = None
+        if self.transport.is_closing():
+            return
+        if self.flow.read_paused:  # the app has not taken what came: the wait is ours, not the client's
+            self._arm_body_timer()
+        elif self.cycle is not None and self.cycle.response_started:
+            self.transport.close()
+        else:
+            seconds = self.limits.header_timeout
+            self._refuse(refusal(408, "request_timeout", f"request body stalled for {seconds:g} s"))
+
     def _refuse(self, answer: bytes) -> None:
         """Answer and close. Closing with unread bytes would send a reset that can overtake the
         answer, so: half-close, read and drop what still comes (``data_received``), and close when
         the client does or ``LINGER_SECONDS`` later."""
         self._refusal = answer
         self._disarm_head_timer()
+        self._disarm_body_timer()
         if self.transport.is_closing():
             return
         self.transport.write(answer)

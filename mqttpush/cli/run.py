@@ -163,7 +163,7 @@ _HTTP_LIMITS: tuple[tuple[str, click.FloatRange | click.IntRange, str], ...] = (
     (
         "http-header-timeout",
         click.FloatRange(0, min_open=True),
-        "Seconds a client has to send a request's headers; then 408 and the connection is closed.",
+        "Seconds a client has to send a request's headers (and the longest a body may stall); then 408 and the connection is closed.",
     ),
     ("http-keepalive-timeout", click.IntRange(1), "Seconds an idle keep-alive HTTP connection stays open."),
     (

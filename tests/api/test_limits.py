@@ -284,3 +284,16 @@ def test_an_endless_header_line_is_refused_before_it_ends(guarded: Running) -> N
 def test_a_head_within_the_limits_is_served(guarded: Running) -> None:
     headers = {f"X-{i}": "v" * 20 for i in range(50)}
     assert httpx.get(guarded.url + "/healthz", headers=headers).status_code == 200
+
+
+def test_a_stalled_body_is_408_after_the_timeout(guarded: Running) -> None:
+    with _connect(guarded, timeout=5) as s:
+        started = time.monotonic()
+        s.sendall(
+            b"POST /api/v1/devices HTTP/1.1\r\nHost: x\r\nX-MQTTPush-Key: "
+            + guarded.app_key.encode()
+            + b'\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"install_id"'
+        )
+        answer = _until_closed(s)
+        assert time.monotonic() - started < 4
+    _json_refusal(answer, 408, "request_timeout")
