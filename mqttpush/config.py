@@ -60,7 +60,7 @@ class ServerConfig:
     """Requests an app may make at once above ``api_rate``."""
     ip_rate: float = 20.0
     """Requests a second each client IP may make to routes without a signature or token
-    (device registration, health) before 429 ``rate_limited`` (0: no limit)."""
+    (device registration, the VAPID key) before 429 ``rate_limited`` (0: no limit)."""
     ip_burst: int = 100
     """Requests a client IP may make at once above ``ip_rate``."""
     http_header_timeout: float = 10.0

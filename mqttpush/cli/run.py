@@ -157,7 +157,7 @@ _HTTP_LIMITS: tuple[tuple[str, click.FloatRange | click.IntRange, str], ...] = (
     (
         "ip-rate",
         click.FloatRange(0),
-        "Requests a second per client IP to routes without a signature or token (device registration, health); 0: no limit.",
+        "Requests a second per client IP to routes without a signature or token (device registration, the VAPID key); 0: no limit.",
     ),
     ("ip-burst", click.IntRange(1), "Requests a client IP may make at once above --ip-rate."),
     (

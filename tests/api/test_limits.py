@@ -152,7 +152,10 @@ def test_key_only_registration_is_limited_per_client_ip(rate_limited: Running) -
     codes = [httpx.post(r.url + "/api/v1/devices", json=body, headers=headers).status_code for _ in range(2)]
     assert codes == [201, 200]
     _limited(httpx.post(r.url + "/api/v1/devices", json=body, headers=headers))
-    _limited(httpx.get(r.url + "/healthz"))
+    _limited(httpx.get(r.url + "/api/v1/webpush/key", headers=headers))
+    # Health probes are never limited: a refused liveness probe would restart a healthy server.
+    assert httpx.get(r.url + "/healthz").status_code == 200
+    assert httpx.get(r.url + "/readyz").status_code == 200
     # Signed routes are limited per app, not per IP: the same address is still served there.
     assert _signed(r.url, r.app_key, r.app_secret).status_code == 200
 
@@ -160,8 +163,9 @@ def test_key_only_registration_is_limited_per_client_ip(rate_limited: Running) -
 def test_the_rate_flags_reach_the_server(tmp_path: Path) -> None:
     s = ServeProcess(tmp_path / "data", 0, 0, "--ip-rate", "0.01", "--ip-burst", "1")
     try:
-        assert httpx.get(s.url + "/healthz").status_code == 200
-        _limited(httpx.get(s.url + "/healthz"))
+        key = {signing.KEY_HEADER: "no-such-app"}
+        assert httpx.get(s.url + "/api/v1/webpush/key", headers=key).status_code == 401
+        _limited(httpx.get(s.url + "/api/v1/webpush/key", headers=key))
     finally:
         assert s.stop(signal.SIGTERM) == 0
 
@@ -295,5 +299,25 @@ def test_a_stalled_body_is_408_after_the_timeout(guarded: Running) -> None:
             + b'\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"install_id"'
         )
         answer = _until_closed(s)
+        assert time.monotonic() - started < 4
+    _json_refusal(answer, 408, "request_timeout")
+
+
+def test_trickled_header_lines_do_not_reset_the_header_timeout(guarded: Running) -> None:
+    """The slowloris of benchmarks/flood.py: one more header line now and then, never the blank one."""
+    with _connect(guarded, timeout=5) as s:
+        started = time.monotonic()
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        s.settimeout(0.1)  # a line each time 0.1 s pass without an answer: well inside the 0.5 s timeout
+        answer = b""
+        while time.monotonic() - started < 4:
+            try:
+                chunk = s.recv(65536)
+            except TimeoutError:
+                s.sendall(b"X-a: b\r\n")
+                continue
+            if not chunk:
+                break
+            answer += chunk
         assert time.monotonic() - started < 4
     _json_refusal(answer, 408, "request_timeout")
