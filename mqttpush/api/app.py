@@ -241,8 +241,8 @@ def _complete_openapi(schema: dict[str, Any]) -> dict[str, Any]:
             if path.startswith("/api/"):
                 responses.update({s: {"description": d, **error} for s, d in _ERROR_STATUSES.items()})
             else:
-                for status in ("405", "429"):
-                    responses[status] = {"description": _ERROR_STATUSES[status], **error}
+                # /healthz and /readyz are never rate-limited (docs/api.md "Limits").
+                responses["405"] = {"description": _ERROR_STATUSES["405"], **error}
             if path == "/readyz":
                 responses["503"] = {
                     "description": "Not ready: the message and parts name each cause",
@@ -409,13 +409,15 @@ def create_api(ctx: ApiContext) -> FastAPI:
         }
 
     @api.get("/healthz")
-    async def healthz() -> dict[str, Any]:
+    async def healthz(request: Request) -> dict[str, Any]:
         """The process is up (liveness)."""
+        _limit_ip(request)
         return {"ok": True, "version": __version__}
 
     @api.get("/readyz")
-    async def readyz() -> JSONResponse:
+    async def readyz(request: Request) -> JSONResponse:
         """Ready while the store can write and every supervised loop runs (docs/api.md)."""
+        _limit_ip(request)
         parts: dict[str, str] = {}
         if store.write_failure is not None:  # only then a probe write: it costs an fsync
             try:
