@@ -37,6 +37,7 @@ from mqttpush.broker import BrokerLimits, PushBroker
 from mqttpush.clock import Clock, SystemClock
 from mqttpush.config import ServerConfig
 from mqttpush.store import Store
+from mqttpush.store.lock import ROLES, DataDirLock
 from mqttpush.store.store import SERVICE_USERNAME
 from mqttpush.topics import (
     API_PUSH_FILTER,
@@ -337,7 +338,12 @@ class EmbeddedServer:
     def __init__(self, config: ServerConfig, clock: Clock | None = None) -> None:
         self.config = config
         self.clock = clock or SystemClock()
-        self.store = Store(config.data_dir, self.clock, broker_hasher=mosquitto.password_hash)
+        self.lock = DataDirLock(config.data_dir, ROLES)
+        try:
+            self.store = Store(config.data_dir, self.clock, broker_hasher=mosquitto.password_hash)
+        except BaseException:
+            self.lock.release()
+            raise
         self.broker_node = BrokerNode(config, self.store, self.clock)
         self.broker = self.broker_node.broker
         self.bridge = BridgeNode(
@@ -378,6 +384,7 @@ class EmbeddedServer:
         await self.bridge.stop()
         await self.broker_node.stop()
         self.store.close()
+        self.lock.release()
         log.info("stopped")
 
     async def __aenter__(self) -> EmbeddedServer:
@@ -393,7 +400,12 @@ class BrokerServer:
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        self.store = Store(config.data_dir)
+        self.lock = DataDirLock(config.data_dir, ("broker",))
+        try:
+            self.store = Store(config.data_dir)
+        except BaseException:
+            self.lock.release()
+            raise
         self.node = BrokerNode(config, self.store)
 
     @property
@@ -408,6 +420,7 @@ class BrokerServer:
     async def __aexit__(self, *exc: object) -> None:
         await self.node.stop()
         self.store.close()
+        self.lock.release()
 
 
 class BridgeServer:
@@ -417,7 +430,12 @@ class BridgeServer:
         assert config.broker_url is not None
         self.config = config
         self.clock = clock or SystemClock()
-        self.store = Store(config.data_dir, self.clock, broker_hasher=mosquitto.password_hash)
+        self.lock = DataDirLock(config.data_dir, ("bridge",))
+        try:
+            self.store = Store(config.data_dir, self.clock, broker_hasher=mosquitto.password_hash)
+        except BaseException:
+            self.lock.release()
+            raise
         username, password = self.store.service_credentials()
         self.publisher = MqttPublisher(
             config.broker_url,
@@ -449,3 +467,4 @@ class BridgeServer:
         await self.bridge.stop()
         await self.publisher.stop()
         self.store.close()
+        self.lock.release()

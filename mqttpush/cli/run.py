@@ -7,9 +7,11 @@ composition root, and ``mqttpush app list`` should not pay for starting imports 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -220,7 +222,61 @@ def bridge_options(f: Callable[..., Any]) -> Callable[..., Any]:
     )(f)
 
 
+def check_data_dir(data_dir: Path, roles: tuple[str, ...]) -> Callable[[], None]:
+    """The slow and blocking part of a server's start, done before it: the data dir's lock for
+    ``roles`` free, the store's file checked and migrated. A refusal is a :class:`MqttPushError`
+    (docs/operations.md); the server then opens the store again, now at once, and takes the lock
+    for good."""
+
+    def check() -> None:
+        from mqttpush.store import Store
+        from mqttpush.store.lock import DataDirLock
+
+        lock = DataDirLock(data_dir, roles)
+        try:
+            Store(data_dir).close()
+        finally:
+            lock.release()
+
+    return check
+
+
+def _aside(work: Callable[[], None], loop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:
+    """Run ``work`` on a daemon thread, so that a signal meanwhile is heard and the process ends
+    without waiting for it (a store waiting on another process's lock would hold up an
+    executor's shutdown)."""
+    done: asyncio.Future[None] = loop.create_future()
+
+    def run() -> None:
+        outcome: tuple[bool, BaseException | None] = (True, None)
+        try:
+            work()
+        except BaseException as exc:
+            outcome = (False, exc)
+        with contextlib.suppress(RuntimeError):  # the loop is gone: the process is ending
+            loop.call_soon_threadsafe(_settle, done, *outcome)
+
+    threading.Thread(target=run, name="mqttpush-start", daemon=True).start()
+    return done
+
+
+def _settle(done: asyncio.Future[None], ok: bool, value: Any) -> None:
+    if done.done():
+        return
+    if ok:
+        done.set_result(value)
+    else:
+        done.set_exception(value)
+
+
+def _discard(checked: asyncio.Future[None]) -> None:
+    """A check that ended after the stop signal came: the process is ending, nothing to report."""
+    if not checked.cancelled():
+        checked.exception()
+
+
 def _run_until_signal(
+    check: Callable[[], None],
     make: Callable[[], Any],
     ready: Callable[[Any], dict[str, Any]],
     human: Callable[[Any], str],
@@ -241,6 +297,14 @@ def _run_until_signal(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        checking = _aside(check, loop)
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait((checking, stopping), return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not checking.done():
+            checking.add_done_callback(_discard)
+            return
+        checking.result()
         async with make() as server:
             emit(ready(server) | {"event": "ready"}, as_json, lambda: click.echo(human(server)))
             sys.stdout.flush()
@@ -271,6 +335,7 @@ def serve(as_json: bool, **options: Any) -> None:
 
     config = _config(options)
     _run_until_signal(
+        check_data_dir(config.data_dir, ("broker", "bridge")),
         lambda: EmbeddedServer(config),
         lambda s: {
             "mqtt_port": s.mqtt_port,
@@ -303,6 +368,7 @@ def broker(as_json: bool, **options: Any) -> None:
 
     config = _config(options)
     _run_until_signal(
+        check_data_dir(config.data_dir, ("broker",)),
         lambda: BrokerServer(config),
         lambda s: {"mqtt_port": s.mqtt_port, **s.node.listener_ports(), "data_dir": str(config.data_dir)},
         lambda s: (
@@ -349,6 +415,7 @@ def bridge(as_json: bool, **options: Any) -> None:
 
     config = _config(options)
     _run_until_signal(
+        check_data_dir(config.data_dir, ("bridge",)),
         lambda: BridgeServer(config),
         lambda s: {
             "http_port": s.http_port,

@@ -27,6 +27,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlite_utils import Database
 
@@ -45,6 +46,7 @@ from mqttpush.models import (
     advances,
 )
 from mqttpush.store.core import chunks
+from mqttpush.store.lock import prepare_data_dir, unwritable
 from mqttpush.store.policy import PolicyQueries
 from mqttpush.store.targeting import TargetingQueries
 from mqttpush.store.tx import Transaction
@@ -90,10 +92,19 @@ def hash_token(salt: bytes, token: str) -> bytes:
 
 
 class _Sealer:
-    """AES-GCM with the data dir's master key, for secrets the server must read back (HMAC keys)."""
+    """AES-GCM with the data dir's master key, for secrets the server must read back (HMAC keys).
 
-    def __init__(self, key_path: Path) -> None:
+    ``create``: write a new key if there is none (only for a store with nothing sealed yet: a new
+    key cannot open old secrets). A missing key otherwise, or one of the wrong size, is refused."""
+
+    def __init__(self, key_path: Path, *, create: bool = False) -> None:
         if not key_path.exists():
+            if not create:
+                raise StoreError(
+                    f"{key_path} is missing and the store holds secrets sealed with it;"
+                    " restore it from a backup of this data dir",
+                    code="master_key_missing",
+                )
             # Written aside, then linked into place: a second process never reads a half-written key.
             tmp = key_path.with_name(f".{key_path.name}.{os.getpid()}.{secrets.token_hex(4)}")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -107,7 +118,12 @@ class _Sealer:
                 pass  # another process created it first: use theirs
             finally:
                 tmp.unlink()
-        self._aead = AESGCM(key_path.read_bytes())
+        key = key_path.read_bytes()
+        if len(key) != _KEY_BYTES:
+            raise StoreError(
+                f"{key_path} holds {len(key)} bytes, not a {_KEY_BYTES}-byte key", code="master_key_invalid"
+            )
+        self._aead = AESGCM(key)
 
     def seal(self, plain: str) -> bytes:
         nonce = secrets.token_bytes(12)
@@ -117,9 +133,48 @@ class _Sealer:
         return self._aead.decrypt(sealed[:12], sealed[12:], None).decode()
 
 
+_KEY_BYTES = 32
+# Where sealed secrets live, by the migration that brought them: one of them tells whether the
+# store has secrets and whether the key opens them.
+_SEALED_COLUMNS = (
+    ("apps", "secret_enc"),
+    ("service_accounts", "password_enc"),
+    ("vendor_credentials", "config_enc"),
+)
+_FILE_MODE = 0o600
+# SQLite's primary result codes that say the file is no database of ours, or is damaged.
+_CORRUPT_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+_READ_ONLY_CODES = frozenset({sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM})
+
+
+def _open_error(path: Path, exc: sqlite3.Error) -> StoreError:
+    """The start-up refusal an SQLite error at open means (docs/operations.md)."""
+    code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+    if code in _CORRUPT_CODES:
+        return StoreError(f"{path} is damaged or not a database: {exc}", code="store_corrupt")
+    if code in _READ_ONLY_CODES:
+        return StoreError(f"cannot write {path}: {exc}", code="data_dir_unwritable")
+    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        return StoreError(f"{path} stays locked by another process: {exc}", code="store_busy")
+    return StoreError(f"cannot open {path}: {exc}", code="store_error")
+
+
+def _tighten(path: Path) -> None:
+    """Files of the data dir are 0600: they hold device token hashes and sealed secrets."""
+    try:
+        st = path.stat()
+        if st.st_uid == os.geteuid() and st.st_mode & 0o077:
+            path.chmod(_FILE_MODE)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise unwritable(path.parent, exc) from exc
+
+
 log = logging.getLogger("mqttpush.store")
 _GROUP = 64
 _BUSY_TIMEOUT_MS = 10_000
+_WAL_SWITCH_SECONDS = 0.5
 
 
 CACHE_SECONDS = 2.0
@@ -344,39 +399,112 @@ class Store(TargetingQueries, PolicyQueries, VendorQueries):
         """
         self.broker_hasher = broker_hasher
         self.data_dir = Path(data_dir)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        prepare_data_dir(self.data_dir)
         self.clock = clock or SystemClock()
         self.path = self.data_dir / DB_FILE
-        self._conn = sqlite3.connect(
-            self.path, check_same_thread=False, isolation_level=None, timeout=_BUSY_TIMEOUT_MS / 1000
-        )
+        log.debug("opening the store %s", self.path)
+        try:
+            # Made 0600 before SQLite sees it: its -wal and -shm files take the database's mode.
+            os.close(os.open(self.path, os.O_RDONLY | os.O_CREAT, _FILE_MODE))
+        except OSError as exc:
+            raise unwritable(self.data_dir, exc) from exc
+        for name in (DB_FILE, f"{DB_FILE}-wal", f"{DB_FILE}-shm", KEY_FILE):
+            _tighten(self.data_dir / name)
+        try:
+            self._conn = sqlite3.connect(
+                self.path, check_same_thread=False, isolation_level=None, timeout=_BUSY_TIMEOUT_MS / 1000
+            )
+        except sqlite3.Error as exc:
+            raise _open_error(self.path, exc) from exc
         self._worker: _GroupCommitter | None = None
         self._health = _WriteHealth()
         self._apps: dict[str, tuple[float, App]] = {}
         self._settings: dict[str, tuple[float, dict[str, Any]]] = {}
         self._settings_changes = 0
         try:
+            self._check_file()
             self._set_wal()
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.execute("PRAGMA foreign_keys=ON")
             self.db = Database(self._conn)
-            self._sealer = _Sealer(self.data_dir / KEY_FILE)
+            self._sealer = self._open_sealer()
             self.migrate()
+        except sqlite3.Error as exc:
+            self._conn.close()
+            raise _open_error(self.path, exc) from exc
         except BaseException:
             self._conn.close()
             raise
 
+    def _check_file(self) -> None:
+        """Refuse, before writing anything, a file that is not this program's store: another
+        program's SQLite database, one cut short, or one of a newer mqttpush. (A 0-byte file is
+        a new, empty database to SQLite: it becomes a new store.)"""
+        version = self.schema_version()
+        tables = self._conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
+        if version == 0 and tables:
+            raise StoreError(
+                f"{self.path} is another program's database, not an mqttpush store", code="store_foreign"
+            )
+        known = _migrations()[-1][0]
+        if version > known:
+            raise StoreError(
+                f"{self.path} has schema {version}, newer than this mqttpush ({known})", code="schema_too_new"
+            )
+        wal = self.data_dir / f"{DB_FILE}-wal"
+        if not wal.exists() or wal.stat().st_size == 0:
+            # With no WAL to complete it, the file must hold every page its header counts.
+            pages = int(self._conn.execute("PRAGMA page_count").fetchone()[0])
+            page_size = int(self._conn.execute("PRAGMA page_size").fetchone()[0])
+            if self.path.stat().st_size < pages * page_size:
+                raise StoreError(
+                    f"{self.path} is cut short: {self.path.stat().st_size} bytes of {pages * page_size}",
+                    code="store_corrupt",
+                )
+
+    def _open_sealer(self) -> _Sealer:
+        """The master key, checked against a secret of the store: a new key only for a store with
+        nothing sealed, a wrong one refused here rather than as 500s on every signed call."""
+        sample = self._sealed_sample()
+        sealer = _Sealer(self.data_dir / KEY_FILE, create=sample is None)
+        _tighten(self.data_dir / KEY_FILE)
+        if sample is not None:
+            try:
+                sealer.open(sample)
+            except InvalidTag:
+                raise StoreError(
+                    f"{self.data_dir / KEY_FILE} is not the key this store's secrets were sealed with;"
+                    " restore the right one from a backup of this data dir",
+                    code="master_key_wrong",
+                ) from None
+        return sealer
+
+    def _sealed_sample(self) -> bytes | None:
+        """One sealed secret of the store, or None if it has none yet."""
+        tables = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        for table, column in _SEALED_COLUMNS:
+            if table in tables:
+                row = self._conn.execute(f"SELECT {column} FROM {table} LIMIT 1").fetchone()
+                if row is not None:
+                    return bytes(row[0])
+        return None
+
     def _set_wal(self) -> None:
         # Switching a brand-new file to WAL needs a moment alone with it; SQLite does not wait
-        # on the busy handler for that, so a process starting beside another one retries.
-        for attempt in range(50):
+        # on the busy handler for that, so a process starting beside another one retries, for a
+        # bounded time. Any other refusal (read-only, damaged) is final at once.
+        deadline = time.monotonic() + _WAL_SWITCH_SECONDS
+        pause = 0.005
+        while True:
             try:
                 self._conn.execute("PRAGMA journal_mode=WAL")
                 return
-            except sqlite3.OperationalError:
-                if attempt == 49:
+            except sqlite3.OperationalError as exc:
+                code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+                if code not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or time.monotonic() >= deadline:
                     raise
-                time.sleep(0.02 * (attempt + 1))
+                time.sleep(pause)
+                pause = min(pause * 2, 0.05)
 
     # --- plumbing ---------------------------------------------------------------------------
 
@@ -438,6 +566,8 @@ class Store(TargetingQueries, PolicyQueries, VendorQueries):
     def migrate(self) -> None:
         """Apply the numbered migrations this database has not seen yet."""
         known = _migrations()
+        if known and self.schema_version() == known[-1][0]:
+            return  # up to date: opening needs no write lock, so a busy writer cannot hold it up
         for version, sql in known:
             # Re-read the version inside the write lock: another process may have migrated meanwhile.
             with self._tx():
