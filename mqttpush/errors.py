@@ -18,7 +18,10 @@ and carries a stable snake_case ``code``; the edges translate it (HTTP status an
     ├── StoreUnavailable      503  store_unavailable: the store cannot write (disk full, I/O error,
     │                              locked beyond the busy timeout); nothing was accepted; retry after
     ├── StartupError               a server part could not start (port in use, ...)
-    ├── StoreError                 the SQLite store refused (schema too new, ...)
+    ├── StoreError                 the SQLite store refused (schema too new, ...); at start-up:
+    │                              data_dir_locked, data_dir_unwritable, store_corrupt,
+    │                              store_foreign, schema_too_new, store_busy, master_key_missing,
+    │                              master_key_wrong, master_key_invalid (docs/operations.md)
     └── ClientError                the server client or CLI could not complete a call
 """
 

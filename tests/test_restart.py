@@ -89,7 +89,7 @@ def test_serve_refuses_a_busy_port_with_a_clear_error(data_dir: Path) -> None:
                 "mqttpush",
                 "serve",
                 "--data-dir",
-                str(data_dir),
+                str(data_dir.parent / "second"),  # its own data dir: the port, not the lock, refuses it
                 "--mqtt-port",
                 str(first.mqtt_port),
                 "--http-port",
@@ -101,6 +101,7 @@ def test_serve_refuses_a_busy_port_with_a_clear_error(data_dir: Path) -> None:
         )
         assert proc.returncode == 2
         assert "error:" in proc.stderr and "Traceback" not in proc.stderr
+        assert "[data_dir_locked]" not in proc.stderr
     finally:
         first.stop(signal.SIGTERM)
     assert os.path.exists(data_dir / "mqttpush.db")
