@@ -49,6 +49,8 @@ def test_migration_0005_keeps_existing_tokens_live(data_dir: Path, clock: FakeCl
     conn = sqlite3.connect(data_dir / DB_FILE)  # back to schema 4, as a store of the last release
     for column in ("last_used_at", "removed_at", "removed_reason"):
         conn.execute(f"ALTER TABLE vendor_tokens DROP COLUMN {column}")
+    for column in ("previous_secret_enc", "previous_until"):  # what later migrations added
+        conn.execute(f"ALTER TABLE apps DROP COLUMN {column}")
     conn.execute("PRAGMA user_version = 4")
     conn.commit()
     conn.close()
