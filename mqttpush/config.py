@@ -53,10 +53,10 @@ class ServerConfig:
     max_publish_lag: float = 1.0
     """Seconds accepted pushes may wait to be published before new ones get 503 ``overloaded``
     with ``Retry-After`` (0: no bound)."""
-    api_rate: float = 1000.0
+    api_rate: float = 10_000.0
     """Requests a second each app may make (signed or device-token routes) before 429
     ``rate_limited`` with ``Retry-After`` (0: no limit)."""
-    api_burst: int = 2000
+    api_burst: int = 20_000
     """Requests an app may make at once above ``api_rate``."""
     ip_rate: float = 20.0
     """Requests a second each client IP may make to routes without a signature or token
