@@ -58,10 +58,10 @@ class ServerConfig:
     ``rate_limited`` with ``Retry-After`` (0: no limit)."""
     api_burst: int = 20_000
     """Requests an app may make at once above ``api_rate``."""
-    ip_rate: float = 20.0
+    ip_rate: float = 100.0
     """Requests a second each client IP may make to routes without a signature or token
     (device registration, the VAPID key) before 429 ``rate_limited`` (0: no limit)."""
-    ip_burst: int = 100
+    ip_burst: int = 1000
     """Requests a client IP may make at once above ``ip_rate``."""
     http_header_timeout: float = 10.0
     """Seconds a client has to send a request's headers, and the longest a request body may

@@ -128,7 +128,7 @@ def _parse(model: type[M], body: bytes) -> M:
 # takes and which credentials it needs is declared here, next to each route, via openapi_extra.
 
 SIGNED: dict[str, list[str]] = {"appKey": [], "appTimestamp": [], "appNonce": [], "appSignature": []}
-"""All four signing headers together (DESIGN §3.1)."""
+"""All four signing headers together (docs/api.md, signing)."""
 KEY_ONLY: dict[str, list[str]] = {"appKey": []}
 BEARER: dict[str, list[str]] = {"deviceToken": []}
 _SIGNING = (
