@@ -50,7 +50,7 @@ from mqttpush.store.lock import prepare_data_dir, unwritable
 from mqttpush.store.policy import PolicyQueries
 from mqttpush.store.targeting import TargetingQueries
 from mqttpush.store.tx import Transaction
-from mqttpush.store.vendors import VendorQueries
+from mqttpush.store.vendors import VendorQueries, vendor_token_hash
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -140,6 +140,7 @@ _SEALED_COLUMNS = (
     ("apps", "secret_enc"),
     ("service_accounts", "password_enc"),
     ("vendor_credentials", "config_enc"),
+    ("vendor_tokens", "token_enc"),
 )
 _FILE_MODE = 0o600
 # SQLite's primary result codes that say the file is no database of ours, or is damaged.
@@ -483,7 +484,11 @@ class Store(TargetingQueries, PolicyQueries, VendorQueries):
         """One sealed secret of the store, or None if it has none yet."""
         tables = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         for table, column in _SEALED_COLUMNS:
-            if table in tables:
+            if table not in tables:
+                continue
+            # A store not migrated yet may lack the column (vendor tokens were clear before 0007).
+            columns = {r[0] for r in self._conn.execute("SELECT name FROM pragma_table_info(?)", (table,))}
+            if column in columns:
                 row = self._conn.execute(f"SELECT {column} FROM {table} LIMIT 1").fetchone()
                 if row is not None:
                     return bytes(row[0])
@@ -568,6 +573,21 @@ class Store(TargetingQueries, PolicyQueries, VendorQueries):
         known = _migrations()
         if known and self.schema_version() == known[-1][0]:
             return  # up to date: opening needs no write lock, so a busy writer cannot hold it up
+        # What 0007 seals clear vendor tokens with; secure_delete zeroes the pages a migration
+        # frees, so no clear secret stays behind in them.
+        self._conn.create_function("mqttpush_token_hash", 1, vendor_token_hash, deterministic=True)
+        self._conn.create_function("mqttpush_seal", 1, self._seal)
+        secure_delete = self._conn.execute("PRAGMA secure_delete").fetchone()[0]
+        self._conn.execute("PRAGMA secure_delete = ON")
+        try:
+            self._apply(known)
+        finally:
+            self._conn.execute(f"PRAGMA secure_delete = {int(secure_delete)}")
+        # Copy the zeroed pages into the database file now, not at some later checkpoint. (Not
+        # TRUNCATE: an empty WAL makes a store opening beside this one check the file's size.)
+        self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+    def _apply(self, known: list[tuple[int, str]]) -> None:
         for version, sql in known:
             # Re-read the version inside the write lock: another process may have migrated meanwhile.
             with self._tx():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -16,10 +17,19 @@ VENDORS = ("apns", "fcm", "hms", "mipush", "webpush")
 
 # Registering a token again revives it if a vendor had declared it dead.
 _ADD_TOKEN = (
-    "INSERT INTO vendor_tokens (device_id, vendor, token, updated_at) VALUES (?, ?, ?, ?)"
-    " ON CONFLICT (device_id, vendor, token) DO UPDATE SET updated_at = excluded.updated_at,"
+    "INSERT INTO vendor_tokens (device_id, vendor, token_hash, token_enc, updated_at) VALUES (?, ?, ?, ?, ?)"
+    " ON CONFLICT (device_id, vendor, token_hash) DO UPDATE SET updated_at = excluded.updated_at,"
     " removed_at = NULL, removed_reason = NULL"
 )
+
+
+def vendor_token_hash(token: str) -> str:
+    """How the store finds a vendor token by value, the token itself being sealed: hex SHA-256.
+
+    Unsalted so one token has one hash (de-duplication, "remove this dead token"); vendor tokens
+    and WebPush subscriptions carry far too much randomness to be guessed from it.
+    """
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def mask_token(vendor: str, token: str) -> str:
@@ -65,19 +75,18 @@ class VendorQueries(StoreCore):
         row = self._conn.execute("SELECT app_key FROM devices WHERE device_id = ?", (device_id,)).fetchone()
         if row is None or row[0] != app_key:
             raise NotFound(f"no device {device_id!r} in this app", code="unknown_device")
-        self._conn.execute(
-            _ADD_TOKEN,
-            (device_id, vendor, token, self.clock.now()),
-        )
+        self._conn.execute(_ADD_TOKEN, self._token_row(device_id, vendor, token, self.clock.now()))
 
     def set_vendor_tokens(self, rows: list[tuple[str, str, str]]) -> None:
         """Many ``(device_id, vendor, token)`` at once (a fleet migrating in, benchmarks)."""
         now = self.clock.now()
         with self._tx():
-            self._conn.executemany(
-                _ADD_TOKEN,
-                [(d, v, t, now) for d, v, t in rows],
-            )
+            self._conn.executemany(_ADD_TOKEN, [self._token_row(d, v, t, now) for d, v, t in rows])
+
+    def _token_row(
+        self, device_id: str, vendor: str, token: str, now: float
+    ) -> tuple[str, str, str, bytes, float]:
+        return (device_id, vendor, vendor_token_hash(token), self._seal(token), now)
 
     def remove_vendor_token(self, device_id: str, vendor: str, token: str | None = None) -> int:
         if token is None:
@@ -86,17 +95,17 @@ class VendorQueries(StoreCore):
             )
         else:
             cur = self._conn.execute(
-                "DELETE FROM vendor_tokens WHERE device_id = ? AND vendor = ? AND token = ?",
-                (device_id, vendor, token),
+                "DELETE FROM vendor_tokens WHERE device_id = ? AND vendor = ? AND token_hash = ?",
+                (device_id, vendor, vendor_token_hash(token)),
             )
         return cur.rowcount
 
     def vendor_tokens(self, device_id: str) -> list[dict[str, Any]]:
         """A device's live tokens (the ones forwards use), newest first."""
         return [
-            {"vendor": r[0], "token": r[1], "updated_at": r[2]}
+            {"vendor": r[0], "token": self._unseal(r[1]), "updated_at": r[2]}
             for r in self._conn.execute(
-                "SELECT vendor, token, updated_at FROM vendor_tokens"
+                "SELECT vendor, token_enc, updated_at FROM vendor_tokens"
                 " WHERE device_id = ? AND removed_at IS NULL ORDER BY updated_at DESC",
                 (device_id,),
             )
@@ -107,22 +116,24 @@ class VendorQueries(StoreCore):
         when and why a vendor declared one dead; live ones first, then newest first."""
         keys = ("vendor", "token", "added_at", "last_used_at", "removed_at", "removed_reason")
         rows = self._conn.execute(
-            "SELECT vendor, token, updated_at, last_used_at, removed_at, removed_reason FROM vendor_tokens"
+            "SELECT vendor, token_enc, updated_at, last_used_at, removed_at, removed_reason FROM vendor_tokens"
             " WHERE device_id = ? ORDER BY removed_at IS NOT NULL, updated_at DESC",
             (device_id,),
         )
-        return [dict(zip(keys, (r[0], mask_token(r[0], r[1]), *r[2:]), strict=True)) for r in rows]
+        return [
+            dict(zip(keys, (r[0], mask_token(r[0], self._unseal(r[1])), *r[2:]), strict=True)) for r in rows
+        ]
 
     def route_facts(self, device_ids: list[str]) -> dict[str, DeviceRouting]:
         out: dict[str, DeviceRouting] = {}
         tokens: dict[str, list[tuple[str, str]]] = {}
         for chunk, marks in chunks(device_ids):
-            for device_id, vendor, token in self._conn.execute(
-                f"SELECT device_id, vendor, token FROM vendor_tokens WHERE removed_at IS NULL AND device_id IN ({marks})"
-                " ORDER BY updated_at DESC",
+            for device_id, vendor, sealed in self._conn.execute(
+                "SELECT device_id, vendor, token_enc FROM vendor_tokens"
+                f" WHERE removed_at IS NULL AND device_id IN ({marks}) ORDER BY updated_at DESC",
                 chunk,
             ):
-                tokens.setdefault(device_id, []).append((vendor, token))
+                tokens.setdefault(device_id, []).append((vendor, self._unseal(sealed)))
             for device_id, platform, channel, online, last_seen in self._conn.execute(
                 f"SELECT device_id, platform, channel, online, last_seen FROM devices WHERE device_id IN ({marks})",
                 chunk,
@@ -222,10 +233,12 @@ class VendorQueries(StoreCore):
                 )
                 if o.kind == "forwarded":
                     counts["forwarded"] += 1
-                    self._conn.execute(
-                        "UPDATE vendor_tokens SET last_used_at = ? WHERE device_id = ? AND vendor = ? AND token = ?",
-                        (now, device_id, vendor, o.token),
-                    )
+                    if o.token is not None:
+                        self._conn.execute(
+                            "UPDATE vendor_tokens SET last_used_at = ?"
+                            " WHERE device_id = ? AND vendor = ? AND token_hash = ?",
+                            (now, device_id, vendor, vendor_token_hash(o.token)),
+                        )
                     if waiting:
                         self._record(msg_id, device_id, DeliveryState.FORWARDED, now, vendor)
                     else:
@@ -238,8 +251,8 @@ class VendorQueries(StoreCore):
                     counts["dropped_tokens"] += 1
                     self._conn.execute(  # a tombstone: `device show` tells when and why it went
                         "UPDATE vendor_tokens SET removed_at = ?, removed_reason = ?"
-                        " WHERE device_id = ? AND vendor = ? AND token = ? AND removed_at IS NULL",
-                        (now, o.detail, device_id, vendor, o.token),
+                        " WHERE device_id = ? AND vendor = ? AND token_hash = ? AND removed_at IS NULL",
+                        (now, o.detail, device_id, vendor, vendor_token_hash(o.token)),
                     )
                 counts["failed"] += 1
                 if waiting and o.fallback:
