@@ -453,15 +453,21 @@ class Store(TargetingQueries, PolicyQueries, VendorQueries):
                 f"{self.path} has schema {version}, newer than this mqttpush ({known})", code="schema_too_new"
             )
         wal = self.data_dir / f"{DB_FILE}-wal"
-        if not wal.exists() or wal.stat().st_size == 0:
-            # With no WAL to complete it, the file must hold every page its header counts.
+        # In one read transaction: its snapshot's page count, then the WAL. Frames the snapshot
+        # uses keep the WAL in place until it ends, so an empty or missing WAL means every page
+        # of the snapshot is in the file; another process writing meanwhile cannot make a whole
+        # file look cut short (it did, before the snapshot was taken first).
+        self._conn.execute("BEGIN")
+        try:
             pages = int(self._conn.execute("PRAGMA page_count").fetchone()[0])
             page_size = int(self._conn.execute("PRAGMA page_size").fetchone()[0])
-            if self.path.stat().st_size < pages * page_size:
+            size = self.path.stat().st_size
+            if (not wal.exists() or wal.stat().st_size == 0) and size < pages * page_size:
                 raise StoreError(
-                    f"{self.path} is cut short: {self.path.stat().st_size} bytes of {pages * page_size}",
-                    code="store_corrupt",
+                    f"{self.path} is cut short: {size} bytes of {pages * page_size}", code="store_corrupt"
                 )
+        finally:
+            self._conn.execute("COMMIT")
 
     def _open_sealer(self) -> _Sealer:
         """The master key, checked against a secret of the store: a new key only for a store with
