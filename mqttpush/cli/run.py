@@ -90,41 +90,13 @@ def listener_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
-def mqtt_limit_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """The broker's connection caps and failed-login back-off (docs/security.md)."""
-    for name, kind, help_text in (
-        (
-            "refusal-log-interval",
-            click.FloatRange(0.1),
-            "Log refused MQTT connections as one summary line at most this often (s).",
-        ),
-        ("login-backoff-max", click.FloatRange(0), "Longest block of an IP after failed MQTT logins (s)."),
-        (
-            "login-backoff",
-            click.FloatRange(0),
-            "First block of an IP after --login-failures failed logins (s); doubles with each further failure.",
-        ),
-        (
-            "login-window",
-            click.FloatRange(0),
-            "Failed logins count towards --login-failures while each comes within this many seconds of the last.",
-        ),
-        (
-            "login-failures",
-            click.IntRange(1),
-            "Failed MQTT logins from one IP before its new connections are closed unread (back-off).",
-        ),
-        (
-            "mqtt-max-connections-per-ip",
-            click.IntRange(1),
-            "MQTT connections open at once from one IP; more are closed before CONNECT.",
-        ),
-        (
-            "mqtt-max-connections",
-            click.IntRange(1),
-            "MQTT connections open at once; more are closed before CONNECT.",
-        ),
-    ):
+_OptionSpec = tuple[str, click.FloatRange | click.IntRange, str]
+
+
+def _config_options(specs: tuple[_OptionSpec, ...], f: Callable[..., Any]) -> Callable[..., Any]:
+    """One flag per ServerConfig field named in ``specs`` (``--name`` ↔ ``name``, with its
+    default and its ``MQTTPUSH_NAME`` variable), in the order given."""
+    for name, kind, help_text in reversed(specs):
         field = name.replace("-", "_")
         f = click.option(
             f"--{name}",
@@ -135,6 +107,50 @@ def mqtt_limit_options(f: Callable[..., Any]) -> Callable[..., Any]:
             help=help_text,
         )(f)
     return f
+
+
+_MQTT_LIMITS: tuple[_OptionSpec, ...] = (
+    (
+        "mqtt-max-connections",
+        click.IntRange(1),
+        "MQTT connections open at once; more are closed before CONNECT.",
+    ),
+    (
+        "mqtt-max-connections-per-ip",
+        click.IntRange(1),
+        "MQTT connections open at once from one IP; more are closed before CONNECT.",
+    ),
+    (
+        "login-failures",
+        click.IntRange(1),
+        "Failed MQTT logins from one IP before its new connections are closed unread (back-off).",
+    ),
+    (
+        "login-window",
+        click.FloatRange(0),
+        "Failed logins count towards --login-failures while each comes within this many seconds of the last.",
+    ),
+    (
+        "login-backoff",
+        click.FloatRange(0),
+        "First block of an IP after --login-failures failed logins (s); doubles with each further failure.",
+    ),
+    (
+        "login-backoff-max",
+        click.FloatRange(0),
+        "Longest block of an IP after failed MQTT logins (s).",
+    ),
+    (
+        "refusal-log-interval",
+        click.FloatRange(0.1),
+        "Log refused MQTT connections as one summary line at most this often (s).",
+    ),
+)
+
+
+def mqtt_limit_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The broker's connection caps and failed-login back-off (docs/security.md)."""
+    return _config_options(_MQTT_LIMITS, f)
 
 
 def _config(options: dict[str, Any]) -> ServerConfig:
@@ -149,7 +165,7 @@ def _config(options: dict[str, Any]) -> ServerConfig:
     return ServerConfig(**options)
 
 
-_HTTP_LIMITS: tuple[tuple[str, click.FloatRange | click.IntRange, str], ...] = (
+_HTTP_LIMITS: tuple[_OptionSpec, ...] = (
     (
         "api-rate",
         click.FloatRange(0),
@@ -183,17 +199,7 @@ _HTTP_LIMITS: tuple[tuple[str, click.FloatRange | click.IntRange, str], ...] = (
 
 def http_limit_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """Rate limits and HTTP connection limits (docs/api.md, "Limits"), for serve and bridge."""
-    for name, kind, help_text in reversed(_HTTP_LIMITS):
-        field = name.replace("-", "_")
-        f = click.option(
-            f"--{name}",
-            type=kind,
-            default=getattr(ServerConfig, field),
-            show_default=True,
-            envvar="MQTTPUSH_" + field.upper(),
-            help=help_text,
-        )(f)
-    return f
+    return _config_options(_HTTP_LIMITS, f)
 
 
 def bridge_options(f: Callable[..., Any]) -> Callable[..., Any]:
