@@ -22,7 +22,12 @@ MAX_HEADER_COUNT = 100
 LINGER_SECONDS = 2.0
 """How long a refused connection's late bytes are read and dropped before it is closed."""
 
-_REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large", 503: b"Service Unavailable"}
+_REASONS = {
+    400: b"Bad Request",
+    408: b"Request Timeout",
+    431: b"Request Header Fields Too Large",
+    503: b"Service Unavailable",
+}
 
 
 @dataclass(frozen=True)
@@ -102,8 +107,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def send_400_response(self, msg: str) -> None:
         if self._refusal is not None:  # the parser stopped because a callback of ours refused
             self._refuse(self._refusal)
-        else:
-            super().send_400_response(msg)
+        else:  # the parser could not read the request: the error shape, not uvicorn's plain text
+            self._refuse(refusal(400, "malformed_request", msg))
 
     def on_message_begin(self) -> None:
         super().on_message_begin()

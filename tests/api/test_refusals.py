@@ -240,7 +240,7 @@ def test_the_http_stack_answers_in_the_error_shape(running: Running) -> None:
         assert "location" not in resp.headers
 
 
-def test_a_malformed_request_is_a_plain_400_from_uvicorn_and_the_server_stays_up(running: Running) -> None:
+def test_a_malformed_request_is_a_json_400_and_the_server_stays_up(running: Running) -> None:
     r = running
     for request in (
         b"GARBAGE\r\n\r\n",
@@ -249,7 +249,9 @@ def test_a_malformed_request_is_a_plain_400_from_uvicorn_and_the_server_stays_up
     ):
         answer = _raw(r, request)
         assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n"), answer[:200]
-        assert answer.endswith(b"\r\n\r\nInvalid HTTP request received.")
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert b"content-type: application/json" in head.lower()
+        assert json.loads(body)["error"]["code"] == "malformed_request"
     _still_up(r)
 
 
