@@ -6,7 +6,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -16,7 +15,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -26,11 +24,12 @@ from bridge.policy import SendPolicy
 from bridge.publisher import Publisher
 from bridge.targets import ALIAS_RE, ALIAS_TYPE_RE, TAG_RE
 from bridge.tasks import TaskRunner
-from mqttpush import __version__, ids, signing, topics
-from mqttpush.api.limits import RateLimiter, retry_after
+from mqttpush import __version__, ids, topics
+from mqttpush.api.common import BEARER, KEY_ONLY, SIGNED, complete_openapi, error, parse, read_body, spec
+from mqttpush.api.guard import Guard
+from mqttpush.api.limits import RateLimiter
 from mqttpush.clock import Clock, zone
 from mqttpush.errors import (
-    AuthError,
     Forbidden,
     InvalidContent,
     MqttPushError,
@@ -39,7 +38,6 @@ from mqttpush.errors import (
     PayloadTooLarge,
     RateLimited,
     StoreUnavailable,
-    UnsupportedMediaType,
 )
 from mqttpush.models import (
     AliasRequest,
@@ -54,8 +52,6 @@ from mqttpush.models import (
     TagsRequest,
     TemplateRequest,
     VendorTokenRequest,
-    parse_json_object,
-    validate_request,
 )
 from mqttpush.store import Store
 
@@ -94,163 +90,6 @@ class ApiContext:
     """Requests per client IP on routes without a signature or token (None: no limit)."""
 
 
-def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
-
-
-def _is_json(content_type: str) -> bool:
-    media = content_type.partition(";")[0].strip().lower()
-    kind, _, subtype = media.partition("/")
-    return kind == "application" and (subtype == "json" or subtype.endswith("+json"))
-
-
-async def _body(request: Request) -> bytes:
-    """A JSON route's body: at most MAX_BODY_BYTES, and JSON or undeclared (curl --data-binary
-    without -H, or a client that sets no Content-Type)."""
-    declared = request.headers.get("content-length", "")
-    # ASCII digits only: str.isdigit() also takes "²", which int() refuses.
-    if declared.isascii() and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise PayloadTooLarge(f"request body over {MAX_BODY_BYTES} bytes", code="body_too_large")
-    body = await request.body()
-    if len(body) > MAX_BODY_BYTES:
-        raise PayloadTooLarge(f"request body over {MAX_BODY_BYTES} bytes", code="body_too_large")
-    content_type = request.headers.get("content-type")
-    if body and content_type is not None and not _is_json(content_type):
-        raise UnsupportedMediaType(f"the body must be application/json, not {content_type[:64]!r}")
-    return body
-
-
-def _parse(model: type[M], body: bytes) -> M:
-    return validate_request(model, parse_json_object(body))
-
-
-# --- OpenAPI: the routes read raw bytes themselves (the signature covers them), so what each
-# takes and which credentials it needs is declared here, next to each route, via openapi_extra.
-
-SIGNED: dict[str, list[str]] = {"appKey": [], "appTimestamp": [], "appNonce": [], "appSignature": []}
-"""All four signing headers together (docs/api.md, signing)."""
-KEY_ONLY: dict[str, list[str]] = {"appKey": []}
-BEARER: dict[str, list[str]] = {"deviceToken": []}
-_SIGNING = (
-    "HMAC-SHA256 signing (docs/api.md): X-MQTTPush-Signature is lowercase hex "
-    "HMAC-SHA256(app_secret, METHOD \\n PATH_WITH_QUERY \\n TIMESTAMP \\n NONCE \\n hex(SHA-256(body))); "
-    "all four X-MQTTPush-* headers go together."
-)
-SECURITY_SCHEMES: dict[str, Any] = {
-    "appKey": {
-        "type": "apiKey",
-        "in": "header",
-        "name": signing.KEY_HEADER,
-        "description": "The app key. " + _SIGNING,
-    },
-    "appTimestamp": {
-        "type": "apiKey",
-        "in": "header",
-        "name": signing.TIMESTAMP_HEADER,
-        "description": "Unix seconds, within ±300 s of the server's clock. " + _SIGNING,
-    },
-    "appNonce": {
-        "type": "apiKey",
-        "in": "header",
-        "name": signing.NONCE_HEADER,
-        "description": "16-64 URL-safe characters, never reused within 10 minutes. " + _SIGNING,
-    },
-    "appSignature": {
-        "type": "apiKey",
-        "in": "header",
-        "name": signing.SIGNATURE_HEADER,
-        "description": _SIGNING,
-    },
-    "deviceToken": {
-        "type": "http",
-        "scheme": "bearer",
-        "description": "The device token from registration (`<device_id>.<secret>`), also its MQTT password.",
-    },
-}
-ERROR_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["error"],
-    "properties": {
-        "error": {
-            "type": "object",
-            "required": ["code", "message"],
-            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
-        }
-    },
-}
-_ERROR_STATUSES = {
-    "400": "Malformed JSON or request",
-    "401": "Missing or bad credentials",
-    "403": "Not allowed for these credentials",
-    "404": "No such route or object",
-    "405": "Method not allowed (Allow lists the methods)",
-    "409": "The object is not in a state that allows this",
-    "413": "Body or file too large",
-    "415": "Body is not application/json",
-    "422": "Invalid content",
-    "429": "Over the request rate (Retry-After)",
-    "503": "Overloaded or store unavailable (Retry-After)",
-}
-_BODY_MODELS: tuple[type[BaseModel], ...] = (
-    DeviceRegistrationRequest,
-    PushRequest,
-    BatchRequest,
-    TemplateRequest,
-    DeviceUpdateRequest,
-    TagsRequest,
-    AliasRequest,
-    ApproveRequest,
-    VendorTokenRequest,
-    AppSettings,
-)
-
-
-def _doc(
-    *security: dict[str, list[str]], body: type[BaseModel] | None = None, text_body: bool = False
-) -> dict[str, Any]:
-    """``openapi_extra`` of a route: its credentials (alternatives) and its body."""
-    extra: dict[str, Any] = {"security": list(security)}
-    if body is not None:
-        assert body in _BODY_MODELS
-        schema = {"$ref": f"#/components/schemas/{body.__name__}"}
-        extra["requestBody"] = {"required": True, "content": {"application/json": {"schema": schema}}}
-    elif text_body:
-        text = {"schema": {"type": "string", "description": "one entry a line"}}
-        extra["requestBody"] = {"required": True, "content": {"text/plain": text}}
-    return extra
-
-
-def _complete_openapi(schema: dict[str, Any]) -> dict[str, Any]:
-    """Add the body models, the error shape and the security schemes to FastAPI's document."""
-    _, defs = models_json_schema(
-        [(m, "validation") for m in _BODY_MODELS], ref_template="#/components/schemas/{model}"
-    )
-    components = schema.setdefault("components", {})
-    schemas = components.setdefault("schemas", {})
-    # FastAPI's own 422 shape is never sent: every refusal is ERROR_SCHEMA.
-    schemas.pop("HTTPValidationError", None)
-    schemas.pop("ValidationError", None)
-    schemas.update(defs.get("$defs", {}))
-    schemas["Error"] = ERROR_SCHEMA
-    components["securitySchemes"] = SECURITY_SCHEMES
-    error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
-    for path, item in schema["paths"].items():
-        for operation in item.values():
-            responses = operation["responses"]
-            responses.pop("422", None)
-            if path.startswith("/api/"):
-                responses.update({s: {"description": d, **error} for s, d in _ERROR_STATUSES.items()})
-            else:
-                # /healthz and /readyz are never rate-limited (docs/api.md "Limits").
-                responses["405"] = {"description": _ERROR_STATUSES["405"], **error}
-            if path == "/readyz":
-                responses["503"] = {
-                    "description": "Not ready: the message and parts name each cause",
-                    **error,
-                }
-    return schema
-
-
 def create_api(ctx: ApiContext) -> FastAPI:
     """Build the FastAPI app over one store and bridge."""
     # No redirect from /path/ to /path: every answer is the JSON of docs/api.md, a 404 here.
@@ -261,27 +100,28 @@ def create_api(ctx: ApiContext) -> FastAPI:
         redirect_slashes=False,
     )
     store = ctx.store
+    guard = Guard(store, ctx.app_limiter, ctx.ip_limiter)
 
     def openapi() -> dict[str, Any]:
         if api.openapi_schema is None:
             doc = get_openapi(
                 title=api.title, version=api.version, description=api.description, routes=api.routes
             )
-            api.openapi_schema = _complete_openapi(doc)
+            api.openapi_schema = complete_openapi(doc)
         return api.openapi_schema
 
     api.openapi = openapi  # type: ignore[method-assign]
 
     @api.exception_handler(MqttPushError)
     async def _on_error(request: Request, exc: MqttPushError) -> JSONResponse:
-        response = _error(exc.status, exc.code, exc.message)
+        response = error(exc.status, exc.code, exc.message)
         if isinstance(exc, Overloaded | StoreUnavailable | RateLimited):
             response.headers["Retry-After"] = str(exc.retry_after)
         return response
 
     @api.exception_handler(RequestValidationError)
     async def _on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return _error(422, "invalid_request", str(exc.errors()[0].get("msg", "invalid request")))
+        return error(422, "invalid_request", str(exc.errors()[0].get("msg", "invalid request")))
 
     @api.exception_handler(StarletteHTTPException)
     async def _on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -289,7 +129,7 @@ def create_api(ctx: ApiContext) -> FastAPI:
         headers = dict(exc.headers or {})
         if exc.status_code == 405:
             headers["Allow"] = _allowed(request)
-        return _error(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail), headers)
+        return error(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail), headers)
 
     def _allowed(request: Request) -> str:
         """Every method of every route on this path (Starlette names only the first route's)."""
@@ -303,96 +143,7 @@ def create_api(ctx: ApiContext) -> FastAPI:
     @api.exception_handler(Exception)
     async def _on_crash(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error path=%s", request.url.path)
-        return _error(500, "internal_error", "internal error; the request may not have been applied")
-
-    async def _app_by_key(request: Request) -> App:
-        key = request.headers.get(signing.KEY_HEADER)
-        if not key:
-            raise AuthError(f"missing {signing.KEY_HEADER} header", code="unknown_app")
-        app = await store.app(key)
-        if app is None:
-            raise AuthError("unknown app key", code="unknown_app")
-        return app
-
-    def _limit(limiter: RateLimiter | None, key: str, who: str) -> None:
-        wait = limiter.take(key) if limiter is not None else 0.0
-        if wait > 0:
-            seconds = retry_after(wait)
-            raise RateLimited(f"{who} is over its request rate; retry in {seconds} s", retry_after=seconds)
-
-    def _limit_app(app_key: str) -> None:
-        """After authentication: one app's flood never takes another app's requests."""
-        _limit(ctx.app_limiter, app_key, "this app")
-
-    def _limit_ip(request: Request) -> None:
-        """Routes without a signature or token are limited by client address instead."""
-        host = request.client.host if request.client is not None else ""
-        _limit(ctx.ip_limiter, host, "this client address")
-
-    def _path(request: Request) -> str:
-        path = str(request.scope.get("raw_path", request.url.path.encode()).decode("latin-1"))
-        return path + ("?" + request.url.query if request.url.query else "")
-
-    async def _signed_headers(request: Request) -> tuple[App, str, str, str]:
-        """The body-free half of signature checking: app, fresh timestamp, well-formed nonce."""
-        app = await _app_by_key(request)
-        h = request.headers
-        ts, nonce, sig = (
-            h.get(signing.TIMESTAMP_HEADER),
-            h.get(signing.NONCE_HEADER),
-            h.get(signing.SIGNATURE_HEADER),
-        )
-        # Freshness is agreement with the client's wall clock, whatever clock drives delivery policy.
-        signing.check_headers(ts, nonce, sig, time.time())
-        assert ts is not None and nonce is not None and sig is not None
-        return app, ts, nonce, sig
-
-    async def _use_nonce(app: App, nonce: str) -> None:
-        # Every signed request passes here once its signature holds; limited before the nonce is
-        # used up, so a refused request may be sent again as it was.
-        _limit_app(app.app_key)
-        if not await store.run(store.use_nonce, app.app_key, nonce, 2 * signing.WINDOW_SECONDS):
-            raise AuthError("nonce already used", code="replayed_nonce")
-
-    def _check_signature(app: App, request: Request, ts: str, nonce: str, sig: str, digest: str) -> None:
-        """The current secret, or within a rotation's overlap the previous one (docs/operations.md)."""
-        current, *previous = app.secrets_at(store.clock.now())
-        for secret in previous:
-            try:
-                return signing.check_signature(secret, request.method, _path(request), ts, nonce, sig, digest)
-            except AuthError:
-                pass  # not the previous secret either way: the current one decides
-        signing.check_signature(current, request.method, _path(request), ts, nonce, sig, digest)
-
-    async def _signed(request: Request) -> tuple[App, bytes]:
-        app, ts, nonce, sig = await _signed_headers(request)
-        body = await _body(request)
-        _check_signature(app, request, ts, nonce, sig, hashlib.sha256(body).hexdigest())
-        await _use_nonce(app, nonce)
-        return app, body
-
-    async def _app_or_device(request: Request, device_id: str) -> tuple[str, bool, bytes]:
-        """Either the device itself (bearer token) or its app (signed). Returns (app_key, by_app, body)."""
-        if request.headers.get("authorization"):
-            device = await _device(request)
-            if device.device_id != device_id:
-                raise Forbidden("a device may only see and change itself", code="not_your_device")
-            return device.app_key, False, await _body(request)
-        app, body = await _signed(request)
-        return app.app_key, True, body
-
-    async def _device(request: Request) -> Device:
-        auth = request.headers.get("authorization", "")
-        scheme, _, token = auth.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            raise AuthError("missing Authorization: Bearer <device_token>", code="missing_token")
-        device_id = token.partition(".")[0]
-        app_key = await store.run(store.authenticate_device, device_id, token.strip())
-        device = await store.run(store.get_device, device_id) if app_key else None
-        if device is None:
-            raise AuthError("unknown or revoked device token", code="bad_token")
-        _limit_app(device.app_key)
-        return device
+        return error(500, "internal_error", "internal error; the request may not have been applied")
 
     def _device_doc(request: Request, device: Device) -> dict[str, Any]:
         return {
@@ -433,13 +184,13 @@ def create_api(ctx: ApiContext) -> FastAPI:
     @api.post(
         "/api/v1/devices",
         status_code=201,
-        openapi_extra=_doc(KEY_ONLY, body=DeviceRegistrationRequest),
+        openapi_extra=spec(KEY_ONLY, body=DeviceRegistrationRequest),
         responses={200: {"description": "Registered again: same device id, new token"}},
     )
     async def register_device(request: Request) -> JSONResponse:
-        _limit_ip(request)
-        app = await _app_by_key(request)
-        req = _parse(DeviceRegistrationRequest, await _body(request))
+        guard.limit_ip(request)
+        app = await guard.app_by_key(request)
+        req = parse(DeviceRegistrationRequest, await read_body(request))
         if req.timezone is not None:
             zone(req.timezone)
         reg = await store.run(
@@ -462,38 +213,38 @@ def create_api(ctx: ApiContext) -> FastAPI:
         }
         return JSONResponse(doc, status_code=201 if reg.created else 200)
 
-    @api.get("/api/v1/devices/me", openapi_extra=_doc(BEARER))
+    @api.get("/api/v1/devices/me", openapi_extra=spec(BEARER))
     async def device_me(request: Request) -> dict[str, Any]:
-        return _device_doc(request, await _device(request))
+        return _device_doc(request, await guard.device(request))
 
-    @api.post("/api/v1/push", status_code=202, openapi_extra=_doc(SIGNED, body=PushRequest))
+    @api.post("/api/v1/push", status_code=202, openapi_extra=spec(SIGNED, body=PushRequest))
     async def push(request: Request) -> JSONResponse:
-        app, body = await _signed(request)
-        result = await ctx.intake.push(app, _parse(PushRequest, body))
+        app, body = await guard.signed(request)
+        result = await ctx.intake.push(app, parse(PushRequest, body))
         return JSONResponse(result, status_code=202)
 
-    @api.post("/api/v1/push/batch", status_code=202, openapi_extra=_doc(SIGNED, body=BatchRequest))
+    @api.post("/api/v1/push/batch", status_code=202, openapi_extra=spec(SIGNED, body=BatchRequest))
     async def push_batch(request: Request) -> JSONResponse:
-        app, body = await _signed(request)
-        msg_ids = await ctx.intake.push_batch(app, _parse(BatchRequest, body))
+        app, body = await guard.signed(request)
+        msg_ids = await ctx.intake.push_batch(app, parse(BatchRequest, body))
         return JSONResponse({"msg_ids": msg_ids}, status_code=202)
 
-    @api.get("/api/v1/tasks/{task_id}", openapi_extra=_doc(SIGNED))
+    @api.get("/api/v1/tasks/{task_id}", openapi_extra=spec(SIGNED))
     async def task_status(task_id: str, request: Request) -> dict[str, Any]:
-        app, _ = await _signed(request)
+        app, _ = await guard.signed(request)
         return await store.run(store.task_status, app.app_key, task_id)
 
-    @api.delete("/api/v1/tasks/{task_id}", openapi_extra=_doc(SIGNED))
+    @api.delete("/api/v1/tasks/{task_id}", openapi_extra=spec(SIGNED))
     async def task_cancel(task_id: str, request: Request) -> dict[str, Any]:
-        app, _ = await _signed(request)
+        app, _ = await guard.signed(request)
         await store.run(store.cancel_task, app.app_key, task_id)
         ctx.tasks.cancelled(task_id)
         return await store.run(store.task_status, app.app_key, task_id)
 
-    @api.post("/api/v1/files", status_code=201, openapi_extra=_doc(SIGNED, text_body=True))
+    @api.post("/api/v1/files", status_code=201, openapi_extra=spec(SIGNED, text_body=True))
     async def upload_file(request: Request, kind: str = "devices", alias_type: str = "user") -> JSONResponse:
         """A list of device ids (or aliases, ``?kind=aliases&alias_type=user``), one a line, streamed."""
-        app, ts, nonce, sig = await _signed_headers(request)
+        app, ts, nonce, sig = await guard.signed_headers(request)
         if kind not in ("devices", "aliases"):
             raise InvalidContent("kind must be 'devices' or 'aliases'", code="invalid_request")
         if not ALIAS_TYPE_RE.fullmatch(alias_type):
@@ -503,8 +254,8 @@ def create_api(ctx: ApiContext) -> FastAPI:
         )
         try:
             lines = await _receive_lines(request, file_id, kind)
-            _check_signature(app, request, ts, nonce, sig, lines.digest)
-            await _use_nonce(app, nonce)
+            guard.check_signature(app, request, ts, nonce, sig, lines.digest)
+            await guard.use_nonce(app, nonce)
         except BaseException:
             await store.run(store.drop_file, file_id)
             raise
@@ -557,34 +308,34 @@ def create_api(ctx: ApiContext) -> FastAPI:
 
     @api.put(
         "/api/v1/templates/{name}",
-        openapi_extra=_doc(SIGNED, body=TemplateRequest),
+        openapi_extra=spec(SIGNED, body=TemplateRequest),
         responses={201: {"description": "Created"}},
     )
     async def put_template(name: str, request: Request) -> JSONResponse:
-        app, body = await _signed(request)
+        app, body = await guard.signed(request)
         if not ALIAS_TYPE_RE.fullmatch(name):
             raise InvalidContent("template names are 1-32 of A-Z a-z 0-9 _ . -", code="invalid_request")
-        template = _parse(TemplateRequest, body).model_dump(exclude_none=True)
+        template = parse(TemplateRequest, body).model_dump(exclude_none=True)
         if not template.get("notification") and template.get("data") is None:
             raise InvalidContent("a template needs a notification or data", code="empty_template")
         created = await store.run(store.put_template, app.app_key, name, template)
         return JSONResponse({"name": name, **template}, status_code=201 if created else 200)
 
-    @api.get("/api/v1/templates", openapi_extra=_doc(SIGNED))
+    @api.get("/api/v1/templates", openapi_extra=spec(SIGNED))
     async def list_templates(request: Request) -> dict[str, Any]:
-        app, _ = await _signed(request)
+        app, _ = await guard.signed(request)
         return {"templates": await store.run(store.list_templates, app.app_key)}
 
-    @api.get("/api/v1/devices/{device_id}", openapi_extra=_doc(SIGNED, BEARER))
+    @api.get("/api/v1/devices/{device_id}", openapi_extra=spec(SIGNED, BEARER))
     async def show_device(device_id: str, request: Request) -> dict[str, Any]:
-        app_key, _, _ = await _app_or_device(request, device_id)
+        app_key, _, _ = await guard.app_or_device(request, device_id)
         doc = await store.run(store.device_doc, app_key, device_id)
         return doc | {"vendor_tokens": await store.run(store.masked_vendor_tokens, device_id)}
 
-    @api.patch("/api/v1/devices/{device_id}", openapi_extra=_doc(SIGNED, BEARER, body=DeviceUpdateRequest))
+    @api.patch("/api/v1/devices/{device_id}", openapi_extra=spec(SIGNED, BEARER, body=DeviceUpdateRequest))
     async def update_device(device_id: str, request: Request) -> dict[str, Any]:
-        app_key, by_app, body = await _app_or_device(request, device_id)
-        changes = _parse(DeviceUpdateRequest, body).model_dump(exclude_none=True)
+        app_key, by_app, body = await guard.app_or_device(request, device_id)
+        changes = parse(DeviceUpdateRequest, body).model_dump(exclude_none=True)
         if "timezone" in changes:
             zone(changes["timezone"])
         if "test" in changes and not by_app:
@@ -592,20 +343,20 @@ def create_api(ctx: ApiContext) -> FastAPI:
         await store.run(store.update_device, app_key, device_id, **changes)
         return await store.run(store.device_doc, app_key, device_id)
 
-    @api.post("/api/v1/devices/{device_id}/tags", openapi_extra=_doc(SIGNED, BEARER, body=TagsRequest))
+    @api.post("/api/v1/devices/{device_id}/tags", openapi_extra=spec(SIGNED, BEARER, body=TagsRequest))
     async def update_tags(device_id: str, request: Request) -> dict[str, Any]:
-        app_key, _, body = await _app_or_device(request, device_id)
-        req = _parse(TagsRequest, body)
+        app_key, _, body = await guard.app_or_device(request, device_id)
+        req = parse(TagsRequest, body)
         bad = [t for t in (*req.add, *req.remove) if not TAG_RE.fullmatch(t)]
         if bad:
             raise InvalidContent(f"not a tag: {bad[0]!r} (1-64 printable characters)", code="bad_tag")
         tags = await store.run(store.update_tags, app_key, device_id, req.add, req.remove)
         return {"device_id": device_id, "tags": tags}
 
-    @api.post("/api/v1/devices/{device_id}/aliases", openapi_extra=_doc(SIGNED, BEARER, body=AliasRequest))
+    @api.post("/api/v1/devices/{device_id}/aliases", openapi_extra=spec(SIGNED, BEARER, body=AliasRequest))
     async def bind_alias(device_id: str, request: Request) -> dict[str, Any]:
-        app_key, _, body = await _app_or_device(request, device_id)
-        req = _parse(AliasRequest, body)
+        app_key, _, body = await guard.app_or_device(request, device_id)
+        req = parse(AliasRequest, body)
         if not ALIAS_RE.fullmatch(req.alias):
             raise InvalidContent(f"not an alias: {req.alias!r}", code="bad_alias")
         await store.run(
@@ -615,10 +366,10 @@ def create_api(ctx: ApiContext) -> FastAPI:
         return {"device_id": device_id, "aliases": doc["aliases"]}
 
     @api.delete(
-        "/api/v1/devices/{device_id}/aliases/{alias_type}/{alias}", openapi_extra=_doc(SIGNED, BEARER)
+        "/api/v1/devices/{device_id}/aliases/{alias_type}/{alias}", openapi_extra=spec(SIGNED, BEARER)
     )
     async def unbind_alias(device_id: str, alias_type: str, alias: str, request: Request) -> dict[str, Any]:
-        app_key, _, _ = await _app_or_device(request, device_id)
+        app_key, _, _ = await guard.app_or_device(request, device_id)
         await store.run(store.unbind_alias, app_key, device_id, alias_type, alias)
         doc = await store.run(store.device_doc, app_key, device_id)
         return {"device_id": device_id, "aliases": doc["aliases"]}
@@ -636,48 +387,48 @@ def create_api(ctx: ApiContext) -> FastAPI:
             "deliveries": status.deliveries,
         }
 
-    @api.get("/api/v1/messages/{msg_id}", openapi_extra=_doc(SIGNED))
+    @api.get("/api/v1/messages/{msg_id}", openapi_extra=spec(SIGNED))
     async def message_status(msg_id: str, request: Request) -> dict[str, Any]:
-        app, _ = await _signed(request)
+        app, _ = await guard.signed(request)
         return await _status_doc(app, msg_id)
 
-    @api.get("/api/v1/messages", openapi_extra=_doc(SIGNED))
+    @api.get("/api/v1/messages", openapi_extra=spec(SIGNED))
     async def list_messages(request: Request, state: str | None = None, limit: int = 100) -> dict[str, Any]:
         """Recent messages, e.g. ``?state=draft`` for what waits for approval."""
-        app, _ = await _signed(request)
+        app, _ = await guard.signed(request)
         return {
             "messages": await store.run(store.list_messages, app.app_key, state, max(1, min(limit, 1000)))
         }
 
-    @api.delete("/api/v1/messages/{msg_id}", openapi_extra=_doc(SIGNED))
+    @api.delete("/api/v1/messages/{msg_id}", openapi_extra=spec(SIGNED))
     async def cancel_message(msg_id: str, request: Request) -> dict[str, Any]:
-        app, _ = await _signed(request)
+        app, _ = await guard.signed(request)
         await ctx.intake.cancel(app, msg_id)
         return await _status_doc(app, msg_id)
 
-    @api.post("/api/v1/messages/{msg_id}/approve", openapi_extra=_doc(SIGNED, body=ApproveRequest))
+    @api.post("/api/v1/messages/{msg_id}/approve", openapi_extra=spec(SIGNED, body=ApproveRequest))
     async def approve_message(msg_id: str, request: Request) -> dict[str, Any]:
-        app, body = await _signed(request)
-        req = _parse(ApproveRequest, body)
+        app, body = await guard.signed(request)
+        req = parse(ApproveRequest, body)
         await store.run(store.approve, app.app_key, msg_id, req.approver)
         if ctx.intake.on_scheduled is not None:
             ctx.intake.on_scheduled()
         return await _status_doc(app, msg_id)
 
-    @api.post("/api/v1/messages/{msg_id}/recall", openapi_extra=_doc(SIGNED))
+    @api.post("/api/v1/messages/{msg_id}/recall", openapi_extra=spec(SIGNED))
     async def recall_message(msg_id: str, request: Request) -> dict[str, Any]:
-        app, _ = await _signed(request)
+        app, _ = await guard.signed(request)
         assert ctx.publisher is not None
         told = await ctx.intake.recall(app, msg_id, ctx.publisher)
         return {"msg_id": msg_id, "revoked_devices": told}
 
     @api.put(
-        "/api/v1/devices/{device_id}/tokens", openapi_extra=_doc(SIGNED, BEARER, body=VendorTokenRequest)
+        "/api/v1/devices/{device_id}/tokens", openapi_extra=spec(SIGNED, BEARER, body=VendorTokenRequest)
     )
     async def set_vendor_token(device_id: str, request: Request) -> dict[str, Any]:
         """Register a vendor token (APNs, FCM, HMS, MiPush) or a WebPush subscription for a device."""
-        app_key, _, body = await _app_or_device(request, device_id)
-        req = _parse(VendorTokenRequest, body)
+        app_key, _, body = await guard.app_or_device(request, device_id)
+        req = parse(VendorTokenRequest, body)
         if req.vendor == "webpush":
             if not isinstance(req.subscription, dict):
                 raise InvalidContent(
@@ -696,42 +447,42 @@ def create_api(ctx: ApiContext) -> FastAPI:
             "tokens": [{"vendor": t["vendor"], "updated_at": t["updated_at"]} for t in tokens],
         }
 
-    @api.delete("/api/v1/devices/{device_id}/tokens/{vendor}", openapi_extra=_doc(SIGNED, BEARER))
+    @api.delete("/api/v1/devices/{device_id}/tokens/{vendor}", openapi_extra=spec(SIGNED, BEARER))
     async def remove_vendor_token(device_id: str, vendor: str, request: Request) -> dict[str, Any]:
-        app_key, _, _ = await _app_or_device(request, device_id)
+        app_key, _, _ = await guard.app_or_device(request, device_id)
         await store.run(store.device_doc, app_key, device_id)  # 404 for another app's device
         removed = await store.run(store.remove_vendor_token, device_id, vendor)
         return {"device_id": device_id, "removed": removed}
 
-    @api.get("/api/v1/webpush/key", openapi_extra=_doc(KEY_ONLY))
+    @api.get("/api/v1/webpush/key", openapi_extra=spec(KEY_ONLY))
     async def webpush_key(request: Request) -> dict[str, Any]:
         """The app's VAPID public key, for a browser's ``pushManager.subscribe`` (X-MQTTPush-Key)."""
-        _limit_ip(request)
-        app = await _app_by_key(request)
+        guard.limit_ip(request)
+        app = await guard.app_by_key(request)
         config = await store.run(store.vendor_config, app.app_key, "webpush")
         if not config or not config.get("vapid_public_key"):
             raise NotFound("this app has no VAPID key yet (mqttpush app vapid)", code="no_vapid_key")
         return {"public_key": config["vapid_public_key"]}
 
-    @api.get("/api/v1/vendors", openapi_extra=_doc(SIGNED))
+    @api.get("/api/v1/vendors", openapi_extra=spec(SIGNED))
     async def vendors(request: Request) -> dict[str, Any]:
         """Configured vendor channels, their counters, and alarms (e.g. rejected credentials)."""
-        app, _ = await _signed(request)
+        app, _ = await guard.signed(request)
         return {
             "configured": await store.run(store.vendors_configured, app.app_key),
             "counters": await store.run(store.vendor_counters, app.app_key),
             "alarms": await store.run(store.alarms, app.app_key),
         }
 
-    @api.get("/api/v1/settings", openapi_extra=_doc(SIGNED))
+    @api.get("/api/v1/settings", openapi_extra=spec(SIGNED))
     async def get_settings(request: Request) -> dict[str, Any]:
-        app, _ = await _signed(request)
+        app, _ = await guard.signed(request)
         return AppSettings.model_validate(await store.settings(app.app_key)).model_dump()
 
-    @api.put("/api/v1/settings", openapi_extra=_doc(SIGNED, body=AppSettings))
+    @api.put("/api/v1/settings", openapi_extra=spec(SIGNED, body=AppSettings))
     async def put_settings(request: Request) -> dict[str, Any]:
-        app, body = await _signed(request)
-        settings = _parse(AppSettings, body)
+        app, body = await guard.signed(request)
+        settings = parse(AppSettings, body)
         doc = settings.model_dump()
         SendPolicy.of({}, doc)  # 422 on nonsense (quiet hours) before it is stored
         await store.run(store.put_app_settings, app.app_key, doc)

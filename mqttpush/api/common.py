@@ -1,0 +1,189 @@
+"""What every route module of the HTTP API shares: the error shape, body reading and parsing, and
+the OpenAPI declarations (security schemes, body models, error responses)."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+from starlette.requests import Request
+
+from mqttpush import signing
+from mqttpush.errors import PayloadTooLarge, UnsupportedMediaType
+from mqttpush.models import (
+    AliasRequest,
+    ApproveRequest,
+    AppSettings,
+    BatchRequest,
+    DeviceRegistrationRequest,
+    DeviceUpdateRequest,
+    PushRequest,
+    TagsRequest,
+    TemplateRequest,
+    VendorTokenRequest,
+    parse_json_object,
+    validate_request,
+)
+
+M = TypeVar("M", bound=BaseModel)
+
+MAX_BODY_BYTES = 1 << 20
+
+
+def error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+def is_json(content_type: str) -> bool:
+    media = content_type.partition(";")[0].strip().lower()
+    kind, _, subtype = media.partition("/")
+    return kind == "application" and (subtype == "json" or subtype.endswith("+json"))
+
+
+async def read_body(request: Request) -> bytes:
+    """A JSON route's body: at most MAX_BODY_BYTES, and JSON or undeclared (curl --data-binary
+    without -H, or a client that sets no Content-Type)."""
+    declared = request.headers.get("content-length", "")
+    # ASCII digits only: str.isdigit() also takes "²", which int() refuses.
+    if declared.isascii() and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise PayloadTooLarge(f"request body over {MAX_BODY_BYTES} bytes", code="body_too_large")
+    body = await request.body()
+    if len(body) > MAX_BODY_BYTES:
+        raise PayloadTooLarge(f"request body over {MAX_BODY_BYTES} bytes", code="body_too_large")
+    content_type = request.headers.get("content-type")
+    if body and content_type is not None and not is_json(content_type):
+        raise UnsupportedMediaType(f"the body must be application/json, not {content_type[:64]!r}")
+    return body
+
+
+def parse(model: type[M], body: bytes) -> M:
+    return validate_request(model, parse_json_object(body))
+
+
+# --- OpenAPI: the routes read raw bytes themselves (the signature covers them), so what each
+# takes and which credentials it needs is declared here, next to each route, via openapi_extra.
+
+SIGNED: dict[str, list[str]] = {"appKey": [], "appTimestamp": [], "appNonce": [], "appSignature": []}
+"""All four signing headers together (docs/api.md, signing)."""
+KEY_ONLY: dict[str, list[str]] = {"appKey": []}
+BEARER: dict[str, list[str]] = {"deviceToken": []}
+_SIGNING = (
+    "HMAC-SHA256 signing (docs/api.md): X-MQTTPush-Signature is lowercase hex "
+    "HMAC-SHA256(app_secret, METHOD \\n PATH_WITH_QUERY \\n TIMESTAMP \\n NONCE \\n hex(SHA-256(body))); "
+    "all four X-MQTTPush-* headers go together."
+)
+SECURITY_SCHEMES: dict[str, Any] = {
+    "appKey": {
+        "type": "apiKey",
+        "in": "header",
+        "name": signing.KEY_HEADER,
+        "description": "The app key. " + _SIGNING,
+    },
+    "appTimestamp": {
+        "type": "apiKey",
+        "in": "header",
+        "name": signing.TIMESTAMP_HEADER,
+        "description": "Unix seconds, within ±300 s of the server's clock. " + _SIGNING,
+    },
+    "appNonce": {
+        "type": "apiKey",
+        "in": "header",
+        "name": signing.NONCE_HEADER,
+        "description": "16-64 URL-safe characters, never reused within 10 minutes. " + _SIGNING,
+    },
+    "appSignature": {
+        "type": "apiKey",
+        "in": "header",
+        "name": signing.SIGNATURE_HEADER,
+        "description": _SIGNING,
+    },
+    "deviceToken": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "The device token from registration (`<device_id>.<secret>`), also its MQTT password.",
+    },
+}
+ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+        }
+    },
+}
+ERROR_STATUSES = {
+    "400": "Malformed JSON or request",
+    "401": "Missing or bad credentials",
+    "403": "Not allowed for these credentials",
+    "404": "No such route or object",
+    "405": "Method not allowed (Allow lists the methods)",
+    "409": "The object is not in a state that allows this",
+    "413": "Body or file too large",
+    "415": "Body is not application/json",
+    "422": "Invalid content",
+    "429": "Over the request rate (Retry-After)",
+    "503": "Overloaded or store unavailable (Retry-After)",
+}
+BODY_MODELS: list[type[BaseModel]] = [
+    DeviceRegistrationRequest,
+    PushRequest,
+    BatchRequest,
+    TemplateRequest,
+    DeviceUpdateRequest,
+    TagsRequest,
+    AliasRequest,
+    ApproveRequest,
+    VendorTokenRequest,
+    AppSettings,
+]
+
+
+def spec(
+    *security: dict[str, list[str]], body: type[BaseModel] | None = None, text_body: bool = False
+) -> dict[str, Any]:
+    """``openapi_extra`` of a route: its credentials (alternatives) and its body."""
+    extra: dict[str, Any] = {"security": list(security)}
+    if body is not None:
+        assert body in BODY_MODELS
+        schema = {"$ref": f"#/components/schemas/{body.__name__}"}
+        extra["requestBody"] = {"required": True, "content": {"application/json": {"schema": schema}}}
+    elif text_body:
+        text = {"schema": {"type": "string", "description": "one entry a line"}}
+        extra["requestBody"] = {"required": True, "content": {"text/plain": text}}
+    return extra
+
+
+def complete_openapi(schema: dict[str, Any]) -> dict[str, Any]:
+    """Add the body models, the error shape and the security schemes to FastAPI's document."""
+    _, defs = models_json_schema(
+        [(m, "validation") for m in BODY_MODELS], ref_template="#/components/schemas/{model}"
+    )
+    components = schema.setdefault("components", {})
+    schemas = components.setdefault("schemas", {})
+    # FastAPI's own 422 shape is never sent: every refusal is ERROR_SCHEMA.
+    schemas.pop("HTTPValidationError", None)
+    schemas.pop("ValidationError", None)
+    schemas.update(defs.get("$defs", {}))
+    schemas["Error"] = ERROR_SCHEMA
+    components["securitySchemes"] = SECURITY_SCHEMES
+    error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    for path, item in schema["paths"].items():
+        for operation in item.values():
+            responses = operation["responses"]
+            responses.pop("422", None)
+            if path.startswith("/api/"):
+                responses.update({s: {"description": d, **error} for s, d in ERROR_STATUSES.items()})
+            else:
+                # /healthz and /readyz are never rate-limited (docs/api.md "Limits").
+                responses["405"] = {"description": ERROR_STATUSES["405"], **error}
+            if path == "/readyz":
+                responses["503"] = {
+                    "description": "Not ready: the message and parts name each cause",
+                    **error,
+                }
+    return schema

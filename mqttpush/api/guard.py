@@ -1,0 +1,121 @@
+"""Who is calling: signed app requests, device tokens, and the per-app and per-address limits,
+shared by every route module of the HTTP API (docs/api.md, signing)."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+from starlette.requests import Request
+
+from mqttpush import signing
+from mqttpush.api.common import read_body
+from mqttpush.api.limits import RateLimiter, retry_after
+from mqttpush.errors import AuthError, Forbidden, RateLimited
+from mqttpush.models import App, Device
+from mqttpush.store import Store
+
+
+class Guard:
+    """Authentication and rate limits for the routes; one per API instance."""
+
+    def __init__(
+        self, store: Store, app_limiter: RateLimiter | None = None, ip_limiter: RateLimiter | None = None
+    ) -> None:
+        self.store = store
+        self.app_limiter = app_limiter
+        self.ip_limiter = ip_limiter
+
+    async def app_by_key(self, request: Request) -> App:
+        key = request.headers.get(signing.KEY_HEADER)
+        if not key:
+            raise AuthError(f"missing {signing.KEY_HEADER} header", code="unknown_app")
+        app = await self.store.app(key)
+        if app is None:
+            raise AuthError("unknown app key", code="unknown_app")
+        return app
+
+    def _limit(self, limiter: RateLimiter | None, key: str, who: str) -> None:
+        wait = limiter.take(key) if limiter is not None else 0.0
+        if wait > 0:
+            seconds = retry_after(wait)
+            raise RateLimited(f"{who} is over its request rate; retry in {seconds} s", retry_after=seconds)
+
+    def limit_app(self, app_key: str) -> None:
+        """After authentication: one app's flood never takes another app's requests."""
+        self._limit(self.app_limiter, app_key, "this app")
+
+    def limit_ip(self, request: Request) -> None:
+        """Routes without a signature or token are limited by client address instead."""
+        host = request.client.host if request.client is not None else ""
+        self._limit(self.ip_limiter, host, "this client address")
+
+    @staticmethod
+    def _path(request: Request) -> str:
+        path = str(request.scope.get("raw_path", request.url.path.encode()).decode("latin-1"))
+        return path + ("?" + request.url.query if request.url.query else "")
+
+    async def signed_headers(self, request: Request) -> tuple[App, str, str, str]:
+        """The body-free half of signature checking: app, fresh timestamp, well-formed nonce."""
+        app = await self.app_by_key(request)
+        h = request.headers
+        ts, nonce, sig = (
+            h.get(signing.TIMESTAMP_HEADER),
+            h.get(signing.NONCE_HEADER),
+            h.get(signing.SIGNATURE_HEADER),
+        )
+        # Freshness is agreement with the client's wall clock, whatever clock drives delivery policy.
+        signing.check_headers(ts, nonce, sig, time.time())
+        assert ts is not None and nonce is not None and sig is not None
+        return app, ts, nonce, sig
+
+    async def use_nonce(self, app: App, nonce: str) -> None:
+        # Every signed request passes here once its signature holds; limited before the nonce is
+        # used up, so a refused request may be sent again as it was.
+        self.limit_app(app.app_key)
+        if not await self.store.run(
+            self.store.use_nonce, app.app_key, nonce, 2 * signing.WINDOW_SECONDS
+        ):
+            raise AuthError("nonce already used", code="replayed_nonce")
+
+    def check_signature(self, app: App, request: Request, ts: str, nonce: str, sig: str, digest: str) -> None:
+        """The current secret, or within a rotation's overlap the previous one (docs/operations.md)."""
+        current, *previous = app.secrets_at(self.store.clock.now())
+        for secret in previous:
+            try:
+                return signing.check_signature(
+                    secret, request.method, self._path(request), ts, nonce, sig, digest
+                )
+            except AuthError:
+                pass  # not the previous secret either way: the current one decides
+        signing.check_signature(current, request.method, self._path(request), ts, nonce, sig, digest)
+
+    async def signed(self, request: Request) -> tuple[App, bytes]:
+        app, ts, nonce, sig = await self.signed_headers(request)
+        body = await read_body(request)
+        self.check_signature(app, request, ts, nonce, sig, hashlib.sha256(body).hexdigest())
+        await self.use_nonce(app, nonce)
+        return app, body
+
+    async def app_or_device(self, request: Request, device_id: str) -> tuple[str, bool, bytes]:
+        """Either the device itself (bearer token) or its app (signed). Returns (app_key, by_app, body)."""
+        if request.headers.get("authorization"):
+            device = await self.device(request)
+            if device.device_id != device_id:
+                raise Forbidden("a device may only see and change itself", code="not_your_device")
+            return device.app_key, False, await read_body(request)
+        app, body = await self.signed(request)
+        return app.app_key, True, body
+
+    async def device(self, request: Request) -> Device:
+        auth = request.headers.get("authorization", "")
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise AuthError("missing Authorization: Bearer <device_token>", code="missing_token")
+        device_id = token.partition(".")[0]
+        app_key = await self.store.run(self.store.authenticate_device, device_id, token.strip())
+        device = await self.store.run(self.store.get_device, device_id) if app_key else None
+        if device is None:
+            raise AuthError("unknown or revoked device token", code="bad_token")
+        self.limit_app(device.app_key)
+        return device
