@@ -43,3 +43,35 @@ class StoreCore:
 
     def _unseal(self, sealed: bytes) -> str:
         raise NotImplementedError
+
+
+class Repository:
+    """One aggregate's queries (tokens, webhooks, statistics…) over the store's connection and
+    transaction layer. A store exposes each as an attribute (``store.tokens``); callers on the
+    event loop go through the store thread: ``await store.run(store.tokens.create, …)``.
+
+    SQL here is written for both engines the store will run on (SQLite now, PostgreSQL next):
+    ``?`` placeholders, ``INSERT … ON CONFLICT … DO NOTHING|DO UPDATE`` (never ``INSERT OR``),
+    ``RETURNING`` where needed, no rowid, times as REAL unix seconds from ``self.clock``.
+    """
+
+    def __init__(self, store: StoreCore) -> None:
+        self._store = store
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        return self._store._conn
+
+    @property
+    def clock(self) -> Clock:
+        return self._store.clock
+
+    def _tx(self) -> Transaction:
+        """``with self._tx() as conn:`` one write transaction (a savepoint inside a group commit)."""
+        return self._store._tx()
+
+    def _seal(self, plain: str) -> bytes:
+        return self._store._seal(plain)
+
+    def _unseal(self, sealed: bytes) -> str:
+        return self._store._unseal(sealed)
