@@ -30,8 +30,9 @@ from bridge.scheduler import Scheduler
 from bridge.supervisor import Supervisors
 from bridge.tasks import TaskRunner
 from bridge.vendors import VendorGateway, make_channel
-from mqttpush.api.app import ApiContext, create_api
+from mqttpush.api.app import create_api
 from mqttpush.api.connections import ConnectionLimits, guarded_protocol
+from mqttpush.api.context import ApiContext
 from mqttpush.api.limits import RateLimiter
 from mqttpush.broker import BrokerLimits, PushBroker
 from mqttpush.clock import Clock, SystemClock

@@ -6,7 +6,6 @@ import asyncio
 import hashlib
 import json
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -19,16 +18,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from bridge.channels.tokens import validate_vendor_token
-from bridge.intake import Intake
 from bridge.policy import SendPolicy
-from bridge.publisher import Publisher
 from bridge.targets import ALIAS_RE, ALIAS_TYPE_RE, TAG_RE
-from bridge.tasks import TaskRunner
 from mqttpush import __version__, ids, topics
 from mqttpush.api.common import BEARER, KEY_ONLY, SIGNED, complete_openapi, error, parse, read_body, spec
+from mqttpush.api.context import ApiContext
 from mqttpush.api.guard import Guard
-from mqttpush.api.limits import RateLimiter
-from mqttpush.clock import Clock, zone
+from mqttpush.clock import zone
 from mqttpush.errors import (
     Forbidden,
     InvalidContent,
@@ -53,7 +49,6 @@ from mqttpush.models import (
     TemplateRequest,
     VendorTokenRequest,
 )
-from mqttpush.store import Store
 
 log = logging.getLogger("mqttpush.api")
 M = TypeVar("M", bound=BaseModel)
@@ -68,26 +63,6 @@ FILE_BATCH = 5000
 class _Lines:
     count: int
     digest: str
-
-
-@dataclass
-class ApiContext:
-    store: Store
-    intake: Intake
-    tasks: TaskRunner
-    clock: Clock
-    mqtt_url: Callable[[str], str]
-    """Given the host a request came to, the MQTT URL devices should use."""
-    on_register: Callable[[], None] | None = None
-    """Told after a device (re-)registers: a foreign broker's password file must follow."""
-    publisher: Publisher | None = None
-    """For recalls: the revoke envelope goes out at once."""
-    not_ready: Callable[[], dict[str, str]] | None = None
-    """Supervised loops waiting to be restarted (name -> cause), for ``GET /readyz``."""
-    app_limiter: RateLimiter | None = None
-    """Requests per app key on signed and device-token routes, after authentication (None: no limit)."""
-    ip_limiter: RateLimiter | None = None
-    """Requests per client IP on routes without a signature or token (None: no limit)."""
 
 
 def create_api(ctx: ApiContext) -> FastAPI:
@@ -488,4 +463,5 @@ def create_api(ctx: ApiContext) -> FastAPI:
         await store.run(store.put_app_settings, app.app_key, doc)
         return doc
 
+    # Route modules (mqttpush/api/<name>.py): each adds its routes with install(api, ctx, guard).
     return api

@@ -12,7 +12,8 @@ import httpx
 from fastapi.routing import APIRoute
 
 from mqttpush import signing
-from mqttpush.api.app import ApiContext, create_api
+from mqttpush.api.app import create_api
+from mqttpush.api.context import ApiContext
 from tests.conftest import Running
 
 # POST routes that act on the path alone (the signature still covers an empty body).
