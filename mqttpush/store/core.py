@@ -10,6 +10,14 @@ from mqttpush.clock import Clock
 from mqttpush.models import DeliveryState
 from mqttpush.store.tx import Transaction
 
+Event = tuple[str, str, str, float, str | None]
+"""One delivery history row: ``(msg_id, device_id, state, at, detail)``."""
+
+TransitionListener = Callable[[sqlite3.Connection, list[Event]], None]
+"""Called on the store thread, inside the writing transaction, with the history rows just written
+(in the order written). It may write rows of its own on the connection (a webhook outbox) or only
+count in memory (statistics); it must be quick and must not raise."""
+
 
 def chunks(items: Sequence[str], size: int = 500) -> Iterator[tuple[list[str], str]]:
     """``(chunk, "?,?,…")`` pieces of ``items`` for ``IN (…)`` queries (SQLite caps bound parameters)."""
@@ -24,6 +32,7 @@ class StoreCore:
     _settings_changes: int
     clock: Clock
     broker_hasher: Callable[[str], str] | None
+    transition_listeners: list[TransitionListener]
 
     def _tx(self) -> Transaction:
         raise NotImplementedError
@@ -31,6 +40,9 @@ class StoreCore:
     def _record(
         self, msg_id: str, device_id: str, state: DeliveryState, at: float, detail: str | None
     ) -> None:
+        raise NotImplementedError
+
+    def _events(self, rows: list[Event]) -> None:
         raise NotImplementedError
 
     def _insert_deliveries(

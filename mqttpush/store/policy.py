@@ -384,11 +384,7 @@ class PolicyQueries(StoreCore):
                 " WHERE msg_id = ? AND device_id = ?",
                 (next_at, msg_id, device_id),
             )
-            self._conn.execute(
-                "INSERT INTO delivery_events (msg_id, device_id, state, at, detail) VALUES (?, ?, 'published', ?,"
-                " 'repush')",
-                (msg_id, device_id, now),
-            )
+            self._events([(msg_id, device_id, "published", now, "repush")])
 
     def ended(self, keys: list[tuple[str, str]]) -> list[tuple[str, str, str]]:
         """Of these ``(msg, device)``, those in a terminal state: ``(app, device, msg)``."""

@@ -45,7 +45,7 @@ from mqttpush.models import (
     Registration,
     advances,
 )
-from mqttpush.store.core import chunks
+from mqttpush.store.core import Event, TransitionListener, chunks
 from mqttpush.store.lock import prepare_data_dir, unwritable
 from mqttpush.store.policy import PolicyQueries
 from mqttpush.store.targeting import TargetingQueries
@@ -422,6 +422,7 @@ class Store(TargetingQueries, PolicyQueries, VendorQueries):
         self._apps: dict[str, tuple[float, App]] = {}
         self._settings: dict[str, tuple[float, dict[str, Any]]] = {}
         self._settings_changes = 0
+        self.transition_listeners: list[TransitionListener] = []
         try:
             self._check_file()
             self._set_wal()
@@ -950,10 +951,7 @@ class Store(TargetingQueries, PolicyQueries, VendorQueries):
             "INSERT INTO deliveries (msg_id, device_id, channel, state, updated_at) VALUES (?, ?, 'mqtt', ?, ?)",
             [(msg_id, d, accepted, now) for d in fresh],
         )
-        self._conn.executemany(
-            "INSERT INTO delivery_events (msg_id, device_id, state, at) VALUES (?, ?, ?, ?)",
-            [(msg_id, d, accepted, now) for d in fresh],
-        )
+        self._events([(msg_id, d, accepted, now, None) for d in fresh])
         return fresh
 
     def transition(
@@ -985,11 +983,19 @@ class Store(TargetingQueries, PolicyQueries, VendorQueries):
                     ).fetchall()
                     moved.update((msg_id, r[0]) for r in rows)
             done = [k for k in wanted if k in moved]
-            self._conn.executemany(
-                "INSERT INTO delivery_events (msg_id, device_id, state, at, detail) VALUES (?, ?, ?, ?, ?)",
-                [(m, d, state.value, now, detail) for m, d in done],
-            )
+            self._events([(m, d, state.value, now, detail) for m, d in done])
         return done
+
+    def _events(self, rows: list[Event]) -> None:
+        """Write delivery history rows ``(msg_id, device_id, state, at, detail)`` and show them,
+        inside the same transaction, to every transition listener (statistics, webhooks)."""
+        if not rows:
+            return
+        self._conn.executemany(
+            "INSERT INTO delivery_events (msg_id, device_id, state, at, detail) VALUES (?, ?, ?, ?, ?)", rows
+        )
+        for listener in self.transition_listeners:
+            listener(self._conn, rows)
 
     def _record(
         self, msg_id: str, device_id: str, state: DeliveryState, at: float, detail: str | None
@@ -1005,10 +1011,7 @@ class Store(TargetingQueries, PolicyQueries, VendorQueries):
                 device_id,
             ),
         )
-        self._conn.execute(
-            "INSERT INTO delivery_events (msg_id, device_id, state, at, detail) VALUES (?, ?, ?, ?, ?)",
-            (msg_id, device_id, state.value, at, detail),
-        )
+        self._events([(msg_id, device_id, state.value, at, detail)])
 
     def apply_receipt(self, app_key: str, device_id: str, msg_id: str, event: ReceiptEvent) -> str | None:
         """Store a device's receipt. Returns the message's fanout (``inbox``: its inbox topic can be
@@ -1030,7 +1033,7 @@ class Store(TargetingQueries, PolicyQueries, VendorQueries):
             keys = [(m, d) for a, d, m, _ in receipts if m in messages and messages[m][0] == a]
             states = self._receipt_states(list(dict.fromkeys(keys)))
             before = dict(states)
-            events: list[tuple[str, str, str, float, str | None]] = []
+            events: list[Event] = []
             fanouts = [
                 self._apply_receipt(a, d, m, e, now, messages, states, events) for a, d, m, e in receipts
             ]
@@ -1044,10 +1047,7 @@ class Store(TargetingQueries, PolicyQueries, VendorQueries):
                 if (m, d) in before and before[m, d] is not s:
                     moved.setdefault((m, s), []).append(d)
             self._receipt_moves(moved, now)
-            self._conn.executemany(
-                "INSERT INTO delivery_events (msg_id, device_id, state, at, detail) VALUES (?, ?, ?, ?, ?)",
-                events,
-            )
+            self._events(events)
         return fanouts
 
     def _receipt_moves(self, moved: dict[tuple[str, DeliveryState], list[str]], now: float) -> None:
@@ -1099,7 +1099,7 @@ class Store(TargetingQueries, PolicyQueries, VendorQueries):
         now: float,
         messages: dict[str, tuple[str, str, float]],
         states: dict[tuple[str, str], DeliveryState],
-        events: list[tuple[str, str, str, float, str | None]],
+        events: list[Event],
     ) -> str | None:
         """Decide one receipt against the batch's view: moves ``states`` and appends to ``events``
         the history rows, in order. Returns the fanout, or None for no such delivery."""

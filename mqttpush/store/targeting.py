@@ -467,11 +467,10 @@ class TargetingQueries(StoreCore):
         """After the one broadcast publish: every ``accepted`` delivery of the message is ``published``."""
         now = self.clock.now()
         with self._tx():
-            self._conn.execute(
-                "INSERT INTO delivery_events (msg_id, device_id, state, at)"
-                " SELECT msg_id, device_id, 'published', ? FROM deliveries WHERE msg_id = ? AND state = 'accepted'",
-                (now, msg_id),
-            )
+            accepted = self._conn.execute(
+                "SELECT device_id FROM deliveries WHERE msg_id = ? AND state = 'accepted'", (msg_id,)
+            ).fetchall()
+            self._events([(msg_id, r[0], "published", now, None) for r in accepted])
             cur = self._conn.execute(
                 "UPDATE deliveries SET state = 'published', updated_at = ? WHERE msg_id = ? AND state = 'accepted'",
                 (now, msg_id),

@@ -242,10 +242,7 @@ class VendorQueries(StoreCore):
                     if waiting:
                         self._record(msg_id, device_id, DeliveryState.FORWARDED, now, vendor)
                     else:
-                        self._conn.execute(
-                            "INSERT INTO delivery_events (msg_id, device_id, state, at, detail) VALUES (?,?,?,?,?)",
-                            (msg_id, device_id, "forwarded", now, vendor),
-                        )
+                        self._events([(msg_id, device_id, "forwarded", now, vendor)])
                     continue
                 if o.kind == "dropped_token" and o.token is not None:
                     counts["dropped_tokens"] += 1
@@ -260,10 +257,7 @@ class VendorQueries(StoreCore):
                 elif waiting:
                     self._record(msg_id, device_id, DeliveryState.FAILED, now, f"{vendor}: {o.detail}")
                 else:  # also on MQTT: the delivery goes on; the vendor copy failed
-                    self._conn.execute(
-                        "INSERT INTO delivery_events (msg_id, device_id, state, at, detail) VALUES (?,?,?,?,?)",
-                        (msg_id, device_id, "failed", now, f"{vendor}: {o.detail}"),
-                    )
+                    self._events([(msg_id, device_id, "failed", now, f"{vendor}: {o.detail}")])
             self._conn.execute(
                 "INSERT INTO vendor_counters (app_key, vendor, forwarded, dropped_tokens, failed) VALUES (?,?,?,?,?)"
                 " ON CONFLICT (app_key, vendor) DO UPDATE SET forwarded = forwarded + excluded.forwarded,"
