@@ -224,6 +224,20 @@ class Intake:
             self.on_scheduled()
         return result
 
+    async def preview(self, app: App, req: PushRequest) -> bytes:
+        """The envelope :meth:`push` would build for ``req``, with every check that needs no
+        audience (target shape and tag expression, TTL, content, policy, schedule, size): the
+        console's live preview. Nothing is stored; the id is a fresh one that no message gets."""
+        parse_target(req.target)
+        ttl = self._ttl(req.policy)
+        body = self._body(req, await self._template(app, req), req.vars or {})
+        policy = req.policy.model_dump(exclude_none=True) | {"ttl": ttl}
+        SendPolicy.of(policy, await self._store.settings(app.app_key))
+        if req.policy.schedule is not None:
+            Schedule.parse(req.policy.schedule)
+        now = self._clock.now()
+        return self._envelope(app, ids.new_msg_id(now), body, max(req.policy.start_at or now, now), ttl)
+
     def _admit(self) -> None:
         """Refuse a new push while the dispatcher is behind by more than ``max_publish_lag``."""
         bound = self.limits.max_publish_lag

@@ -45,6 +45,7 @@ from mqttpush.models import (
     Registration,
     advances,
 )
+from mqttpush.store.console import ConsoleRepository
 from mqttpush.store.core import Event, TransitionListener, chunks
 from mqttpush.store.lock import prepare_data_dir, unwritable
 from mqttpush.store.policy import PolicyQueries
@@ -429,6 +430,7 @@ class Store(TargetingQueries, PolicyQueries, VendorQueries):
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.execute("PRAGMA foreign_keys=ON")
             self.db = Database(self._conn)
+            self.console = ConsoleRepository(self)
             self._sealer = self._open_sealer()
             self.migrate()
         except sqlite3.Error as exc:
