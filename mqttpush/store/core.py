@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from mqttpush.clock import Clock
 from mqttpush.models import DeliveryState
-from mqttpush.store.tx import Transaction
+from mqttpush.store.tx import Connection, Transaction
 
 Event = tuple[str, str, str, float, str | None]
 """One delivery history row: ``(msg_id, device_id, state, at, detail)``."""
 
-TransitionListener = Callable[[sqlite3.Connection, list[Event]], None]
+TransitionListener = Callable[[Connection, list[Event]], None]
 """Called on the store thread, inside the writing transaction, with the history rows just written
 (in the order written). It may write rows of its own on the connection (a webhook outbox) or only
 count in memory (statistics); it must be quick and must not raise."""
@@ -27,7 +26,7 @@ def chunks(items: Sequence[str], size: int = 500) -> Iterator[tuple[list[str], s
 
 
 class StoreCore:
-    _conn: sqlite3.Connection
+    _conn: Connection
     _settings: dict[str, tuple[float, dict[str, Any]]]
     _settings_changes: int
     clock: Clock
@@ -71,7 +70,7 @@ class Repository:
         self._store = store
 
     @property
-    def _conn(self) -> sqlite3.Connection:
+    def _conn(self) -> Connection:
         return self._store._conn
 
     @property

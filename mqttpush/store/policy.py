@@ -57,7 +57,8 @@ class PolicyQueries(StoreCore):
         self._settings_changes += 1  # a read in flight must not cache what this replaces
         self._settings.pop(app_key, None)  # the next read sees the change, not the cache
         self._conn.execute(
-            "INSERT OR REPLACE INTO app_settings (app_key, settings, updated_at) VALUES (?, ?, ?)",
+            "INSERT INTO app_settings (app_key, settings, updated_at) VALUES (?, ?, ?)"
+            " ON CONFLICT (app_key) DO UPDATE SET settings = excluded.settings, updated_at = excluded.updated_at",
             (app_key, json.dumps(settings), self.clock.now()),
         )
 
@@ -181,8 +182,8 @@ class PolicyQueries(StoreCore):
                 raise Conflict(f"message {msg_id} is {row[0]}, not a draft", code="not_a_draft")
             self._conn.execute(
                 "UPDATE messages SET state = 'approved', approved_by = ?, approved_at = ?,"
-                " next_run_at = max(coalesce(next_run_at, 0), ?) WHERE msg_id = ?",
-                (approver, now, now, msg_id),
+                " next_run_at = CASE WHEN coalesce(next_run_at, 0) > ? THEN next_run_at ELSE ? END WHERE msg_id = ?",
+                (approver, now, now, now, msg_id),
             )
         return "approved"
 

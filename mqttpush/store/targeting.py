@@ -147,7 +147,7 @@ class TargetingQueries(StoreCore):
                 "DELETE FROM device_tags WHERE device_id = ? AND tag = ?", [(device_id, t) for t in remove]
             )
             self._conn.executemany(
-                "INSERT OR IGNORE INTO device_tags (device_id, tag, created_at) VALUES (?, ?, ?)",
+                "INSERT INTO device_tags (device_id, tag, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
                 [(device_id, t, now) for t in add],
             )
             count = self._conn.execute(
@@ -181,8 +181,8 @@ class TargetingQueries(StoreCore):
                     (app_key, alias_type, alias, device_id),
                 )
             self._conn.execute(
-                "INSERT OR IGNORE INTO aliases (app_key, alias_type, alias, device_id, created_at)"
-                " VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO aliases (app_key, alias_type, alias, device_id, created_at)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 (app_key, alias_type, alias, device_id, now),
             )
             count = self._conn.execute(
@@ -290,13 +290,13 @@ class TargetingQueries(StoreCore):
                     )
                 tags = row.get("tags") or []
                 self._conn.executemany(
-                    "INSERT OR IGNORE INTO device_tags (device_id, tag, created_at) VALUES (?, ?, ?)",
+                    "INSERT INTO device_tags (device_id, tag, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
                     [(device_id, t, now) for t in tags],
                 )
                 if row.get("alias"):
                     self._conn.execute(
-                        "INSERT OR IGNORE INTO aliases (app_key, alias_type, alias, device_id, created_at)"
-                        " VALUES (?, ?, ?, ?, ?)",
+                        "INSERT INTO aliases (app_key, alias_type, alias, device_id, created_at)"
+                        " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                         (app_key, row.get("alias_type") or "user", row["alias"], device_id, now),
                     )
                 out.append({"install_id": install_id, "device_id": device_id, "device_token": token})
@@ -487,9 +487,10 @@ class TargetingQueries(StoreCore):
                 "SELECT 1 FROM templates WHERE app_key = ? AND name = ?", (app_key, name)
             ).fetchone()
             self._conn.execute(
-                "INSERT OR REPLACE INTO templates (app_key, name, template, created_at, updated_at)"
-                " VALUES (?, ?, ?, coalesce((SELECT created_at FROM templates WHERE app_key = ? AND name = ?), ?), ?)",
-                (app_key, name, json.dumps(template), app_key, name, now, now),
+                "INSERT INTO templates (app_key, name, template, created_at, updated_at) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (app_key, name) DO UPDATE SET template = excluded.template,"
+                " updated_at = excluded.updated_at",
+                (app_key, name, json.dumps(template), now, now),
             )
         return exists is None
 

@@ -145,7 +145,9 @@ class VendorQueries(StoreCore):
 
     def put_vendor_config(self, app_key: str, vendor: str, config: dict[str, Any]) -> None:
         self._conn.execute(
-            "INSERT OR REPLACE INTO vendor_credentials (app_key, vendor, config_enc, updated_at) VALUES (?, ?, ?, ?)",
+            "INSERT INTO vendor_credentials (app_key, vendor, config_enc, updated_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (app_key, vendor) DO UPDATE SET config_enc = excluded.config_enc,"
+            " updated_at = excluded.updated_at",
             (app_key, vendor, self._seal(json.dumps(config)), self.clock.now()),
         )
         self._conn.execute("DELETE FROM vendor_alarms WHERE app_key = ? AND vendor = ?", (app_key, vendor))

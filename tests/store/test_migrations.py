@@ -36,7 +36,7 @@ def test_new_store_is_at_the_highest_migration(store: Store, data_dir: Path) -> 
 
 
 def test_new_store_has_the_tables_of_the_schema(store: Store) -> None:
-    tables = set(store.db.table_names())
+    tables = store._tables()
     expected = {"apps", "devices", "messages", "deliveries", "delivery_events", "nonces", "service_accounts"}
     assert expected <= tables
 
@@ -84,7 +84,7 @@ def test_schema_newer_than_known_raises_schema_too_new(data_dir: Path, clock: Fa
 
 
 def test_journal_mode_is_wal(store: Store, data_dir: Path) -> None:
-    assert store.db.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal"
+    assert store._conn.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal"
     # WAL is persistent in the file: a plain connection sees it too.
     conn = sqlite3.connect(data_dir / DB_FILE)
     try:

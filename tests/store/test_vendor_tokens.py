@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 from pathlib import Path
 
 import pytest
 
 from mqttpush.errors import StoreError
-from mqttpush.store.store import DB_FILE, KEY_FILE, Store
+from mqttpush.store.store import DB_FILE, KEY_FILE, Store, _migrations
 from mqttpush.store.vendors import mask_token
 from tests.store.fake_clock import START, FakeClock
 
@@ -63,9 +64,24 @@ def _as_released(data_dir: Path, version: int, tokens: list[tuple[str, str, str,
     if version < 6:
         for column in ("previous_secret_enc", "previous_until"):  # what 0006 added
             conn.execute(f"ALTER TABLE apps DROP COLUMN {column}")
+    _undo_after(conn, version)
     conn.execute(f"PRAGMA user_version = {version}")
     conn.commit()
     conn.close()
+
+
+def _undo_after(conn: sqlite3.Connection, version: int) -> None:
+    """Take out what the migrations after ``version`` (other than 0007's vendor_tokens rebuild,
+    done above) added: their indexes, then their columns, then their tables."""
+    later = "\n".join(sql for number, sql in _migrations() if number > version)
+    for index in re.findall(r"CREATE (?:UNIQUE )?INDEX (?:IF NOT EXISTS )?(\w+)", later, flags=re.I):
+        conn.execute(f"DROP INDEX IF EXISTS {index}")
+    for table, column in re.findall(r"ALTER TABLE (\w+) ADD COLUMN (\w+)", later, flags=re.I):
+        if table != "vendor_tokens" and (table != "apps" or version >= 6):  # done above
+            conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+    for table in re.findall(r"CREATE TABLE (?:IF NOT EXISTS )?\"?(\w+)", later, flags=re.I):
+        if table != "vendor_tokens":
+            conn.execute(f"DROP TABLE IF EXISTS {table}")
 
 
 def _stored_bytes(data_dir: Path) -> bytes:
