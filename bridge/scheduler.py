@@ -1,5 +1,9 @@
 """Time-driven work of the bridge, on an injectable clock: TTL expiry, scheduled and recurring
-sends, approved drafts, held deliveries (quiet hours, caps, pacing) and re-pushes."""
+sends, approved drafts, held deliveries (quiet hours, caps, pacing) and re-pushes.
+
+With several bridges over one store each due message and re-push is claimed with a lease first
+(mqttpush/store/leases.py), so it goes out once; held deliveries are claimed by clearing their
+hold in one transaction."""
 
 from __future__ import annotations
 
@@ -10,10 +14,12 @@ from typing import Any
 
 from bridge.dispatcher import Dispatcher, Outbound
 from bridge.intake import Intake
+from bridge.leases import LEASE_SECONDS, new_owner
 from bridge.policy import SendPolicy
 from bridge.publisher import Publisher
 from mqttpush import topics
 from mqttpush.clock import Clock
+from mqttpush.errors import MqttPushError
 from mqttpush.store import Store
 from mqttpush.store.policy import DueDelivery
 
@@ -27,8 +33,13 @@ class Scheduler:
         intake: Intake,
         clock: Clock,
         interval: float = 5.0,
+        *,
+        owner: str | None = None,
+        lease: float = LEASE_SECONDS,
     ) -> None:
         self._store = store
+        self._owner = owner or new_owner()
+        self._lease = lease
         self._publisher = publisher
         self._dispatcher = dispatcher
         self._intake = intake
@@ -45,8 +56,13 @@ class Scheduler:
         """One pass over everything due now."""
         async with self._pass:
             await self.sweep()
-            for msg_id in await self._store.run(self._store.due_messages):
-                await self._intake.activate(msg_id)
+            store = self._store
+            for msg_id in await store.run(store.leases.claim_due_messages, self._owner, self._lease):
+                try:
+                    await self._intake.activate(msg_id)
+                finally:  # at once, so a series' next occurrence is not held up by this lease
+                    with contextlib.suppress(MqttPushError):
+                        await store.run(store.leases.release_message, msg_id, self._owner)
             await self._release_held()
             await self._repush()
 
@@ -56,7 +72,7 @@ class Scheduler:
         while True:
             self._wake.clear()
             await self.tick()
-            nxt = await self._store.run(self._store.next_wakeup)
+            nxt = await self._store.run(self._store.leases.next_wakeup)
             delay = self._interval if nxt is None else min(self._interval, max(0.0, nxt - self._clock.now()))
             sleeping = asyncio.ensure_future(self._clock.sleep(delay))
             woken = asyncio.ensure_future(self._wake.wait())
@@ -102,7 +118,7 @@ class Scheduler:
             )
 
     async def _repush(self) -> None:
-        due = await self._store.run(self._store.due_repushes)
+        due = await self._store.run(self._store.leases.claim_repushes, self._lease)
         policies = await self._policies(due)
         for d in due:
             sp = policies[d.msg_id]

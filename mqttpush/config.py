@@ -50,6 +50,9 @@ class ServerConfig:
     refusal_log_interval: float = 10.0
     """Refused MQTT connections are logged as one summary line at most this often (seconds)."""
     expiry_interval: float = 5.0
+    lease_seconds: float = 15.0
+    """How long a bridge's lease on its work lasts unrenewed: how soon another bridge over the same
+    store finishes the work of one that died (docs/scale-out.md, "Leases")."""
     max_publish_lag: float = 1.0
     """Seconds accepted pushes may wait to be published before new ones get 503 ``overloaded``
     with ``Retry-After`` (0: no bound)."""

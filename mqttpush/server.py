@@ -23,6 +23,7 @@ import uvicorn
 from bridge import mosquitto
 from bridge.dispatcher import Dispatcher
 from bridge.intake import Intake, Limits
+from bridge.leases import BridgeLease, new_owner
 from bridge.mqtt_api import MqttApi
 from bridge.publisher import MqttPublisher, Publisher
 from bridge.receipts import Receipts
@@ -37,6 +38,7 @@ from mqttpush.api.limits import RateLimiter
 from mqttpush.broker import BrokerLimits, PushBroker
 from mqttpush.clock import Clock, SystemClock
 from mqttpush.config import ServerConfig
+from mqttpush.errors import MqttPushError
 from mqttpush.store import Store
 from mqttpush.store.lock import ROLES, DataDirLock
 from mqttpush.store.store import SERVICE_USERNAME
@@ -197,19 +199,42 @@ class BridgeNode:
     """Everything but the broker, over a publisher; ``on_message`` takes what devices and apps publish."""
 
     def __init__(
-        self, config: ServerConfig, store: Store, publisher: Publisher, clock: Clock, mqtt_port: Any
+        self,
+        config: ServerConfig,
+        store: Store,
+        publisher: Publisher,
+        clock: Clock,
+        mqtt_port: Any,
+        *,
+        alone: bool = False,
     ) -> None:
+        """``alone``: no other bridge can be working over this store (the process holds the SQLite
+        data dir's bridge lock), so at start it takes over every other bridge's work at once
+        instead of waiting for their leases to lapse."""
         self.config = config
         self.store = store
         self.clock = clock
         self.publisher = publisher
         self.dispatcher = Dispatcher(store, publisher, clock)
         self.receipts = Receipts(store, publisher)
-        self.tasks = TaskRunner(store, self.dispatcher, clock)
+        self.owner = new_owner()
+        """This bridge's id on the leases of its work (bridge/leases.py)."""
+        self.alone = alone
+        self.tasks = TaskRunner(store, self.dispatcher, clock, owner=self.owner, lease=config.lease_seconds)
         limits = Limits(config.max_envelope_bytes, config.default_ttl, config.max_ttl, config.max_publish_lag)
         self.intake = Intake(store, self.dispatcher, self.tasks, clock, limits)
         self.scheduler = Scheduler(
-            store, publisher, self.dispatcher, self.intake, clock, config.expiry_interval
+            store,
+            publisher,
+            self.dispatcher,
+            self.intake,
+            clock,
+            config.expiry_interval,
+            owner=self.owner,
+            lease=config.lease_seconds,
+        )
+        self.lease = BridgeLease(
+            store, clock, self.owner, config.lease_seconds, self._take_over, self.tasks.resume
         )
         self.dispatcher.on_hold = self.scheduler.wake
         self.vendors = VendorGateway(store, clock, make_channel)
@@ -258,10 +283,18 @@ class BridgeNode:
     def _mqtt_url(self, request_host: str) -> str:
         return self.config.public_mqtt_url or f"mqtt://{request_host}:{self._mqtt_port()}"
 
-    async def start(self) -> None:
+    async def _take_over(self, owners: list[str]) -> None:
+        """Bridges whose lease lapsed died: re-handle what the store still calls pending (what
+        they had accepted, released, or were retrying with a vendor); their tasks are claimed by
+        the lease loop's next call of ``tasks.resume``."""
         await self.dispatcher.recover()
-        await self.tasks.resume()
+
+    async def start(self) -> None:
+        await self.lease.start(alone=self.alone)
+        await self.dispatcher.recover()
+        await self.tasks.resume(alone=self.alone)
         clock_sleep = self.clock.sleep  # backoff on the loop's own clock where it has one
+        self.loops.start("leases", self.lease.run, clock_sleep)
         self.loops.start("dispatcher", self.dispatcher.run, clock_sleep)
         self.loops.start("receipts", self.receipts.run)
         self.loops.start("scheduler", self.scheduler.run, clock_sleep)
@@ -329,6 +362,10 @@ class BridgeNode:
             await asyncio.wait_for(self.vendors.drained(), 5)
         await self.loops.cancel()
         await self.vendors.close()
+        try:
+            await self.lease.stop()
+        except MqttPushError as exc:  # the store is down: the lease lapses by itself
+            log.warning("could not hand the lease over: %s", exc.message)
         if self._http_socket is not None:
             self._http_socket.close()
 
@@ -348,7 +385,12 @@ class EmbeddedServer:
         self.broker_node = BrokerNode(config, self.store, self.clock)
         self.broker = self.broker_node.broker
         self.bridge = BridgeNode(
-            config, self.store, BrokerPublisher(self.broker), self.clock, lambda: self.broker.port
+            config,
+            self.store,
+            BrokerPublisher(self.broker),
+            self.clock,
+            lambda: self.broker.port,
+            alone=True,  # it holds the data dir's bridge lock
         )
         self.dispatcher, self.receipts, self.tasks = (
             self.bridge.dispatcher,

@@ -205,6 +205,15 @@ def http_limit_options(f: Callable[..., Any]) -> Callable[..., Any]:
 def bridge_options(f: Callable[..., Any]) -> Callable[..., Any]:
     f = http_limit_options(f)
     f = click.option(
+        "--lease-seconds",
+        type=click.FloatRange(0.5),
+        default=ServerConfig.lease_seconds,
+        show_default=True,
+        envvar="MQTTPUSH_LEASE_SECONDS",
+        help="How long a bridge's lease on its work lasts unrenewed: how soon another bridge over"
+        " the same store takes over the work of one that died (docs/scale-out.md).",
+    )(f)
+    f = click.option(
         "--max-publish-lag",
         type=click.FloatRange(0),
         default=ServerConfig.max_publish_lag,

@@ -47,6 +47,7 @@ from mqttpush.models import (
 )
 from mqttpush.store.console import ConsoleRepository
 from mqttpush.store.core import Event, TransitionListener, chunks
+from mqttpush.store.leases import LeaseRepository
 from mqttpush.store.lock import prepare_data_dir, unwritable
 from mqttpush.store.policy import PolicyQueries
 from mqttpush.store.targeting import TargetingQueries
@@ -424,6 +425,7 @@ class Store(TargetingQueries, PolicyQueries, VendorQueries):
         self._settings: dict[str, tuple[float, dict[str, Any]]] = {}
         self._settings_changes = 0
         self.transition_listeners: list[TransitionListener] = []
+        self.leases = LeaseRepository(self)
         try:
             self._check_file()
             self._set_wal()
