@@ -1,0 +1,332 @@
+"""The web console in a real headless browser against a real server (docs/console.md): sign in,
+compose and send to a connected device, watch it arrive, bad input refused with nothing stored,
+and the console API's own refusals (401, CSRF 403). Each page's screenshot goes to docs/screenshots."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from queue import Queue
+from typing import Any, TypeVar
+
+import httpx
+from selenium.common.exceptions import StaleElementReferenceException
+from selenium.webdriver import Chrome
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import Select, WebDriverWait
+
+from mqttpush.device import DeviceClient
+from mqttpush.store import Store
+from tests.conftest import Running
+
+T = TypeVar("T")
+WAIT = 15
+
+
+def until(driver: Chrome, check: Callable[[Chrome], T], timeout: float = WAIT) -> T:
+    """Poll the page until ``check`` returns something truthy (the page is live: it re-renders)."""
+    return WebDriverWait(driver, timeout, ignored_exceptions=(StaleElementReferenceException,)).until(check)
+
+
+def text_of(driver: Chrome, css: str) -> str:
+    found = driver.find_elements(By.CSS_SELECTOR, css)
+    return found[0].text if found and found[0].is_displayed() else ""
+
+
+def open_console(driver: Chrome, r: Running) -> None:
+    driver.get(r.url + "/console")
+    driver.delete_all_cookies()  # another test's server had the same host
+    driver.execute_script("localStorage.clear()")
+    driver.get(r.url + "/console")
+    until(driver, lambda d: d.find_elements(By.ID, "signin-form"))
+
+
+def sign_in(driver: Chrome, r: Running, secret: str | None = None) -> None:
+    open_console(driver, r)
+    driver.find_element(By.ID, "signin-key").send_keys(r.app_key)
+    driver.find_element(By.ID, "signin-secret").send_keys(secret if secret is not None else r.app_secret)
+    driver.find_element(By.ID, "signin-submit").click()
+
+
+def shoot(driver: Chrome, shots: Path, name: str) -> None:
+    driver.save_screenshot(str(shots / f"{name}.png"))
+
+
+def stored_messages(r: Running) -> list[dict[str, Any]]:
+    store = Store(r.data_dir)
+    try:
+        return store.console.messages_page(r.app_key)["messages"]
+    finally:
+        store.close()
+
+
+def test_wrong_credentials_show_an_error_and_sign_in_works(
+    running: Running, browser: Chrome, shots: Path
+) -> None:
+    r = running
+    sign_in(browser, r, secret="not-the-secret")
+    error = until(browser, lambda d: text_of(d, "#signin-error"))
+    assert "wrong app key, secret or token" in error and "bad_credentials" in error
+    assert browser.find_element(By.ID, "nav").get_attribute("hidden") is not None
+    shoot(browser, shots, "signin")
+
+    secret = browser.find_element(By.ID, "signin-secret")
+    secret.clear()
+    secret.send_keys(r.app_secret)
+    browser.find_element(By.ID, "signin-submit").click()
+    until(browser, lambda d: d.find_elements(By.ID, "target-kind"))
+    assert r.app_key in browser.find_element(By.ID, "who").text
+    cookie = browser.get_cookie("mqttpush_console")
+    assert cookie is not None and cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    assert browser.execute_script("return document.cookie") == ""  # HttpOnly: no script reads it
+
+    browser.find_element(By.ID, "signout").click()
+    until(browser, lambda d: d.find_elements(By.ID, "signin-form"))
+    browser.get(r.url + "/console#/messages")
+    until(browser, lambda d: d.find_elements(By.ID, "signin-form"))  # the session is gone server-side
+
+
+def test_send_to_a_connected_device_and_watch_it_arrive(
+    running: Running, browser: Chrome, shots: Path
+) -> None:
+    r = running
+    ((device, token), (other, _)) = r.register(2)
+    got: Queue[dict[str, Any]] = Queue()
+    client = DeviceClient.from_server(r.url, device, token, on_message=got.put)
+    client.connect()
+    try:
+        sign_in(browser, r)
+        until(browser, lambda d: d.find_elements(By.ID, "target-kind"))
+        browser.find_element(By.ID, "test-devices").send_keys(device)
+        browser.find_element(By.ID, "target-devices").send_keys(other)
+        browser.find_element(By.ID, "c-title").send_keys("Hello from the console")
+        browser.find_element(By.ID, "c-body").send_keys("It works")
+        browser.find_element(By.ID, "c-data").send_keys('{"order": 42}')
+        preview = until(
+            browser,
+            lambda d: "Hello from the console" in text_of(d, "#preview-json") and text_of(d, "#preview-json"),
+        )
+        assert '"order": 42' in preview
+        size = text_of(browser, "#preview-bytes")
+        assert size.endswith("/ 4096 bytes") and 100 < int(size.split()[0]) < 400
+        shoot(browser, shots, "compose")
+
+        # "Send to test devices first" goes to the test list, not to the target.
+        browser.find_element(By.ID, "send-test").click()
+        link = until(browser, lambda d: d.find_elements(By.ID, "result-link"))[0]
+        msg_id = link.text
+        envelope = got.get(timeout=WAIT)
+        assert (envelope["id"], envelope["title"], envelope["data"]) == (
+            msg_id,
+            "Hello from the console",
+            {"order": 42},
+        )
+        link.click()
+
+        until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, f'tr.delivery[data-device="{device}"]'))
+        state = until(
+            browser,
+            lambda d: text_of(d, f'tr.delivery[data-device="{device}"] .d-state') == "arrived",
+        )
+        assert state
+        assert browser.find_elements(By.CSS_SELECTOR, f'tr.delivery[data-device="{other}"]') == []
+        timeline = text_of(browser, f'tr.delivery[data-device="{device}"] .timeline')
+        assert [w for w in timeline.split() if w in ("accepted", "published", "arrived")] == [
+            "accepted",
+            "published",
+            "arrived",
+        ]
+        # The funnel chart follows the delivery: its "arrived" bar is drawn once the receipt is in.
+        until(browser, lambda d: "arrived: 1" in text_of(d, "#message-counts"))
+        bar = browser.find_element(By.CSS_SELECTOR, '#message-funnel rect[data-bar^="arrived"]')
+        assert float(bar.get_attribute("width") or 0) > 1
+        shoot(browser, shots, "message")
+
+        # The open is a new receipt: the page (polling every 2 s) shows it without a reload.
+        client.opened(msg_id)
+        until(browser, lambda d: text_of(d, f'tr.delivery[data-device="{device}"] .d-state') == "opened")
+
+        browser.get(r.url + "/console#/messages")
+        row = until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, f'tr[data-msg="{msg_id}"]'))[0]
+        assert "Hello from the console" in row.text
+        shoot(browser, shots, "messages")
+
+        browser.get(r.url + f"/console#/devices/{device}")
+        card = until(browser, lambda d: text_of(d, "#device-card"))
+        assert "online" in card and msg_id in card and "Hello from the console" in card
+        shoot(browser, shots, "devices")
+
+        browser.get(r.url + "/console#/stats")
+        until(
+            browser,
+            lambda d: d.find_elements(By.CSS_SELECTOR, "#stats-series svg, #stats-error:not([hidden])"),
+        )
+        shoot(browser, shots, "stats")
+    finally:
+        client.disconnect()
+
+
+def test_a_bad_tag_expression_is_refused_inline_and_nothing_is_sent(
+    running: Running, browser: Chrome, shots: Path
+) -> None:
+    r = running
+    sign_in(browser, r)
+    kind = until(browser, lambda d: d.find_elements(By.ID, "target-kind"))[0]
+    Select(kind).select_by_value("tags")
+    browser.find_element(By.ID, "target-tags").send_keys("beta and (android or")
+    browser.find_element(By.ID, "c-title").send_keys("Never sent")
+    preview_error = until(browser, lambda d: text_of(d, "#preview-error"))
+    assert "bad_tag_expr" in preview_error
+    browser.find_element(By.ID, "send").click()
+    error = until(browser, lambda d: text_of(d, "#compose-error"))
+    assert "bad_tag_expr" in error
+    assert not browser.find_elements(By.ID, "result-link")
+
+    # Bad JSON in data never leaves the browser.
+    tags = browser.find_element(By.ID, "target-tags")
+    tags.clear()
+    tags.send_keys("beta")
+    browser.find_element(By.ID, "c-data").send_keys("{not json")
+    browser.find_element(By.ID, "send").click()
+    until(browser, lambda d: "data is not valid JSON" in text_of(d, "#compose-error"))
+    shoot(browser, shots, "compose-error")
+    assert stored_messages(r) == []
+
+
+def test_approval_queue_and_tasks(running: Running, browser: Chrome, shots: Path) -> None:
+    r = running
+    ((device, _),) = r.register()
+    with r.client() as c:
+        draft = c.push(
+            {
+                "target": {"devices": [device]},
+                "notification": {"title": "Needs a yes"},
+                "policy": {"approval": True},
+            }
+        )["msg_id"]
+        c.push({"target": {"tags": "nobody"}, "notification": {"title": "A group send"}})
+    sign_in(browser, r)
+    until(browser, lambda d: d.find_elements(By.ID, "target-kind"))
+    browser.get(r.url + "/console#/tasks")
+    until(
+        browser,
+        lambda d: "A group send" in d.page_source or d.find_elements(By.CSS_SELECTOR, "tr[data-task]"),
+    )
+    shoot(browser, shots, "tasks")
+
+    browser.get(r.url + "/console#/approval")
+    row = until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, f'tr[data-msg="{draft}"]'))[0]
+    shoot(browser, shots, "approval")
+    row.find_element(By.CSS_SELECTOR, "input.approver").send_keys("alice")
+    row.find_element(By.CSS_SELECTOR, "button.approve").click()
+    until(browser, lambda d: not d.find_elements(By.CSS_SELECTOR, f'tr[data-msg="{draft}"]'))
+    with r.client() as c:
+        assert c.message(draft)["approved_by"] == "alice"
+
+
+# --- the console API without a browser ---------------------------------------------------------
+
+
+def _signed_in(r: Running, http: httpx.Client) -> dict[str, Any]:
+    res = http.post(
+        "/console/api/session",
+        json={"app_key": r.app_key, "app_secret": r.app_secret},
+        headers={"Origin": r.url},
+    )
+    assert res.status_code == 201, res.text
+    doc: dict[str, Any] = res.json()
+    return doc
+
+
+def test_console_api_refusals(running: Running) -> None:
+    r = running
+    ((device, _),) = r.register()
+    push = {"target": {"devices": [device]}, "notification": {"title": "csrf"}}
+    with httpx.Client(base_url=r.url) as http:
+        wrong = http.post("/console/api/session", json={"app_key": r.app_key, "app_secret": "nope"})
+        assert wrong.status_code == 401
+        assert wrong.json()["error"]["code"] == "bad_credentials"
+        anonymous = http.get("/console/api/messages")
+        assert (anonymous.status_code, anonymous.json()["error"]["code"]) == (401, "no_session")
+
+        session = _signed_in(r, http)
+        cookie = http.cookies.get("mqttpush_console")
+        assert cookie and cookie not in str(session)
+
+        no_token = http.post("/console/api/push", json=push, headers={"Origin": r.url})
+        assert (no_token.status_code, no_token.json()["error"]["code"]) == (403, "bad_csrf")
+        wrong_token = http.post(
+            "/console/api/push", json=push, headers={"Origin": r.url, "X-CSRF-Token": "x" * 43}
+        )
+        assert wrong_token.status_code == 403
+        other_site = http.post(
+            "/console/api/push",
+            json=push,
+            headers={"Origin": "http://evil.example", "X-CSRF-Token": session["csrf_token"]},
+        )
+        assert (other_site.status_code, other_site.json()["error"]["code"]) == (403, "bad_origin")
+        assert stored_messages(r) == []
+
+        ok = http.post(
+            "/console/api/push", json=push, headers={"Origin": r.url, "X-CSRF-Token": session["csrf_token"]}
+        )
+        assert ok.status_code == 202
+        assert [m["msg_id"] for m in stored_messages(r)] == [ok.json()["msg_id"]]
+
+        bad_range = http.get("/console/api/messages", params={"since": "20", "until": "10"})
+        assert (bad_range.status_code, bad_range.json()["error"]["code"]) == (422, "bad_range")
+        bad_cursor = http.get("/console/api/messages", params={"cursor": "yesterday"})
+        assert (bad_cursor.status_code, bad_cursor.json()["error"]["code"]) == (422, "bad_cursor")
+
+        out = http.request("DELETE", "/console/api/session", headers={"X-CSRF-Token": session["csrf_token"]})
+        assert out.status_code == 200
+        http.cookies.set("mqttpush_console", cookie, domain="127.0.0.1", path="/console")
+        after = http.get("/console/api/session")
+        assert (after.status_code, after.json()["error"]["code"]) == (401, "no_session")
+
+
+def test_console_pages_list_with_keyset_cursors(running: Running) -> None:
+    r = running
+    devices = [d for d, _ in r.register(3)]
+    with r.client() as c:
+        sent = [
+            c.push({"target": {"devices": devices}, "notification": {"title": f"n{i}"}})["msg_id"]
+            for i in range(5)
+        ]
+    with httpx.Client(base_url=r.url) as http:
+        _signed_in(r, http)
+        seen: list[str] = []
+        cursor = None
+        while True:
+            params = {"limit": "2"} | ({"cursor": cursor} if cursor else {})
+            page = http.get("/console/api/messages", params=params).json()
+            seen += [m["msg_id"] for m in page["messages"]]
+            cursor = page["next"]
+            if cursor is None:
+                break
+        assert seen == sorted(sent, reverse=True)
+        rows: list[str] = []
+        cursor = None
+        while True:
+            params = {"limit": "1"} | ({"cursor": cursor} if cursor else {})
+            page = http.get(f"/console/api/messages/{sent[0]}/deliveries", params=params).json()
+            rows += [d["device_id"] for d in page["deliveries"]]
+            assert all(d["history"] and d["history"][0]["state"] == "accepted" for d in page["deliveries"])
+            cursor = page["next"]
+            if cursor is None:
+                break
+        assert rows == sorted(devices)
+        other = http.get("/console/api/messages/01nosuchmessage0000000000")
+        assert (other.status_code, other.json()["error"]["code"]) == (404, "unknown_message")
+
+
+def test_assets_are_served_from_the_package(running: Running) -> None:
+    with httpx.Client(base_url=running.url) as http:
+        page = http.get("/console")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+        for name in ("app.js", "charts.js", "console.css"):
+            asset = http.get(f"/console/static/{name}")
+            assert asset.status_code == 200 and asset.content
+        assert http.get("/console/static/nope.js").status_code == 404
+        assert http.get("/console/static/..%2Fconsole.py").status_code == 404
