@@ -29,7 +29,8 @@ def test_master_key_is_kept_on_reopen(data_dir: Path, clock: FakeClock) -> None:
     assert (data_dir / KEY_FILE).read_bytes() == before
 
 
-def test_app_secret_is_not_stored_in_plaintext_but_readable(store: Store, data_dir: Path) -> None:
+def test_app_secret_is_not_stored_in_plaintext_but_readable(sqlite_store: Store, data_dir: Path) -> None:
+    store = sqlite_store
     app = store.create_app("shop")
     assert app.secret
     assert app.app_key.encode() in raw_db_bytes(data_dir)  # the row is in the bytes read (WAL included)
@@ -51,11 +52,11 @@ def test_device_tokens_and_service_password_are_not_stored_in_plaintext(store: S
     assert password.encode() not in raw
 
 
-def test_get_app_returns_secret_after_reopen(data_dir: Path, clock: FakeClock) -> None:
-    first = Store(data_dir, clock=clock)
+def test_get_app_returns_secret_after_reopen(data_dir: Path, clock: FakeClock, store_url: str | None) -> None:
+    first = Store(data_dir, clock=clock, url=store_url)
     app = first.create_app("shop")
     first.close()
-    again = Store(data_dir, clock=clock)
+    again = Store(data_dir, clock=clock, url=store_url)
     try:
         got = again.get_app(app.app_key)
         assert got is not None
@@ -124,20 +125,22 @@ def test_nonce_is_usable_again_after_the_window(store: Store, clock: FakeClock) 
 # --- service account --------------------------------------------------------------------------
 
 
-def test_service_credentials_are_stable(store: Store, data_dir: Path, clock: FakeClock) -> None:
+def test_service_credentials_are_stable(
+    store: Store, data_dir: Path, clock: FakeClock, store_url: str | None
+) -> None:
     username, password = store.service_credentials()
     assert username
     assert len(password) >= 32
     assert store.service_credentials() == (username, password)
 
-    other = Store(data_dir, clock=clock)  # e.g. the CLI while the server runs
+    other = Store(data_dir, clock=clock, url=store_url)  # e.g. the CLI while the server runs
     try:
         assert other.service_credentials() == (username, password)
     finally:
         other.close()
     store.close()
 
-    reopened = Store(data_dir, clock=clock)
+    reopened = Store(data_dir, clock=clock, url=store_url)
     try:
         assert reopened.service_credentials() == (username, password)
         assert reopened.authenticate_service(username, password) is True

@@ -30,7 +30,8 @@ def user_version(path: Path) -> int:
         conn.close()
 
 
-def test_new_store_is_at_the_highest_migration(store: Store, data_dir: Path) -> None:
+def test_new_store_is_at_the_highest_migration(sqlite_store: Store, data_dir: Path) -> None:
+    store = sqlite_store
     assert store.schema_version() == highest_migration()
     assert user_version(data_dir / DB_FILE) == highest_migration()
 
@@ -83,7 +84,8 @@ def test_schema_newer_than_known_raises_schema_too_new(data_dir: Path, clock: Fa
     assert user_version(data_dir / DB_FILE) == highest_migration() + 1
 
 
-def test_journal_mode_is_wal(store: Store, data_dir: Path) -> None:
+def test_journal_mode_is_wal(sqlite_store: Store, data_dir: Path) -> None:
+    store = sqlite_store
     assert store._conn.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal"
     # WAL is persistent in the file: a plain connection sees it too.
     conn = sqlite3.connect(data_dir / DB_FILE)
