@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import httpx
 
@@ -133,6 +133,26 @@ class PushClient:
         result: dict[str, Any] = self._call("DELETE", f"/api/v1/tasks/{task_id}")
         return result
 
+    def stats(
+        self,
+        since: str | float | None = None,
+        until: str | float | None = None,
+        by: str | list[str] | None = None,
+        step: str | None = None,
+    ) -> dict[str, Any]:
+        """``GET /api/v1/stats`` → ``{"since", "until", "step", "by", "series", "totals"}``
+        (docs/statistics.md); times as unix seconds, ISO 8601 or relative (``24h``)."""
+        query = {"since": since, "until": until, "by": ",".join(by) if isinstance(by, list) else by, "step": step}
+        params = urlencode({k: str(v) for k, v in query.items() if v is not None and v != ""})
+        result: dict[str, Any] = self._call("GET", "/api/v1/stats" + (f"?{params}" if params else ""))
+        return result
+
+    def funnel(self, msg_id: str | None = None, task_id: str | None = None) -> dict[str, Any]:
+        """``GET /api/v1/messages/{msg_id}/funnel`` or ``/api/v1/tasks/{task_id}/funnel``."""
+        path = f"/api/v1/tasks/{task_id}/funnel" if task_id else f"/api/v1/messages/{msg_id}/funnel"
+        result: dict[str, Any] = self._call("GET", path)
+        return result
+
     def upload_file(
         self, path: str | Path, kind: str = "devices", alias_type: str = "user"
     ) -> dict[str, Any]:
@@ -209,6 +229,23 @@ def device_info(url: str, device_token: str, timeout: float = 10.0) -> dict[str,
         raise ClientError(f"cannot reach {url}: {exc}", code="unreachable") from None
     result: dict[str, Any] = _result(resp)
     return result
+
+
+def device_call(
+    url: str, device_token: str, method: str, path: str, body: Any = None, timeout: float = 10.0
+) -> Any:
+    """A device route (``/api/v1/devices/me/…``) with the device's own token; errors as ClientError."""
+    try:
+        resp = httpx.request(
+            method,
+            url.rstrip("/") + path,
+            headers={"Authorization": f"Bearer {device_token}"},
+            json=body,
+            timeout=timeout,
+        )
+    except httpx.HTTPError as exc:
+        raise ClientError(f"cannot reach {url}: {exc}", code="unreachable") from None
+    return _result(resp)
 
 
 def _result(resp: httpx.Response) -> Any:

@@ -22,12 +22,14 @@ import uvicorn
 
 from bridge import mosquitto
 from bridge.dispatcher import Dispatcher
+from bridge.distributor import Distributor
 from bridge.intake import Intake, Limits
 from bridge.leases import BridgeLease, new_owner
 from bridge.mqtt_api import MqttApi
 from bridge.publisher import MqttPublisher, Publisher
 from bridge.receipts import Receipts
 from bridge.scheduler import Scheduler
+from bridge.stats import StatsFlusher
 from bridge.supervisor import Supervisors
 from bridge.tasks import TaskRunner
 from bridge.vendors import VendorGateway, make_channel
@@ -41,6 +43,7 @@ from mqttpush.config import ServerConfig
 from mqttpush.errors import MqttPushError
 from mqttpush.store import Store
 from mqttpush.store.lock import ROLES, DataDirLock
+from mqttpush.store.stats import Retention
 from mqttpush.store.store import SERVICE_USERNAME
 from mqttpush.topics import (
     API_PUSH_FILTER,
@@ -236,6 +239,15 @@ class BridgeNode:
         self.lease = BridgeLease(
             store, clock, self.owner, config.lease_seconds, self._take_over, self.tasks.resume
         )
+        self.stats = (
+            StatsFlusher(
+                store,
+                config.stats_flush_interval,
+                Retention(config.stats_minute_days, config.stats_hour_days, config.stats_day_days),
+            )
+            if config.stats
+            else None
+        )
         self.dispatcher.on_hold = self.scheduler.wake
         self.vendors = VendorGateway(store, clock, make_channel)
         self.dispatcher.gateway = self.vendors
@@ -290,11 +302,15 @@ class BridgeNode:
         await self.dispatcher.recover()
 
     async def start(self) -> None:
+        if self.stats is not None:
+            await self.stats.start()  # counts from the first transition on
         await self.lease.start(alone=self.alone)
         await self.dispatcher.recover()
         await self.tasks.resume(alone=self.alone)
         clock_sleep = self.clock.sleep  # backoff on the loop's own clock where it has one
         self.loops.start("leases", self.lease.run, clock_sleep)
+        if self.stats is not None:
+            self.loops.start("stats", self.stats.run)
         self.loops.start("dispatcher", self.dispatcher.run, clock_sleep)
         self.loops.start("receipts", self.receipts.run)
         self.loops.start("scheduler", self.scheduler.run, clock_sleep)
@@ -316,6 +332,13 @@ class BridgeNode:
                 self.not_ready,
                 RateLimiter.of(self.config.api_rate, self.config.api_burst, time.monotonic),
                 RateLimiter.of(self.config.ip_rate, self.config.ip_burst, time.monotonic),
+                distributor=Distributor(
+                    self.store, self.dispatcher, self.publisher, self.clock, self.config.max_publish_lag
+                ),
+                endpoint_limiter=RateLimiter.of(
+                    self.config.push_rate, self.config.push_burst, time.monotonic
+                ),
+                public_url=self.config.public_url,
             )
         )
         # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on accepted sockets whose proto says
@@ -362,6 +385,8 @@ class BridgeNode:
             await asyncio.wait_for(self.vendors.drained(), 5)
         await self.loops.cancel()
         await self.vendors.close()
+        if self.stats is not None:
+            await self.stats.close()
         try:
             await self.lease.stop()
         except MqttPushError as exc:  # the store is down: the lease lapses by itself

@@ -11,6 +11,7 @@ import click
 
 from mqttpush import __version__
 from mqttpush.cli import apps, devices, listen, messages, ops, push, run, templates
+from mqttpush.cli import stats as stats_commands
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -39,5 +40,7 @@ for command in (
     ops.restore,
 ):
     main.add_command(command)
+main.add_command(stats_commands.stats)
+main.add_command(stats_commands.report)
 
 __all__ = ["main"]

@@ -47,9 +47,11 @@ from mqttpush.models import (
 )
 from mqttpush.store.console import ConsoleRepository
 from mqttpush.store.core import Event, TransitionListener, chunks
+from mqttpush.store.endpoints import EndpointRepository
 from mqttpush.store.leases import LeaseRepository
 from mqttpush.store.lock import prepare_data_dir, unwritable
 from mqttpush.store.policy import PolicyQueries
+from mqttpush.store.stats import StatsRepository
 from mqttpush.store.targeting import TargetingQueries
 from mqttpush.store.tx import Transaction
 from mqttpush.store.vendors import VendorQueries, vendor_token_hash
@@ -425,6 +427,7 @@ class Store(TargetingQueries, PolicyQueries, VendorQueries):
         self._settings: dict[str, tuple[float, dict[str, Any]]] = {}
         self._settings_changes = 0
         self.transition_listeners: list[TransitionListener] = []
+        self.stats = StatsRepository(self)
         self.leases = LeaseRepository(self)
         try:
             self._check_file()
@@ -432,6 +435,7 @@ class Store(TargetingQueries, PolicyQueries, VendorQueries):
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.execute("PRAGMA foreign_keys=ON")
             self.db = Database(self._conn)
+            self.endpoints = EndpointRepository(self)
             self.console = ConsoleRepository(self)
             self._sealer = self._open_sealer()
             self.migrate()
