@@ -231,6 +231,23 @@ def device_info(url: str, device_token: str, timeout: float = 10.0) -> dict[str,
     return result
 
 
+def device_call(
+    url: str, device_token: str, method: str, path: str, body: Any = None, timeout: float = 10.0
+) -> Any:
+    """A device route (``/api/v1/devices/me/…``) with the device's own token; errors as ClientError."""
+    try:
+        resp = httpx.request(
+            method,
+            url.rstrip("/") + path,
+            headers={"Authorization": f"Bearer {device_token}"},
+            json=body,
+            timeout=timeout,
+        )
+    except httpx.HTTPError as exc:
+        raise ClientError(f"cannot reach {url}: {exc}", code="unreachable") from None
+    return _result(resp)
+
+
 def _result(resp: httpx.Response) -> Any:
     try:
         doc = resp.json()

@@ -32,6 +32,9 @@ class ServerConfig:
     """MQTT over WebSocket over TLS, off unless set (needs ``tls_cert`` and ``tls_key``)."""
     public_mqtt_url: str | None = None
     """MQTT URL handed to devices at registration; default ``mqtt://<host the request came to>:<mqtt_port>``."""
+    public_url: str | None = None
+    """Scheme and host of the push endpoint URLs handed to devices (``https://push.example.com``,
+    docs/webpush.md); default: those the request came to."""
     max_envelope_bytes: int = 4096
     default_ttl: int = 3 * 24 * 3600
     max_ttl: int = 10 * 24 * 3600
@@ -74,6 +77,11 @@ class ServerConfig:
     (device registration, the VAPID key) before 429 ``rate_limited`` (0: no limit)."""
     ip_burst: int = 1000
     """Requests a client IP may make at once above ``ip_rate``."""
+    push_rate: float = 1.0
+    """Pushes a second to one Web Push / UnifiedPush endpoint (60 a minute) before 429
+    ``rate_limited`` with ``Retry-After`` (0: no limit)."""
+    push_burst: int = 100
+    """Pushes an endpoint may take at once above ``push_rate``."""
     http_header_timeout: float = 10.0
     """Seconds a client has to send a request's headers, and the longest a request body may
     stall, before 408 ``request_timeout`` closes its connection."""

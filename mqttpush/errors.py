@@ -10,6 +10,7 @@ and carries a stable snake_case ``code``; the edges translate it (HTTP status an
     ├── Forbidden             403  not_your_device
     ├── NotFound              404  unknown_device, unknown_message, ...
     ├── Conflict              409
+    ├── Gone                  410  a push endpoint that was unregistered (Web Push, UnifiedPush)
     ├── PayloadTooLarge       413  envelope or request body over its limit
     ├── UnsupportedMediaType  415  a body on a JSON route declared as something else
     ├── InvalidContent        422  valid JSON that breaks a rule (ttl, platform, target)
@@ -68,6 +69,13 @@ class NotFound(MqttPushError):
 class Conflict(MqttPushError):
     status = 409
     code = "conflict"
+
+
+class Gone(MqttPushError):
+    """The object existed and was removed for good (an unregistered push endpoint)."""
+
+    status = 410
+    code = "gone"
 
 
 class PayloadTooLarge(MqttPushError):

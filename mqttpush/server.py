@@ -22,6 +22,7 @@ import uvicorn
 
 from bridge import mosquitto
 from bridge.dispatcher import Dispatcher
+from bridge.distributor import Distributor
 from bridge.intake import Intake, Limits
 from bridge.leases import BridgeLease, new_owner
 from bridge.mqtt_api import MqttApi
@@ -331,6 +332,13 @@ class BridgeNode:
                 self.not_ready,
                 RateLimiter.of(self.config.api_rate, self.config.api_burst, time.monotonic),
                 RateLimiter.of(self.config.ip_rate, self.config.ip_burst, time.monotonic),
+                distributor=Distributor(
+                    self.store, self.dispatcher, self.publisher, self.clock, self.config.max_publish_lag
+                ),
+                endpoint_limiter=RateLimiter.of(
+                    self.config.push_rate, self.config.push_burst, time.monotonic
+                ),
+                public_url=self.config.public_url,
             )
         )
         # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on accepted sockets whose proto says

@@ -3,17 +3,21 @@ the local admin commands, as on SQLite."""
 
 from __future__ import annotations
 
+import json
 import queue
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
+from mqttpush import signing
 from mqttpush.device import DeviceClient
 from mqttpush.store import Store
 from tests.conftest import Running, _serve, cli, cli_json
-from tests.pg import PgServer
+from tests.pg import PgServer, pg_server
 
 
 @pytest.fixture
@@ -80,3 +84,31 @@ def test_sqlite_url_names_the_data_dir(tmp_path: Path) -> None:
     assert (tmp_path / "d" / "mqttpush.db").exists()
     listed = cli_json("app", "list", "--data-dir", str(tmp_path / "d"))
     assert created["app_key"] in [a["app_key"] for a in listed["apps"]]
+
+
+def test_postgresql_stopped_answers_503_with_retry_after_then_resumes(tmp_path: Path) -> None:
+    with pg_server() as server:
+        for r in _serve(tmp_path / "data", store=server.fresh_url()):
+            ((device, _token),) = r.register()
+            before = r.push([device], title="before")
+            server.stop()
+            with httpx.Client(base_url=r.url) as http:
+                body = json.dumps({"target": {"devices": [device]}, "notification": {"title": "down"}})
+                answer = http.post(
+                    "/api/v1/push",
+                    content=body,
+                    headers={
+                        **signing.signed_headers(
+                            r.app_key, r.app_secret, "POST", "/api/v1/push", body.encode(), time.time()
+                        ),
+                        "Content-Type": "application/json",
+                    },
+                )
+            assert answer.status_code == 503, answer.text
+            assert answer.json()["error"]["code"] == "store_unavailable"
+            assert int(answer.headers["Retry-After"]) >= 1
+            server.start()
+            after = r.push([device], title="after")  # the store connects again by itself
+            with r.client() as c:
+                assert c.message(before)["deliveries"][0]["device_id"] == device
+                assert c.message(after)["deliveries"][0]["device_id"] == device

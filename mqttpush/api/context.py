@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from bridge.distributor import Distributor
 from bridge.intake import Intake
 from bridge.publisher import Publisher
 from bridge.tasks import TaskRunner
@@ -32,3 +33,9 @@ class ApiContext:
     """Requests per app key on signed and device-token routes, after authentication (None: no limit)."""
     ip_limiter: RateLimiter | None = None
     """Requests per client IP on routes without a signature or token (None: no limit)."""
+    distributor: Distributor | None = None
+    """Delivers what application servers push to endpoints (docs/webpush.md; None: no /up/ routes)."""
+    endpoint_limiter: RateLimiter | None = None
+    """Pushes per endpoint on ``POST /up/<endpoint_id>`` (None: no limit)."""
+    public_url: str | None = None
+    """Scheme and host of endpoint URLs (``https://push.example.com``); default: the request's own."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import signal
 import sys
 import threading
@@ -162,6 +163,9 @@ def _config(options: dict[str, Any]) -> ServerConfig:
     for flag, name in (("--mqtts-port", "mqtts_port"), ("--wss-port", "wss_port")):
         if options.get(name) is not None and cert is None:
             raise click.BadParameter("needs --tls-cert and --tls-key", param_hint=flag)
+    public = options.get("public_url")
+    if public is not None and not re.fullmatch(r"https?://[^/?#\s]+/?", public):
+        raise click.BadParameter("must be http(s)://HOST[:PORT], no path", param_hint="--public-url")
     return ServerConfig(**options)
 
 
@@ -178,6 +182,12 @@ _HTTP_LIMITS: tuple[_OptionSpec, ...] = (
         "Requests a second per client IP to routes without a signature or token (device registration, the VAPID key); 0: no limit.",
     ),
     ("ip-burst", click.IntRange(1), "Requests a client IP may make at once above --ip-rate."),
+    (
+        "push-rate",
+        click.FloatRange(0),
+        "Pushes a second to one Web Push / UnifiedPush endpoint (POST /up/...); over it 429 rate_limited; 0: no limit.",
+    ),
+    ("push-burst", click.IntRange(1), "Pushes an endpoint may take at once above --push-rate."),
     (
         "http-header-timeout",
         click.FloatRange(0, min_open=True),
@@ -253,6 +263,13 @@ def bridge_options(f: Callable[..., Any]) -> Callable[..., Any]:
         default=ServerConfig.max_envelope_bytes,
         show_default=True,
         envvar="MQTTPUSH_MAX_ENVELOPE_BYTES",
+    )(f)
+    f = click.option(
+        "--public-url",
+        default=None,
+        envvar="MQTTPUSH_PUBLIC_URL",
+        help="Scheme and host of push endpoint URLs given to devices, e.g. https://push.example.com"
+        " (default: those the request came to).",
     )(f)
     return click.option(
         "--public-mqtt-url",

@@ -47,6 +47,7 @@ from mqttpush.models import (
 )
 from mqttpush.store.console import ConsoleRepository
 from mqttpush.store.core import Event, TransitionListener, chunks
+from mqttpush.store.endpoints import EndpointRepository
 from mqttpush.store.leases import LeaseRepository
 from mqttpush.store.lock import prepare_data_dir, unwritable
 from mqttpush.store.policy import PolicyQueries
@@ -434,6 +435,7 @@ class Store(TargetingQueries, PolicyQueries, VendorQueries):
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.execute("PRAGMA foreign_keys=ON")
             self.db = Database(self._conn)
+            self.endpoints = EndpointRepository(self)
             self.console = ConsoleRepository(self)
             self._sealer = self._open_sealer()
             self.migrate()

@@ -15,7 +15,9 @@ LEASE = 10.0
 
 def _app_with_devices(store: Store, n: int) -> tuple[str, list[str]]:
     app = store.create_app("shop")
-    rows = store.import_devices(app.app_key, [{"install_id": f"i{i}", "platform": "android"} for i in range(n)])
+    rows = store.import_devices(
+        app.app_key, [{"install_id": f"i{i}", "platform": "android"} for i in range(n)]
+    )
     return app.app_key, sorted(r["device_id"] for r in rows)
 
 
@@ -35,7 +37,9 @@ def _message(store: Store, app_key: str, devices: list[str], **kw: object) -> st
     return msg_id
 
 
-def test_a_due_message_is_claimed_by_one_bridge_until_its_lease_lapses(store: Store, clock: FakeClock) -> None:
+def test_a_due_message_is_claimed_by_one_bridge_until_its_lease_lapses(
+    store: Store, clock: FakeClock
+) -> None:
     app_key, devices = _app_with_devices(store, 1)
     msg_id = _message(store, app_key, devices, state="scheduled", next_run_at=clock.now() + 5)
     assert store.leases.claim_due_messages("a", LEASE) == []  # not due yet
@@ -66,7 +70,9 @@ def test_a_task_is_walked_by_its_holder_and_resumed_from_its_progress(store: Sto
     assert store.leases.claim_tasks("b", LEASE) == [task_id]
     claim = store.leases.claim_task(task_id, "b", LEASE)
     assert claim is not None and claim.progress == devices[2]
-    assert store.leases.add_task_batch(task_id, "a", LEASE, msg_id, devices[3:], devices[5]) is None  # a woke up
+    assert (
+        store.leases.add_task_batch(task_id, "a", LEASE, msg_id, devices[3:], devices[5]) is None
+    )  # a woke up
     # "b" repeats a batch "a" committed (idempotent) and walks on
     assert store.leases.add_task_batch(task_id, "b", LEASE, msg_id, devices[2:], devices[5]) == devices[3:]
     assert sorted(store.accepted_devices(msg_id)) == devices  # each device once
@@ -148,7 +154,9 @@ def test_two_processes_claiming_at_once_get_each_message_once(data_dir: Path, cl
     second = Store(data_dir, clock=clock)
     try:
         app_key, devices = _app_with_devices(first, 1)
-        due = {_message(first, app_key, devices, state="scheduled", next_run_at=clock.now()) for _ in range(400)}
+        due = {
+            _message(first, app_key, devices, state="scheduled", next_run_at=clock.now()) for _ in range(400)
+        }
         got: dict[str, list[str]] = {"a": [], "b": []}
 
         def claim(store: Store, owner: str) -> None:
