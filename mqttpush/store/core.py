@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mqttpush.clock import Clock
 from mqttpush.models import DeliveryState
 from mqttpush.store.tx import Connection, Transaction
+
+if TYPE_CHECKING:
+    from mqttpush.store.webhooks import WebhookRepository
 
 Event = tuple[str, str, str, float, str | None]
 """One delivery history row: ``(msg_id, device_id, state, at, detail)``."""
@@ -32,6 +35,7 @@ class StoreCore:
     clock: Clock
     broker_hasher: Callable[[str], str] | None
     transition_listeners: list[TransitionListener]
+    webhooks: WebhookRepository
 
     def _tx(self) -> Transaction:
         raise NotImplementedError

@@ -55,6 +55,7 @@ from mqttpush.store.stats import StatsRepository
 from mqttpush.store.targeting import TargetingQueries
 from mqttpush.store.tx import Transaction
 from mqttpush.store.vendors import VendorQueries, vendor_token_hash
+from mqttpush.store.webhooks import WebhookRepository
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -429,6 +430,7 @@ class Store(TargetingQueries, PolicyQueries, VendorQueries):
         self.transition_listeners: list[TransitionListener] = []
         self.stats = StatsRepository(self)
         self.leases = LeaseRepository(self)
+        self.webhooks = WebhookRepository(self)
         try:
             self._check_file()
             self._set_wal()

@@ -398,6 +398,7 @@ class TargetingQueries(StoreCore):
 
     def finish_task(self, task_id: str, state: str, error: str | None = None) -> None:
         now = self.clock.now()
+        self.webhooks.task_finished(task_id, state, error)
         self._conn.execute(
             "UPDATE tasks SET state = ?, error = ?, updated_at = ?, finished_at = ? WHERE task_id = ?"
             " AND state IN ('pending', 'running')",
@@ -419,6 +420,7 @@ class TargetingQueries(StoreCore):
             msg_id, state = row
             if state not in ("pending", "running"):
                 raise Conflict(f"task {task_id} is already {state}", code="task_finished")
+            self.webhooks.task_finished(task_id, "cancelled")
             self._conn.execute(
                 "UPDATE tasks SET state = 'cancelled', updated_at = ?, finished_at = ? WHERE task_id = ?",
                 (now, now, task_id),

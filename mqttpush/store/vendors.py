@@ -178,6 +178,7 @@ class VendorQueries(StoreCore):
         ]
 
     def raise_alarm(self, app_key: str, vendor: str, reason: str) -> None:
+        self.webhooks.alarm_raised(app_key, vendor, reason)
         self._conn.execute(
             "INSERT INTO vendor_alarms (app_key, vendor, reason, at) VALUES (?, ?, ?, ?)"
             " ON CONFLICT (app_key, vendor) DO UPDATE SET reason = excluded.reason, at = excluded.at,"
@@ -248,6 +249,7 @@ class VendorQueries(StoreCore):
                     continue
                 if o.kind == "dropped_token" and o.token is not None:
                     counts["dropped_tokens"] += 1
+                    self.webhooks.token_removed(app_key, device_id, vendor, o.token, o.detail)
                     self._conn.execute(  # a tombstone: `device show` tells when and why it went
                         "UPDATE vendor_tokens SET removed_at = ?, removed_reason = ?"
                         " WHERE device_id = ? AND vendor = ? AND token_hash = ? AND removed_at IS NULL",
