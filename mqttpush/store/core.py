@@ -35,6 +35,7 @@ class StoreCore:
     clock: Clock
     broker_hasher: Callable[[str], str] | None
     transition_listeners: list[TransitionListener]
+    url: str | None
     webhooks: WebhookRepository
 
     def _tx(self) -> Transaction:
@@ -84,6 +85,14 @@ class Repository:
     def _tx(self) -> Transaction:
         """``with self._tx() as conn:`` one write transaction (a savepoint inside a group commit)."""
         return self._store._tx()
+
+    def _skip_locked(self, of: str = "") -> str:
+        """For the inner SELECT of a claim (``UPDATE … WHERE key IN (SELECT … LIMIT ?<here>)``): on
+        PostgreSQL `` FOR UPDATE [OF t] SKIP LOCKED``, so concurrent claimers pass over the rows
+        another is taking instead of queueing behind it; nothing on SQLite (one writer)."""
+        if self._store.url is None:
+            return ""
+        return f" FOR UPDATE{' OF ' + of if of else ''} SKIP LOCKED"
 
     def _seal(self, plain: str) -> bytes:
         return self._store._seal(plain)

@@ -78,7 +78,7 @@ class LeaseRepository(Repository):
                     "UPDATE bridge_leases SET taken_by = ?, taken_at = ?"
                     " WHERE taken_by IS NULL AND lease_until < ? AND owner != ? AND owner IN ("
                     "  SELECT owner FROM bridge_leases WHERE taken_by IS NULL AND lease_until < ? AND owner != ?"
-                    "  ORDER BY lease_until LIMIT ?)"
+                    f"  ORDER BY lease_until LIMIT ?{self._skip_locked()})"
                     " RETURNING owner",
                     (owner, now, until, owner, until, owner, limit),
                 ).fetchall()
@@ -118,7 +118,7 @@ class LeaseRepository(Repository):
         until = float("inf") if alone else now
         rows = self._conn.execute(
             f"UPDATE tasks SET lease_owner = ?, lease_until = ? WHERE {_OPEN_TASK} AND {_FREE} AND task_id IN ("
-            f" SELECT task_id FROM tasks WHERE {_OPEN_TASK} AND {_FREE} ORDER BY created_at LIMIT ?)"
+            f" SELECT task_id FROM tasks WHERE {_OPEN_TASK} AND {_FREE} ORDER BY created_at LIMIT ?{self._skip_locked()})"
             " RETURNING task_id, created_at",
             (owner, now + seconds, until, until, limit),
         ).fetchall()
@@ -188,7 +188,7 @@ class LeaseRepository(Repository):
         rows = self._conn.execute(
             f"UPDATE messages SET lease_owner = ?, lease_until = ? WHERE {_DUE_MESSAGE} AND {_FREE}"
             f" AND msg_id IN (SELECT msg_id FROM messages WHERE {_DUE_MESSAGE} AND {_FREE}"
-            "  ORDER BY priority, next_run_at LIMIT ?)"
+            f"  ORDER BY priority, next_run_at LIMIT ?{self._skip_locked()})"
             " RETURNING msg_id, priority, next_run_at",
             (owner, now + seconds, now, now, now, now, limit),
         ).fetchall()
@@ -211,7 +211,7 @@ class LeaseRepository(Repository):
             f"UPDATE deliveries SET next_repush_at = ? WHERE {_DUE_REPUSH} AND (msg_id, device_id) IN ("
             " SELECT d.msg_id, d.device_id FROM deliveries d JOIN messages m ON m.msg_id = d.msg_id"
             "  WHERE d.next_repush_at <= ? AND d.state IN ('published', 'arrived') AND m.expires_at > ?"
-            "  LIMIT ?)"
+            f"  LIMIT ?{self._skip_locked('d')})"
             " RETURNING msg_id, device_id, repushes",
             (now + seconds, now, now, now, limit),
         ).fetchall()
