@@ -104,6 +104,10 @@ class Dispatcher:
             return 0.0
         return max(0.0, self._clock.now() - next(iter(self._waiting.values())))
 
+    def backlog(self) -> int:
+        """Messages submitted and not yet through publishing (GET /metrics)."""
+        return len(self._waiting)
+
     async def drained(self) -> None:
         """Wait until everything submitted so far is published (or held) and recorded."""
         await self._idle.wait()
@@ -217,7 +221,17 @@ class Dispatcher:
             for (send, device_id), result in zip(chunk, results, strict=True):
                 if isinstance(result, BaseException):
                     # The delivery stays pending in the store; the next start re-publishes it.
-                    log.error("publish failed msg_id=%s device_id=%s: %r", send.out.msg_id, device_id, result)
+                    log.error(
+                        "publish failed msg_id=%s device_id=%s: %r",
+                        send.out.msg_id,
+                        device_id,
+                        result,
+                        extra={
+                            "msg_id": send.out.msg_id,
+                            "device_id": device_id,
+                            "app_key": send.out.app_key,
+                        },
+                    )
                 else:
                     published.append((send.out.msg_id, device_id))
         if published:
@@ -339,7 +353,13 @@ class Dispatcher:
             try:
                 await self._publish_inbox(out, f.device_id, expires_at)
             except Exception as exc:  # it stays accepted: the next start publishes it
-                log.error("publish failed msg_id=%s device_id=%s: %r", out.msg_id, f.device_id, exc)
+                log.error(
+                    "publish failed msg_id=%s device_id=%s: %r",
+                    out.msg_id,
+                    f.device_id,
+                    exc,
+                    extra={"msg_id": out.msg_id, "device_id": f.device_id, "app_key": out.app_key},
+                )
                 continue
             by_reason.setdefault(reason, []).append((out.msg_id, f.device_id))
         moved_all: list[str] = []
@@ -403,7 +423,11 @@ class Dispatcher:
                 expires_at=expires_at,
             )
         except Exception:
-            log.exception("broadcast publish failed msg_id=%s", out.msg_id)
+            log.exception(
+                "broadcast publish failed msg_id=%s",
+                out.msg_id,
+                extra={"msg_id": out.msg_id, "app_key": out.app_key},
+            )
             return
         await self._store.run(self._store.publish_all, out.msg_id)
 

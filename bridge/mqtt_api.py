@@ -69,7 +69,7 @@ class MqttApi:
         try:
             request_id, request = parse_request(payload)
         except ValueError as exc:
-            log.info("MQTT API request dropped app=%s: %s", app_key, exc)
+            log.info("MQTT API request dropped app=%s: %s", app_key, exc, extra={"app_key": app_key})
             return
         result: dict[str, Any] = {"request_id": request_id}
         app = await self._store.app(app_key)

@@ -54,6 +54,10 @@ class Receipts:
         self.handled = 0
         self._handled_changed = asyncio.Condition()
 
+    def backlog(self) -> int:
+        """Receipts received and not yet stored (GET /metrics)."""
+        return self._queue.qsize() + len(self._retry)
+
     async def wait_handled(self, count: int) -> None:
         """Wait until ``count`` receipts in total have been stored (or dropped as unknown)."""
         async with self._handled_changed:
@@ -87,7 +91,12 @@ class Receipts:
                     # Any receipt proves the device has the message: it must not come back on reconnect.
                     clears.append(topics.inbox_topic(r.app_key, r.device_id, r.msg_id))
                 elif fanout is None:
-                    log.info("receipt for unknown delivery device_id=%s msg_id=%s", r.device_id, r.msg_id)
+                    log.info(
+                        "receipt for unknown delivery device_id=%s msg_id=%s",
+                        r.device_id,
+                        r.msg_id,
+                        extra={"msg_id": r.msg_id, "device_id": r.device_id, "app_key": r.app_key},
+                    )
             await self._clear(list(dict.fromkeys(clears)))
             self.handled += len(batch)
             async with self._handled_changed:

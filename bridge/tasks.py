@@ -100,7 +100,7 @@ class TaskRunner:
                 requeued = True
                 raise
             except Exception as exc:
-                log.exception("task failed task_id=%s", task_id)
+                log.exception("task failed task_id=%s", task_id, extra={"task_id": task_id})
                 await self._store.run(self._store.finish_task, task_id, "failed", repr(exc))
             finally:
                 if not requeued:
@@ -125,7 +125,9 @@ class TaskRunner:
         collected: list[str] = []
         async for device_ids, progress in self._audience(rec.app_key, target, production, claim.progress):
             if task_id in self._cancelled:
-                log.info("task cancelled task_id=%s targeted=%d", task_id, targeted)
+                log.info(
+                    "task cancelled task_id=%s targeted=%d", task_id, targeted, extra={"task_id": task_id}
+                )
                 return
             fresh = await store.run(
                 store.leases.add_task_batch,
@@ -137,7 +139,12 @@ class TaskRunner:
                 progress,
             )
             if fresh is None:
-                log.info("task no longer ours task_id=%s targeted=%d", task_id, targeted)
+                log.info(
+                    "task no longer ours task_id=%s targeted=%d",
+                    task_id,
+                    targeted,
+                    extra={"task_id": task_id},
+                )
                 return
             targeted += len(fresh)
             if collect:
@@ -158,7 +165,13 @@ class TaskRunner:
                 Outbound(rec.msg_id, rec.app_key, rec.payload, (), broadcast=True, policy=policy)
             )
         await self._store.run(self._store.finish_task, task_id, "done")
-        log.info("task resolved task_id=%s kind=%s targeted=%d", task_id, rec.kind, targeted)
+        log.info(
+            "task resolved task_id=%s kind=%s targeted=%d",
+            task_id,
+            rec.kind,
+            targeted,
+            extra={"task_id": task_id},
+        )
 
     async def _audience(
         self, app_key: str, target: Target, production: bool, progress: str | None

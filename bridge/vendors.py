@@ -10,6 +10,7 @@ import asyncio
 import importlib
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from mqttpush.clock import Clock
 from mqttpush.errors import InvalidContent
 from mqttpush.store import Store
 from mqttpush.store.vendors import VendorOutcome
+from mqttpush.telemetry import Histogram
 
 log = logging.getLogger("mqttpush.vendors")
 
@@ -73,6 +75,41 @@ class _RateLimit:
             await self._clock.sleep(slot - now)
 
 
+def outcome_class(outcome: Outcome) -> str:
+    """The metrics' label for one vendor answer: ``ok``, ``retry``, ``network``, ``channel_error``,
+    ``drop_token``, ``auth`` or ``fail`` (docs/operations.md, "Metrics")."""
+    if isinstance(outcome, Delivered):
+        return "ok"
+    if isinstance(outcome, DropToken):
+        return "drop_token"
+    if isinstance(outcome, Fail):
+        return "auth" if outcome.auth else "fail"
+    if outcome.reason == "network":
+        return "network"
+    return "channel_error" if outcome.reason.startswith("channel error") else "retry"
+
+
+class VendorStats:
+    """Per vendor, in plain numbers for GET /metrics: requests by :func:`outcome_class`, their
+    latency, and forwards submitted and not finished yet (sending, or waiting to retry)."""
+
+    def __init__(self) -> None:
+        self.requests: dict[tuple[str, str], int] = {}
+        self.seconds: dict[str, Histogram] = {}
+        self.waiting: dict[str, int] = {}
+
+    def observe(self, vendor: str, outcome: Outcome, seconds: float) -> None:
+        key = (vendor, outcome_class(outcome))
+        self.requests[key] = self.requests.get(key, 0) + 1
+        histogram = self.seconds.get(vendor)
+        if histogram is None:
+            histogram = self.seconds[vendor] = Histogram()
+        histogram.observe(seconds)
+
+    def add_waiting(self, vendor: str, n: int) -> None:
+        self.waiting[vendor] = self.waiting.get(vendor, 0) + n
+
+
 class VendorGateway:
     def __init__(
         self,
@@ -105,6 +142,7 @@ class VendorGateway:
         self._pending: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
+        self.stats = VendorStats()
 
     async def configured(self, app_key: str) -> frozenset[str]:
         """Vendors this app has credentials for: cached, and re-checked against the store every
@@ -114,7 +152,12 @@ class VendorGateway:
             return self._configured[app_key]
         version = tuple(await self._store.run(self._store.vendor_credentials_version, app_key))
         if app_key in self._configured and self._versions.get(app_key) != version:
-            log.info("vendor credentials changed app=%s vendors=%s", app_key, [v for v, _ in version])
+            log.info(
+                "vendor credentials changed app=%s vendors=%s",
+                app_key,
+                [v for v, _ in version],
+                extra={"app_key": app_key},
+            )
             await self.forget(app_key)
         self._versions[app_key] = version
         self._checked_at[app_key] = now
@@ -140,6 +183,8 @@ class VendorGateway:
         self._idle.clear()
         task = asyncio.ensure_future(self._run(app_key, vendor, forwards, on_failure))
         self._pending.add(task)
+        self.stats.add_waiting(vendor, len(forwards))
+        task.add_done_callback(lambda _: self.stats.add_waiting(vendor, -len(forwards)))
         task.add_done_callback(self._done)
 
     def _done(self, task: asyncio.Task[None]) -> None:
@@ -246,13 +291,19 @@ class VendorGateway:
 
     async def _send(self, app_key: str, vendor: str, channel: Channel, f: Forward) -> Outcome:
         await self._limits[(app_key, vendor)].wait()
+        started = time.perf_counter()
+        outcome: Outcome
         try:
-            return await channel.send(f.message, f.token)
+            outcome = await channel.send(f.message, f.token)
         except PayloadTooLargeForVendor as exc:
-            return Fail(f"payload too large: {exc}")
+            outcome = Fail(f"payload too large: {exc}")
         except Exception as exc:  # a channel bug must not lose the outcome
-            log.exception("channel %s failed", vendor)
-            return Retry(reason=f"channel error: {exc!r}")
+            log.exception(
+                "channel %s failed msg_id=%s", vendor, f.message.msg_id, extra={"msg_id": f.message.msg_id}
+            )
+            outcome = Retry(reason=f"channel error: {exc!r}")
+        self.stats.observe(vendor, outcome, time.perf_counter() - started)
+        return outcome
 
     async def _record(
         self,
@@ -326,6 +377,12 @@ def _credentials(vendor: str, config: dict[str, Any]) -> Any:
     if vendor == "webpush":
         return module.load_credentials(obj, base_dir, vapid_private_key=config.get("vapid_private_pem") or "")
     return module.load_credentials(obj, base_dir)
+
+
+def vendor_credentials(vendor: str, config: dict[str, Any]) -> Any:
+    """Load stored credentials as a channel would (files read, keys parsed), without opening one:
+    ``mqttpush doctor``'s check. Raises :class:`InvalidContent` (``bad_vendor_config``)."""
+    return _credentials(vendor, config)
 
 
 def check_vendor_config(

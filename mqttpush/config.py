@@ -92,6 +92,10 @@ class ServerConfig:
     http_max_header_bytes: int = 64 * 1024
     """Request line and headers together, in bytes; above, 431 ``headers_too_large``."""
     log_level: str = "info"
+    log_format: str = "text"
+    """``text`` (one human line per record) or ``json`` (one JSON object a line, docs/operations.md)."""
+    metrics_token: str | None = None
+    """When set, ``GET /metrics`` wants ``Authorization: Bearer <metrics_token>`` (default: open)."""
     broker_url: str | None = None
     """``mqttpush bridge`` only: the MQTT broker to work against, ``mqtt://HOST:PORT``."""
     mosquitto_dir: Path | None = None

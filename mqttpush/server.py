@@ -37,6 +37,7 @@ from mqttpush.api.app import create_api
 from mqttpush.api.connections import ConnectionLimits, guarded_protocol
 from mqttpush.api.context import ApiContext
 from mqttpush.api.limits import RateLimiter
+from mqttpush.api.metrics import MetricSources
 from mqttpush.broker import BrokerLimits, PushBroker
 from mqttpush.clock import Clock, SystemClock
 from mqttpush.config import ServerConfig
@@ -127,6 +128,9 @@ class _Presence:
     async def idle(self) -> None:
         await self._queue.join()
 
+    def backlog(self) -> int:
+        return self._queue.qsize() + (self._retry is not None)
+
 
 class BrokerNode:
     """The broker with store-backed authentication and presence (``mqttpush broker``, and inside ``serve``)."""
@@ -160,6 +164,13 @@ class BrokerNode:
     @property
     def port(self) -> int:
         return self.broker.port
+
+    def not_ready(self) -> dict[str, str]:
+        """For ``GET /readyz`` of the embedded server: loops waiting to be restarted, and
+        ``broker`` while one of its MQTT listeners does not accept connections."""
+        down = self.broker.not_listening()
+        broker = {"broker": f"MQTT listener not listening: {', '.join(down)}"} if down else {}
+        return self.loops.down() | broker
 
     def listener_ports(self) -> dict[str, int]:
         """Bound ports of the optional listeners that are on: ``ws_port``, ``mqtts_port``, ``wss_port``."""
@@ -262,6 +273,11 @@ class BridgeNode:
         self._mqtt_port = mqtt_port
         self.loops = Supervisors()
         """Every long-running loop of the bridge, restarted after a failure (``GET /readyz``)."""
+        self.metrics = MetricSources(
+            self.dispatcher, self.tasks, self.receipts, self.vendors, token=config.metrics_token
+        )
+        """What ``GET /metrics`` reads; the embedded server adds its broker's counters."""
+        self.metrics.queues["presence"] = self.presence.backlog
         self.extra_loops: Callable[[], dict[str, str]] = lambda: {}
         """Loops of other parts in the same process (the embedded broker's presence writer)."""
         self._http: _ApiServer | None = None
@@ -317,6 +333,7 @@ class BridgeNode:
         self.loops.start("tasks", self.tasks.run, clock_sleep)
         self.loops.start("mqtt_api", self.mqtt_api.run)
         self.loops.start("presence", self.presence.run)
+        self.loops.start("loop_lag", self.metrics.loop_lag.run)
         if self.mosquitto is not None:
             self.loops.start("mosquitto", self.mosquitto.run)
         on_register = self.mosquitto.changed if self.mosquitto is not None else None
@@ -332,6 +349,7 @@ class BridgeNode:
                 self.not_ready,
                 RateLimiter.of(self.config.api_rate, self.config.api_burst, time.monotonic),
                 RateLimiter.of(self.config.ip_rate, self.config.ip_burst, time.monotonic),
+                metrics=self.metrics,
                 distributor=Distributor(
                     self.store, self.dispatcher, self.publisher, self.clock, self.config.max_publish_lag
                 ),
@@ -423,7 +441,9 @@ class EmbeddedServer:
             self.bridge.tasks,
         )
         self.intake, self.mqtt_api = self.bridge.intake, self.bridge.mqtt_api
-        self.bridge.extra_loops = self.broker_node.loops.down
+        self.bridge.extra_loops = self.broker_node.not_ready
+        self.bridge.metrics.broker = self.broker.counters
+        self.bridge.metrics.queues["presence"] = self.broker_node.presence.backlog
 
     @property
     def mqtt_port(self) -> int:

@@ -201,3 +201,23 @@ def may_receive(who: Identity, topic: str) -> bool:
     if parsed.kind is TopicKind.BROADCAST:
         return True
     return parsed.kind is TopicKind.INBOX and parsed.device == who.device
+
+
+TOPIC_CLASSES = ("inbox", "broadcast", "receipts", "presence", "api", "other")
+"""What the metrics count messages by (docs/operations.md, "Metrics"): few values, whatever the topic."""
+
+_DEVICE_CLASSES = {"m": "inbox", "r": "receipts", "s": "presence"}
+
+
+def topic_class(topic: str) -> str:
+    """One of :data:`TOPIC_CLASSES` for a concrete topic, by its shape alone (no id checks): cheap
+    enough to call once per message the broker routes."""
+    parts = topic.split("/", 5)
+    if len(parts) < 3 or parts[0] != ROOT:
+        return "other"
+    kind = parts[2]
+    if kind == "d":
+        return _DEVICE_CLASSES.get(parts[4], "other") if len(parts) > 4 else "other"
+    if kind == "b":
+        return "broadcast"
+    return "api" if kind == "api" else "other"

@@ -407,7 +407,11 @@ class ApnsChannel(HttpChannel):
         count(self.stats, outcome)
         if isinstance(outcome, DropToken):
             log.info(
-                "apns drop_token reason=%s token=%s msg=%s", outcome.reason, redact(token), message.msg_id
+                "apns drop_token reason=%s token=%s msg=%s",
+                outcome.reason,
+                redact(token),
+                message.msg_id,
+                extra={"msg_id": message.msg_id},
             )
         elif isinstance(outcome, Fail):
             log.warning(
@@ -416,6 +420,7 @@ class ApnsChannel(HttpChannel):
                 outcome.auth,
                 redact(token),
                 message.msg_id,
+                extra={"msg_id": message.msg_id},
             )
         return outcome
 

@@ -543,7 +543,11 @@ class FcmChannel(HttpChannel):
         count(self.stats, outcome)
         if isinstance(outcome, DropToken):
             log.info(
-                "fcm drop_token reason=%s token=%s msg=%s", outcome.reason, redact(token), message.msg_id
+                "fcm drop_token reason=%s token=%s msg=%s",
+                outcome.reason,
+                redact(token),
+                message.msg_id,
+                extra={"msg_id": message.msg_id},
             )
         elif isinstance(outcome, Fail):
             log.warning(
@@ -552,6 +556,7 @@ class FcmChannel(HttpChannel):
                 outcome.auth,
                 redact(token),
                 message.msg_id,
+                extra={"msg_id": message.msg_id},
             )
         return outcome
 

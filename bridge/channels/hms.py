@@ -341,7 +341,12 @@ class HmsChannel(HttpChannel):
             try:
                 request = build_request(message, token, self.creds, access)
             except PayloadTooLargeForVendor as exc:
-                log.info("hms payload too large msg_id=%s: %s", message.msg_id, exc)
+                log.info(
+                    "hms payload too large msg_id=%s: %s",
+                    message.msg_id,
+                    exc,
+                    extra={"msg_id": message.msg_id},
+                )
                 self._bump("too_large")
                 return Fail("payload_too_large")
             response = await _exchange(self._client, request)
@@ -397,7 +402,20 @@ async def _exchange(client: httpx.AsyncClient, request: VendorRequest) -> Vendor
 
 def _log_outcome(message: PushMessage, token: str, outcome: Outcome) -> None:
     if isinstance(outcome, DropToken):
-        log.info("hms drop token=%s msg_id=%s reason=%s", redact(token), message.msg_id, outcome.reason)
+        log.info(
+            "hms drop token=%s msg_id=%s reason=%s",
+            redact(token),
+            message.msg_id,
+            outcome.reason,
+            extra={"msg_id": message.msg_id},
+        )
     elif isinstance(outcome, Fail):
         level = logging.WARNING if outcome.auth else logging.INFO
-        log.log(level, "hms failed msg_id=%s reason=%s auth=%s", message.msg_id, outcome.reason, outcome.auth)
+        log.log(
+            level,
+            "hms failed msg_id=%s reason=%s auth=%s",
+            message.msg_id,
+            outcome.reason,
+            outcome.auth,
+            extra={"msg_id": message.msg_id},
+        )

@@ -283,7 +283,12 @@ class MiPushChannel(HttpChannel):
         try:
             request = build_request(message, token, self.creds)
         except PayloadTooLargeForVendor as exc:
-            log.info("mipush payload too large msg_id=%s: %s", message.msg_id, exc)
+            log.info(
+                "mipush payload too large msg_id=%s: %s",
+                message.msg_id,
+                exc,
+                extra={"msg_id": message.msg_id},
+            )
             self._bump("too_large")
             return Fail("payload_too_large")
         try:
@@ -291,7 +296,12 @@ class MiPushChannel(HttpChannel):
                 request.method, request.url, headers=request.headers, content=request.body
             )
         except httpx.TransportError as exc:
-            log.info("mipush network error msg_id=%s error=%s", message.msg_id, type(exc).__name__)
+            log.info(
+                "mipush network error msg_id=%s error=%s",
+                message.msg_id,
+                type(exc).__name__,
+                extra={"msg_id": message.msg_id},
+            )
             return Retry("network")
         return classify(
             VendorResponse(
@@ -304,7 +314,13 @@ class MiPushChannel(HttpChannel):
 
 def _log_outcome(message: PushMessage, token: str, outcome: Outcome) -> None:
     if isinstance(outcome, DropToken):
-        log.info("mipush drop token=%s msg_id=%s reason=%s", redact(token), message.msg_id, outcome.reason)
+        log.info(
+            "mipush drop token=%s msg_id=%s reason=%s",
+            redact(token),
+            message.msg_id,
+            outcome.reason,
+            extra={"msg_id": message.msg_id},
+        )
     elif isinstance(outcome, Fail):
         level = logging.WARNING if outcome.auth else logging.INFO
         log.log(

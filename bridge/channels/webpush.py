@@ -319,7 +319,12 @@ class WebPushChannel(HttpChannel):
             try:
                 request = build_request(message, token, self.creds, self._vapid.get(endpoint))
             except PayloadTooLargeForVendor as exc:
-                log.info("webpush payload too large msg_id=%s: %s", message.msg_id, exc)
+                log.info(
+                    "webpush payload too large msg_id=%s: %s",
+                    message.msg_id,
+                    exc,
+                    extra={"msg_id": message.msg_id},
+                )
                 self._bump("too_large")
                 return Fail("payload_too_large")
             try:
@@ -353,7 +358,14 @@ def _log_outcome(message: PushMessage, token: str, outcome: Outcome) -> None:
         )
     elif isinstance(outcome, Fail):
         level = logging.WARNING if outcome.auth else logging.INFO
-        log.log(level, "webpush failed origin=%s msg_id=%s reason=%s", where, message.msg_id, outcome.reason)
+        log.log(
+            level,
+            "webpush failed origin=%s msg_id=%s reason=%s",
+            where,
+            message.msg_id,
+            outcome.reason,
+            extra={"msg_id": message.msg_id},
+        )
 
 
 def _token_origin(token: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from bridge.distributor import Distributor
 from bridge.intake import Intake
@@ -13,6 +14,9 @@ from bridge.tasks import TaskRunner
 from mqttpush.api.limits import RateLimiter
 from mqttpush.clock import Clock
 from mqttpush.store import Store
+
+if TYPE_CHECKING:
+    from mqttpush.api.metrics import MetricSources
 
 
 @dataclass
@@ -33,6 +37,8 @@ class ApiContext:
     """Requests per app key on signed and device-token routes, after authentication (None: no limit)."""
     ip_limiter: RateLimiter | None = None
     """Requests per client IP on routes without a signature or token (None: no limit)."""
+    metrics: MetricSources | None = None
+    """What ``GET /metrics`` reads (None: only what the API counts itself)."""
     distributor: Distributor | None = None
     """Delivers what application servers push to endpoints (docs/webpush.md; None: no /up/ routes)."""
     endpoint_limiter: RateLimiter | None = None

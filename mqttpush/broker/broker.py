@@ -56,6 +56,7 @@ from transitions import MachineError
 
 from mqttpush.broker import wire
 from mqttpush.broker.connection import Connection, Outbox
+from mqttpush.broker.counters import BrokerCounters
 from mqttpush.broker.index import RetainedIndex, SubscriptionIndex
 from mqttpush.broker.limits import BrokerLimits, ConnectionCaps, LoginThrottle, RefusalSummary
 from mqttpush.broker.websocket import WebSocketProtocol, WsTransport
@@ -68,6 +69,7 @@ from mqttpush.topics import (
     may_receive,
     may_subscribe,
     receive_implied_by_subscribe,
+    topic_class,
     valid_filter,
 )
 
@@ -290,6 +292,7 @@ class PushBroker(Broker):  # type: ignore[misc]
         self._refusals = RefusalSummary()
         self._refusal_log_interval = limits.refusal_log_interval
         self._refusal_log: asyncio.TimerHandle | None = None
+        self.counters = BrokerCounters()  # read by GET /metrics (mqttpush.api.metrics)
 
     # --- public surface (used in-process by the bridge's publisher) ---------------------------
 
@@ -303,6 +306,10 @@ class PushBroker(Broker):  # type: ignore[misc]
         if server is None:
             return None
         return int(server.instance.sockets[0].getsockname()[1])
+
+    def not_listening(self) -> list[str]:
+        """Listeners (``default``, ``ws``, ``mqtts``, ``wss``) configured but not accepting connections."""
+        return [name for name, server in self._servers.items() if not server.instance.is_serving()]
 
     async def publish(
         self,
@@ -458,6 +465,7 @@ class PushBroker(Broker):  # type: ignore[misc]
             self._refused(address, refusal)
             await writer.close()
             return
+        self.counters.sockets[listener_name] += 1
         try:
             await server.acquire_connection()
             try:
@@ -469,8 +477,10 @@ class PushBroker(Broker):  # type: ignore[misc]
                 server.release_connection()
         finally:
             self._caps.release(address)
+            self.counters.sockets[listener_name] -= 1
 
     def _refused(self, address: str, reason: str) -> None:
+        self.counters.refuse(reason)
         if self._refusals.note(address, reason, self._clock.now()) and not self._stopping:
             self._refusal_log = asyncio.get_running_loop().call_later(
                 self._refusal_log_interval, self._log_refusals
@@ -608,6 +618,8 @@ class PushBroker(Broker):  # type: ignore[misc]
         if isinstance(identity, DeviceIdentity) and self._on_presence is not None:
             self._on_presence(identity, True)
         handler.begin()
+        self.counters.connects[listener_name] += 1
+        self.counters.connected[listener_name] += 1
         outbox = client_session.outbox
         outbox.resume(handler)
         if outbox.dropped:
@@ -619,7 +631,10 @@ class PushBroker(Broker):  # type: ignore[misc]
             queued = {e[0] for e in outbox.inflight.values()} | {e[0] for e in outbox.pending}
             for topic_filter, qos in self._subs.filters_of(client_id).items():
                 self._replay_retained(client_session, topic_filter, qos, skip=queued)
-        clean = await handler.wait_disconnect()
+        try:
+            clean = await handler.wait_disconnect()
+        finally:
+            self.counters.connected[listener_name] -= 1
         await self._end_connection(client_session, handler, clean)
 
     async def _end_connection(self, session: Session, handler: Connection, clean: bool) -> None:
@@ -714,6 +729,7 @@ class PushBroker(Broker):  # type: ignore[misc]
         if identity is None or not may_publish(identity, topic):
             log.info("publish refused client_id=%s topic=%s", client_id, topic)
             return  # MQTT 3.1.1 has no negative PUBACK: acknowledged and dropped
+        self.counters.messages_in[topic_class(topic)] += 1
         for position in sorted(self._tap_index.match(topic)) if self._taps else ():
             try:
                 self._taps[position](topic, payload, identity)
@@ -737,6 +753,7 @@ class PushBroker(Broker):  # type: ignore[misc]
         topic_bytes = topic.encode()
         sessions = self._sessions
         check = not receive_implied_by_subscribe(topic)
+        handed = 0
         for client_id, granted in self._subs.match(topic).items():
             entry = sessions.get(client_id)
             if entry is None:
@@ -751,6 +768,9 @@ class PushBroker(Broker):  # type: ignore[misc]
             if link is None and session.clean_session and not session.transitions.is_connected():
                 continue  # a clean session that is gone keeps nothing (MQTT-3.1.2-6)
             session.outbox.offer(link, topic_bytes, payload, delivered_qos, False, expires_at)
+            handed += 1
+        if handed:
+            self.counters.messages_out[topic_class(topic)] += handed
 
     def _retain(self, topic: str, payload: bytes, qos: int, expires_at: float = math.inf) -> None:
         if payload:
@@ -778,6 +798,7 @@ class PushBroker(Broker):  # type: ignore[misc]
             encoded = topic.encode()
             if encoded not in skip and may_receive(identity, topic):
                 session.outbox.offer(session.link, encoded, payload, min(granted, qos), True, expires_at)
+                self.counters.messages_out[topic_class(topic)] += 1
 
     # --- amqtt paths that must not be taken any more ---------------------------------------------
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import re
 import signal
 import sys
@@ -20,6 +19,7 @@ from typing import Any
 import click
 
 from mqttpush import __version__
+from mqttpush.cli import logs
 from mqttpush.cli.shell import data_dir_option, emit, fail, json_option
 from mqttpush.config import ServerConfig, load_toml
 from mqttpush.errors import MqttPushError
@@ -58,13 +58,6 @@ http_port_option = click.option(
     show_default=True,
     envvar="MQTTPUSH_HTTP_PORT",
 )
-log_level_option = click.option(
-    "--log-level",
-    type=click.Choice(["debug", "info", "warning", "error"]),
-    default="info",
-    show_default=True,
-    envvar="MQTTPUSH_LOG_LEVEL",
-)
 
 
 def listener_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -91,7 +84,7 @@ def listener_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
-_OptionSpec = tuple[str, click.FloatRange | click.IntRange, str]
+_OptionSpec = tuple[str, click.FloatRange | click.IntRange | click.Choice[str], str]
 
 
 def _config_options(specs: tuple[_OptionSpec, ...], f: Callable[..., Any]) -> Callable[..., Any]:
@@ -108,6 +101,32 @@ def _config_options(specs: tuple[_OptionSpec, ...], f: Callable[..., Any]) -> Ca
             help=help_text,
         )(f)
     return f
+
+
+_LOGS: tuple[_OptionSpec, ...] = (
+    ("log-level", click.Choice(["debug", "info", "warning", "error"]), "Least severe log records written."),
+    (
+        "log-format",
+        click.Choice(["text", "json"]),
+        "Logs on stderr: text lines, or one JSON object a line with time, level, logger, message"
+        " and msg_id/device_id/task_id/app_key where known (docs/operations.md).",
+    ),
+)
+
+
+def log_level_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--log-level`` and ``--log-format`` (mqttpush/cli/logs.py)."""
+    return _config_options(_LOGS, f)
+
+
+def metrics_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--metrics-token",
+        default=None,
+        envvar="MQTTPUSH_METRICS_TOKEN",
+        help="GET /metrics then wants 'Authorization: Bearer <token>' (default: open; prefer the"
+        " variable to the flag, which other users can see in the process list).",
+    )(f)
 
 
 _MQTT_LIMITS: tuple[_OptionSpec, ...] = (
@@ -339,15 +358,12 @@ def _run_until_signal(
     human: Callable[[Any], str],
     as_json: bool,
     log_level: str,
+    log_format: str = "text",
 ) -> None:
     """Start a server, print its ready line, serve until SIGINT/SIGTERM, stop cleanly."""
     import uvloop
 
-    logging.basicConfig(
-        level=log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
-    for noisy in ("amqtt", "transitions"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    logs.configure(log_level, log_format)
 
     async def run() -> None:
         stop = asyncio.Event()
@@ -384,6 +400,7 @@ def _run_until_signal(
 @listener_options
 @mqtt_limit_options
 @bridge_options
+@metrics_option
 @log_level_option
 @json_option
 def serve(as_json: bool, **options: Any) -> None:
@@ -407,6 +424,7 @@ def serve(as_json: bool, **options: Any) -> None:
         ),
         as_json,
         config.log_level,
+        config.log_format,
     )
 
 
@@ -434,6 +452,7 @@ def broker(as_json: bool, **options: Any) -> None:
         ),
         as_json,
         config.log_level,
+        config.log_format,
     )
 
 
@@ -464,6 +483,7 @@ def broker(as_json: bool, **options: Any) -> None:
     envvar="MQTTPUSH_MOSQUITTO_PID_FILE",
     help="SIGHUP this mosquitto after rewriting its files.",
 )
+@metrics_option
 @log_level_option
 @json_option
 def bridge(as_json: bool, **options: Any) -> None:
@@ -483,4 +503,5 @@ def bridge(as_json: bool, **options: Any) -> None:
         lambda s: f"mqttpush bridge on {config.broker_url}, API at {s.http_url}; Ctrl-C stops",
         as_json,
         config.log_level,
+        config.log_format,
     )

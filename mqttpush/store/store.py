@@ -55,6 +55,7 @@ from mqttpush.store.stats import StatsRepository
 from mqttpush.store.targeting import TargetingQueries
 from mqttpush.store.tx import Transaction
 from mqttpush.store.vendors import VendorQueries, vendor_token_hash
+from mqttpush.telemetry import CommitStats
 from mqttpush.store.webhooks import WebhookRepository
 
 P = ParamSpec("P")
@@ -208,9 +209,10 @@ class _GroupCommitter:
     :class:`StoreUnavailable` to its caller and leaves no transaction open behind it, so the next
     call starts clean: the store works again by itself once the cause is gone."""
 
-    def __init__(self, conn: sqlite3.Connection, health: _WriteHealth) -> None:
+    def __init__(self, conn: sqlite3.Connection, health: _WriteHealth, stats: CommitStats) -> None:
         self._conn = conn
         self._health = health
+        self._stats = stats  # GET /metrics: calls per group, seconds per group
         self._calls: queue.SimpleQueue[
             tuple[Callable[[], Any], asyncio.AbstractEventLoop, asyncio.Future[Any]] | None
         ] = queue.SimpleQueue()
@@ -246,7 +248,9 @@ class _GroupCommitter:
                     held = more
                     break
                 batch.append(more)
+            started = time.perf_counter()
             outcomes = self._run(batch) if len(batch) > 1 else [self._single(first[0])]
+            self._stats.observe(len(batch), time.perf_counter() - started)
             for (_, loop, future), (ok, value) in zip(batch, outcomes, strict=True):
                 loop.call_soon_threadsafe(_settle, future, ok, value)
 
@@ -424,6 +428,7 @@ class Store(TargetingQueries, PolicyQueries, VendorQueries):
             raise _open_error(self.path, exc) from exc
         self._worker: _GroupCommitter | None = None
         self._health = _WriteHealth()
+        self.commit_stats = CommitStats()
         self._apps: dict[str, tuple[float, App]] = {}
         self._settings: dict[str, tuple[float, dict[str, Any]]] = {}
         self._settings_changes = 0
@@ -533,7 +538,7 @@ class Store(TargetingQueries, PolicyQueries, VendorQueries):
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run one store call on the store thread and await its result (after its commit)."""
         if self._worker is None:
-            self._worker = _GroupCommitter(self._conn, self._health)
+            self._worker = _GroupCommitter(self._conn, self._health, self.commit_stats)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._worker.submit(functools.partial(fn, *args, **kwargs), loop, future)
