@@ -232,7 +232,7 @@ class Dispatcher:
                             "app_key": send.out.app_key,
                         },
                     )
-                else:
+                elif result:  # not taken: connected to no broker node, it waits in the store
                     published.append((send.out.msg_id, device_id))
         if published:
             moved = await self._store.run(self._store.transition, published, DeliveryState.PUBLISHED)
@@ -351,7 +351,8 @@ class Dispatcher:
         by_reason: dict[str, list[tuple[str, str]]] = {}
         for f, reason in failed:
             try:
-                await self._publish_inbox(out, f.device_id, expires_at)
+                if not await self._publish_inbox(out, f.device_id, expires_at):
+                    continue  # connected to no broker node: it waits in the store
             except Exception as exc:  # it stays accepted: the next start publishes it
                 log.error(
                     "publish failed msg_id=%s device_id=%s: %r",
@@ -409,9 +410,11 @@ class Dispatcher:
             if overflow:
                 log.info("inbox bound: dropped=%d", len(overflow))
 
-    async def _publish_inbox(self, out: Outbound, device_id: str, expires_at: float | None) -> None:
+    async def _publish_inbox(self, out: Outbound, device_id: str, expires_at: float | None) -> bool:
+        """False when no broker took it (a cluster where no node holds the device)."""
         topic = topics.inbox_topic(out.app_key, device_id, out.msg_id)
-        await self._publisher.publish(topic, out.payload, qos=1, retain=True, expires_at=expires_at)
+        taken = await self._publisher.publish(topic, out.payload, qos=1, retain=True, expires_at=expires_at)
+        return taken is not False
 
     async def _publish_broadcast(self, out: Outbound, expires_at: float | None) -> None:
         try:

@@ -33,12 +33,16 @@ class Publisher(Protocol):
         qos: int = 1,
         retain: bool = False,
         expires_at: float | None = None,
-    ) -> None:
+    ) -> bool | None:
         """Publish one message; returns once the broker has taken it.
 
         ``expires_at`` (unix seconds): a broker that can enforce it sends the message to nobody
         after that time (ours, in-process); MQTT 3.1.1 cannot carry it, so over a socket it is
         ignored and devices drop an envelope whose ``expires_at`` has passed.
+
+        False (only from a cluster's publisher, ``mqttpush.cluster``): nobody took this inbox
+        message, as no broker node holds the device; it stays pending in the store and goes out
+        when the device subscribes on any node.
         """
         ...
 

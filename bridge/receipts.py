@@ -52,6 +52,8 @@ class Receipts:
         self._retry: list[Receipt] = []
         """A batch the store refused, applied first when :meth:`run` is started again."""
         self.handled = 0
+        self.fed = 0
+        """Receipts queued so far: once ``handled`` reaches it, every one of them is stored."""
         self._handled_changed = asyncio.Condition()
 
     def backlog(self) -> int:
@@ -69,6 +71,7 @@ class Receipts:
             log.info("ignored malformed receipt topic=%s bytes=%d", topic, len(payload))
             return
         self._queue.put_nowait(receipt)
+        self.fed += 1
 
     async def run(self) -> None:
         """Apply receipts until cancelled. A batch the store refuses is kept for the next run (the

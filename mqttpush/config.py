@@ -98,6 +98,11 @@ class ServerConfig:
     """When set, ``GET /metrics`` wants ``Authorization: Bearer <metrics_token>`` (default: open)."""
     broker_url: str | None = None
     """``mqttpush bridge`` only: the MQTT broker to work against, ``mqtt://HOST:PORT``."""
+    cluster: str | None = None
+    """``mqttpush broker`` / ``bridge``: the NATS cluster linking broker nodes and bridges,
+    ``nats://H:P[,nats://H:P…]`` (docs/scale-out.md, "Processes")."""
+    node_id: str | None = None
+    """``mqttpush broker --cluster`` only: this node's id, unique in the cluster (default: host name)."""
     mosquitto_dir: Path | None = None
     """``mqttpush bridge`` only: keep mosquitto's password and ACL files here, in step with the store."""
     mosquitto_pid_file: Path | None = None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import resource
 import socket
 import time
@@ -40,6 +41,10 @@ from mqttpush.api.limits import RateLimiter
 from mqttpush.api.metrics import MetricSources
 from mqttpush.broker import BrokerLimits, PushBroker
 from mqttpush.clock import Clock, SystemClock
+from mqttpush.cluster.link import NatsLink
+from mqttpush.cluster.node import ClusterNode
+from mqttpush.cluster.publisher import NatsPublisher
+from mqttpush.cluster.wire import parse_servers
 from mqttpush.config import ServerConfig
 from mqttpush.errors import MqttPushError
 from mqttpush.store import Store
@@ -138,12 +143,14 @@ class BrokerNode:
     def __init__(self, config: ServerConfig, store: Store, clock: Clock | None = None) -> None:
         self.store = store
         self.presence = _Presence(store)
+        self.cluster: ClusterNode | None = None
+        """In a cluster (``--cluster``): the node's NATS side, told of every device coming and going."""
         self.broker = PushBroker(
             clock=clock or SystemClock(),  # message expiry on the same clock as the bridge
             host=config.host,
             port=config.mqtt_port,
             authenticator=self._authenticate,
-            on_presence=lambda device, online: self.presence.put(device.device, online),
+            on_presence=self._device_presence,
             connect_timeout=config.connect_timeout,
             ws_port=config.ws_port,
             tls=(str(config.tls_cert), str(config.tls_key)) if config.tls_cert and config.tls_key else None,
@@ -198,9 +205,18 @@ class BrokerNode:
             return AppIdentity(username)
         return None
 
+    def _device_presence(self, device: DeviceIdentity, online: bool) -> None:
+        self.presence.put(device.device, online)
+        if self.cluster is not None:
+            if online:
+                self.cluster.connected(device)
+            else:
+                self.cluster.gone(device)
+
     async def start(self) -> None:
         raise_fd_limit()
-        await self.store.run(self.store.reset_presence)
+        if self.cluster is None:  # other nodes of a cluster hold devices that are online
+            await self.store.run(self.store.reset_presence)
         await self.broker.start()
         self.loops.start("presence", self.presence.run)
 
@@ -303,6 +319,14 @@ class BridgeNode:
             parsed = parse_topic(topic)
             if parsed is not None and parsed.kind is TopicKind.PRESENCE and parsed.device is not None:
                 self.presence.put(parsed.device, payload == b"online")
+
+    async def take_uplink(self, items: list[tuple[str, bytes]]) -> None:
+        """Client publishes a broker node of a cluster sent up: handled as :meth:`on_message`;
+        returns once the receipts among them are stored. Raises TimeoutError if that takes more
+        than 4 s (the store is down): the node, unanswered, sends them again."""
+        for topic, payload in items:
+            self.on_message(topic, payload)
+        await asyncio.wait_for(self.receipts.wait_handled(self.receipts.fed), 4.0)
 
     def not_ready(self) -> dict[str, str]:
         """Loops of this process waiting to be restarted (name -> cause), for ``GET /readyz``."""
@@ -484,54 +508,90 @@ class EmbeddedServer:
 
 
 class BrokerServer:
-    """``mqttpush broker``: the broker alone, for a bridge running elsewhere."""
+    """``mqttpush broker``: the broker alone, for a bridge running elsewhere; with ``--cluster``,
+    one broker node of a cluster linked by NATS (mqttpush.cluster, docs/scale-out.md)."""
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        self.lock = DataDirLock(config.data_dir, ("broker",))
+        self.lock = DataDirLock(config.data_dir, *broker_locks(config))
         try:
             self.store = Store(config.data_dir)
         except BaseException:
             self.lock.release()
             raise
         self.node = BrokerNode(config, self.store)
+        self.link: NatsLink | None = None
+        if config.cluster is not None:
+            node_id = config.node_id or socket.gethostname()
+            self.link = NatsLink(parse_servers(config.cluster), f"mqttpush-broker-{node_id}")
+            self.node.cluster = ClusterNode(self.link, self.node.broker, self.store, node_id)
 
     @property
     def mqtt_port(self) -> int:
         return self.node.port
 
     async def __aenter__(self) -> BrokerServer:
+        if self.link is not None and self.node.cluster is not None:
+            await self.link.start()
+            await self.node.cluster.start()  # hooked in before the first device connects
         await self.node.start()
         log.info("broker started mqtt=%s:%d", self.config.host, self.mqtt_port)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.node.stop()
+        if self.link is not None and self.node.cluster is not None:
+            await self.node.cluster.stop()
+            await self.link.close()
         self.store.close()
         self.lock.release()
 
 
+def broker_locks(config: ServerConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``(exclusive, shared)`` data dir locks of ``mqttpush broker``: the broker role alone, or in a
+    cluster the role shared among nodes and the node's own id (docs/operations.md)."""
+    if config.cluster is None:
+        return ("broker",), ()
+    return (f"broker-{config.node_id or socket.gethostname()}",), ("broker",)
+
+
+def bridge_locks(config: ServerConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``(exclusive, shared)`` data dir locks of ``mqttpush bridge``: one bridge, or any number of
+    cluster bridges (leases share their work, docs/scale-out.md)."""
+    return ((), ("bridge",)) if config.cluster is not None else (("bridge",), ())
+
+
 class BridgeServer:
-    """``mqttpush bridge --broker mqtt://H:P``: bridge, API and scheduler against any MQTT 3.1.1 broker."""
+    """``mqttpush bridge --broker mqtt://H:P``: bridge, API and scheduler against any MQTT 3.1.1 broker;
+    with ``--cluster nats://…`` instead, one bridge of a cluster, publishing through broker nodes
+    linked by NATS (mqttpush.cluster, docs/scale-out.md)."""
 
     def __init__(self, config: ServerConfig, clock: Clock | None = None) -> None:
-        assert config.broker_url is not None
+        assert config.broker_url is not None or config.cluster is not None
         self.config = config
         self.clock = clock or SystemClock()
-        self.lock = DataDirLock(config.data_dir, ("bridge",))
+        self.lock = DataDirLock(config.data_dir, *bridge_locks(config))
         try:
             self.store = Store(config.data_dir, self.clock, broker_hasher=mosquitto.password_hash)
         except BaseException:
             self.lock.release()
             raise
-        username, password = self.store.service_credentials()
-        self.publisher = MqttPublisher(
-            config.broker_url,
-            username,
-            password,
-            subscriptions=(RECEIPT_FILTER, PRESENCE_FILTER, API_PUSH_FILTER),
-        )
-        self.bridge = BridgeNode(config, self.store, self.publisher, self.clock, lambda: self.publisher.port)
+        self.publisher: MqttPublisher | NatsPublisher
+        if config.cluster is not None:
+            link = NatsLink(parse_servers(config.cluster), f"mqttpush-bridge-{os.getpid()}")
+            self.publisher = NatsPublisher(link)
+            mqtt_port: Callable[[], int] = lambda: config.mqtt_port  # noqa: E731 (no broker of its own)
+        else:
+            assert config.broker_url is not None
+            username, password = self.store.service_credentials()
+            mqtt = self.publisher = MqttPublisher(
+                config.broker_url,
+                username,
+                password,
+                subscriptions=(RECEIPT_FILTER, PRESENCE_FILTER, API_PUSH_FILTER),
+            )
+            mqtt_port = lambda: mqtt.port  # noqa: E731
+        self.bridge = BridgeNode(config, self.store, self.publisher, self.clock, mqtt_port)
 
     @property
     def http_url(self) -> str:
@@ -544,11 +604,16 @@ class BridgeServer:
     async def __aenter__(self) -> BridgeServer:
         if self.bridge.mosquitto is not None:
             await self.bridge.mosquitto.sync()  # the service account must exist before we log in
-        # A broker that comes back without our session lost its retained messages (docs/split.md):
-        # re-publish from the store as at start, which the first connect leaves to bridge.start().
-        await self.publisher.start(self.bridge.on_message, on_session_lost=self.bridge.dispatcher.recover)
+        if isinstance(self.publisher, NatsPublisher):
+            await self.publisher.start(self.bridge.take_uplink)
+        else:
+            # A broker that comes back without our session lost its retained messages (docs/split.md):
+            # re-publish from the store as at start, which the first connect leaves to bridge.start().
+            await self.publisher.start(self.bridge.on_message, on_session_lost=self.bridge.dispatcher.recover)
         await self.bridge.start()
-        log.info("bridge started broker=%s http=%s", self.config.broker_url, self.http_url)
+        log.info(
+            "bridge started broker=%s http=%s", self.config.broker_url or self.config.cluster, self.http_url
+        )
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -70,6 +70,7 @@ from mqttpush.topics import (
     may_subscribe,
     receive_implied_by_subscribe,
     topic_class,
+    topic_matches,
     valid_filter,
 )
 
@@ -83,6 +84,9 @@ PresenceHook = Callable[[DeviceIdentity, bool], None]
 
 Tap = Callable[[str, bytes, Identity], None]
 """Called for each client PUBLISH matching a tapped filter: ``(topic, payload, publisher)``."""
+
+SubscribeHook = Callable[[DeviceIdentity, list[str]], None]
+"""Called after a device's SUBACK (and its retained replay) with the filters just granted."""
 
 KEEPALIVE_GRACE = 1.5  # MQTT-3.1.2-24
 UNSUBACK = 0xB0
@@ -280,6 +284,8 @@ class PushBroker(Broker):  # type: ignore[misc]
         # was replaced or cleared since is stale and skipped when it comes up.
         self._expiring: list[tuple[float, str]] = []
         self._taps: list[Tap] = []
+        self.on_subscribe: SubscribeHook | None = None
+        """A cluster node's hook (mqttpush.cluster): it sends the device its inbox from the store."""
         self._tap_index: SubscriptionIndex[int] = SubscriptionIndex()  # filter → positions in _taps
         self._dirty: list[Connection] = []  # written to this loop turn, flushed at its end
         self._ws_tasks: set[asyncio.Task[None]] = set()  # WebSocket clients (TCP ones are asyncio's)
@@ -338,6 +344,53 @@ class PushBroker(Broker):  # type: ignore[misc]
         """Have ``callback`` see every client PUBLISH on ``topic_filter`` that the ACL let through."""
         self._tap_index.add(topic_filter, len(self._taps), 0)
         self._taps.append(callback)
+
+    def subscriptions_of(self, client_id: str) -> list[str]:
+        """The filters ``client_id``'s session holds (a resumed session keeps them from before)."""
+        return list(self._subs.filters_of(client_id))
+
+    def deliver(
+        self,
+        client_id: str,
+        topic: str,
+        payload: bytes,
+        *,
+        retain: bool = False,
+        expires_at: float | None = None,
+    ) -> bool:
+        """Queue a QoS 1 PUBLISH for one connected client, if one of its filters matches ``topic``
+        and the ACL lets it receive it; False (nothing sent) otherwise. Nothing is retained."""
+        entry = self._sessions.get(client_id)
+        identity = self._identities.get(client_id)
+        if entry is None or identity is None or not entry[0].transitions.is_connected():
+            return False
+        granted = [q for f, q in self._subs.filters_of(client_id).items() if topic_matches(topic, f)]
+        if not granted or not may_receive(identity, topic):
+            return False
+        deadline = math.inf if expires_at is None else expires_at
+        if deadline <= self._clock.now():
+            return False
+        session = entry[0]
+        session.outbox.offer(session.link, topic.encode(), payload, min(1, max(granted)), retain, deadline)
+        return True
+
+    async def take_away(self, client_id: str) -> bool:
+        """Close ``client_id``'s connection because it connected again elsewhere (another broker
+        node): no Will, no presence change, and its session is dropped (it lives on the other
+        node now). False if it has no connection here."""
+        handler = self._current_handler.pop(client_id, None)
+        entry = self._sessions.get(client_id)
+        if handler is None or entry is None:
+            return False
+        session = entry[0]
+        session.link = None
+        log.info("session taken over elsewhere client_id=%s", client_id)
+        await self._stop_handler(handler)
+        session.transitions.disconnect()
+        if client_id not in self._current_handler:  # nobody connected here meanwhile
+            await self._delete_session(client_id)
+            self._identities.pop(client_id, None)
+        return True
 
     def retained_topics(self) -> list[str]:
         """Every topic holding an unexpired retained message."""
@@ -716,6 +769,8 @@ class PushBroker(Broker):  # type: ignore[misc]
         for (topic_filter, _), granted in zip(wanted, codes, strict=True):
             if granted != 0x80:
                 self._replay_retained(session, topic_filter, granted)
+        if self.on_subscribe is not None and isinstance(identity, DeviceIdentity):
+            self.on_subscribe(identity, [f for (f, _), c in zip(wanted, codes, strict=True) if c != 0x80])
 
     def client_unsubscribe(self, link: Connection, packet_id: int, filters: list[str]) -> None:
         for topic_filter in filters:

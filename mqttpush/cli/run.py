@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import re
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Callable
@@ -298,17 +299,47 @@ def bridge_options(f: Callable[..., Any]) -> Callable[..., Any]:
     )(f)
 
 
-def check_data_dir(data_dir: Path, roles: tuple[str, ...]) -> Callable[[], None]:
+def _cluster(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    from mqttpush.cluster.wire import parse_servers
+
+    if value is not None:
+        try:
+            parse_servers(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--cluster") from None
+    return value
+
+
+def _node_id(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    from mqttpush.cluster.wire import valid_node_id
+
+    if value is not None and not valid_node_id(value):
+        raise click.BadParameter("1-64 of A-Z a-z 0-9 _ . -", param_hint="--node-id")
+    return value
+
+
+cluster_option = click.option(
+    "--cluster",
+    callback=_cluster,
+    default=None,
+    envvar="MQTTPUSH_CLUSTER",
+    help="nats://HOST:PORT[,nats://HOST:PORT...]: run as part of a cluster linked by NATS (docs/scale-out.md).",
+)
+
+
+def check_data_dir(
+    data_dir: Path, roles: tuple[str, ...], shared: tuple[str, ...] = ()
+) -> Callable[[], None]:
     """The slow and blocking part of a server's start, done before it: the data dir's lock for
-    ``roles`` free, the store's file checked and migrated. A refusal is a :class:`MqttPushError`
-    (docs/operations.md); the server then opens the store again, now at once, and takes the lock
-    for good."""
+    ``roles`` (and ``shared`` roles, in a cluster) free, the store's file checked and migrated. A
+    refusal is a :class:`MqttPushError` (docs/operations.md); the server then opens the store
+    again, now at once, and takes the lock for good."""
 
     def check() -> None:
         from mqttpush.store import Store
         from mqttpush.store.lock import DataDirLock
 
-        lock = DataDirLock(data_dir, roles)
+        lock = DataDirLock(data_dir, roles, shared)
         try:
             Store(data_dir).close()
         finally:
@@ -435,17 +466,36 @@ def serve(as_json: bool, **options: Any) -> None:
 @mqtt_port_option
 @listener_options
 @mqtt_limit_options
+@cluster_option
+@click.option(
+    "--node-id",
+    callback=_node_id,
+    default=None,
+    envvar="MQTTPUSH_NODE_ID",
+    help="With --cluster: this node's id, unique in the cluster, 1-64 of A-Z a-z 0-9 _ . - (default: host name).",
+)
 @log_level_option
 @json_option
 def broker(as_json: bool, **options: Any) -> None:
-    """Run the broker alone (devices authenticate against the store in --data-dir)."""
-    from mqttpush.server import BrokerServer
+    """Run the broker alone (devices authenticate against the store in --data-dir); with --cluster,
+    one broker node of a cluster (docs/scale-out.md)."""
+    from mqttpush.server import BrokerServer, broker_locks
 
+    if options.get("node_id") is not None and options.get("cluster") is None:
+        raise click.BadParameter("only with --cluster", param_hint="--node-id")
+    if options.get("cluster") is not None and options.get("node_id") is None:
+        options["node_id"] = socket.gethostname()
     config = _config(options)
+    cluster = {"cluster": config.cluster, "node_id": config.node_id} if config.cluster else {}
     _run_until_signal(
-        check_data_dir(config.data_dir, ("broker",)),
+        check_data_dir(config.data_dir, *broker_locks(config)),
         lambda: BrokerServer(config),
-        lambda s: {"mqtt_port": s.mqtt_port, **s.node.listener_ports(), "data_dir": str(config.data_dir)},
+        lambda s: {
+            "mqtt_port": s.mqtt_port,
+            **s.node.listener_ports(),
+            "data_dir": str(config.data_dir),
+            **cluster,
+        },
         lambda s: (
             f"mqttpush broker serving mqtt://{config.host}:{s.mqtt_port} (data in {config.data_dir});"
             " Ctrl-C stops"
@@ -461,10 +511,11 @@ def broker(as_json: bool, **options: Any) -> None:
 @click.option(
     "--broker",
     "broker_url",
-    required=True,
+    default=None,
     envvar="MQTTPUSH_BROKER_URL",
-    help="mqtt://HOST:PORT of the broker (mqttpush broker, mosquitto, ...).",
+    help="mqtt://HOST:PORT of the broker (mqttpush broker, mosquitto, ...); or --cluster.",
 )
+@cluster_option
 @data_dir_option
 @host_option
 @http_port_option
@@ -487,20 +538,28 @@ def broker(as_json: bool, **options: Any) -> None:
 @log_level_option
 @json_option
 def bridge(as_json: bool, **options: Any) -> None:
-    """Run bridge, HTTP API and scheduler against an MQTT broker, as its privileged client."""
-    from mqttpush.server import BridgeServer
+    """Run bridge, HTTP API and scheduler against an MQTT broker, as its privileged client; with
+    --cluster, one bridge of a cluster, publishing through its broker nodes (docs/scale-out.md)."""
+    from mqttpush.server import BridgeServer, bridge_locks
 
+    if (options.get("broker_url") is None) == (options.get("cluster") is None):
+        raise click.BadParameter("give either --broker or --cluster", param_hint="--broker/--cluster")
     config = _config(options)
     _run_until_signal(
-        check_data_dir(config.data_dir, ("bridge",)),
+        check_data_dir(config.data_dir, *bridge_locks(config)),
         lambda: BridgeServer(config),
-        lambda s: {
-            "http_port": s.http_port,
-            "http_url": s.http_url,
-            "broker": config.broker_url,
-            "data_dir": str(config.data_dir),
-        },
-        lambda s: f"mqttpush bridge on {config.broker_url}, API at {s.http_url}; Ctrl-C stops",
+        lambda s: (
+            {
+                "http_port": s.http_port,
+                "http_url": s.http_url,
+                "broker": config.broker_url,
+                "data_dir": str(config.data_dir),
+            }
+            | ({"cluster": config.cluster} if config.cluster else {})
+        ),
+        lambda s: (
+            f"mqttpush bridge on {config.broker_url or config.cluster}, API at {s.http_url}; Ctrl-C stops"
+        ),
         as_json,
         config.log_level,
         config.log_format,

@@ -2,7 +2,10 @@
 
 ``serve`` takes the ``broker`` and ``bridge`` locks, ``mqttpush broker`` the first and
 ``mqttpush bridge`` the second, so split mode's pair shares a data dir by design while a second
-``serve`` (or a second broker, or bridge) on it is refused. Local admin commands take none: they
+``serve`` (or a second broker, or bridge) on it is refused. In a cluster (``--cluster``) several
+brokers and bridges share the store: each takes its role's lock *shared* (a ``serve`` or a
+single broker or bridge is still refused beside them, and they beside it), and a broker node also
+``broker-<node id>`` exclusively, so two nodes with one id are refused. Local admin commands take none: they
 work beside a running server. Each lock is an ``flock`` on ``DATA_DIR/.lock-<role>``, held until
 the process ends (the kernel drops it even after a crash), the file holding the holder's pid.
 """
@@ -41,25 +44,31 @@ class DataDirLock:
     """``DataDirLock(data_dir, roles)`` takes the roles' locks at once or raises
     :class:`StoreError` ``data_dir_locked`` (``data_dir_unwritable`` if it cannot make the file)."""
 
-    def __init__(self, data_dir: str | os.PathLike[str], roles: tuple[str, ...]) -> None:
+    def __init__(
+        self, data_dir: str | os.PathLike[str], roles: tuple[str, ...], shared: tuple[str, ...] = ()
+    ) -> None:
+        """``shared`` roles are taken as shared locks: any number of cluster processes hold them
+        together, and none while someone holds the role exclusively."""
         self.data_dir = Path(data_dir)
         prepare_data_dir(self.data_dir)
         self._files: list[IO[str]] = []
         try:
+            for role in shared:
+                self._files.append(self._take(self.data_dir / f".lock-{role}", fcntl.LOCK_SH))
             for role in roles:
                 self._files.append(self._take(self.data_dir / f".lock-{role}"))
         except BaseException:
             self.release()
             raise
 
-    def _take(self, path: Path) -> IO[str]:
+    def _take(self, path: Path, mode: int = fcntl.LOCK_EX) -> IO[str]:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise unwritable(self.data_dir, exc) from exc
         f = os.fdopen(fd, "r+")
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = f.read().strip() or "?"
             f.close()
@@ -69,8 +78,13 @@ class DataDirLock:
         except BaseException:
             f.close()
             raise
-        f.truncate(0)
-        f.write(f"{os.getpid()}\n")
+        if mode == fcntl.LOCK_EX:
+            f.truncate(0)
+            f.write(f"{os.getpid()}\n")
+        else:  # one of many holders: its pid is one to name
+            f.seek(0)
+            f.write(f"{os.getpid()} (cluster)\n")
+            f.truncate()
         f.flush()
         return f
 

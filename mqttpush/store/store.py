@@ -48,6 +48,7 @@ from mqttpush.models import (
 from mqttpush.store.console import ConsoleRepository
 from mqttpush.store.core import Event, TransitionListener, chunks
 from mqttpush.store.endpoints import EndpointRepository
+from mqttpush.store.inbox import InboxRepository
 from mqttpush.store.leases import LeaseRepository
 from mqttpush.store.lock import prepare_data_dir, unwritable
 from mqttpush.store.policy import PolicyQueries
@@ -435,6 +436,7 @@ class Store(TargetingQueries, PolicyQueries, VendorQueries):
         self.transition_listeners: list[TransitionListener] = []
         self.stats = StatsRepository(self)
         self.leases = LeaseRepository(self)
+        self.inbox = InboxRepository(self)
         self.webhooks = WebhookRepository(self)
         try:
             self._check_file()
