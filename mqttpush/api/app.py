@@ -21,7 +21,7 @@ from bridge.channels.tokens import validate_vendor_token
 from bridge.policy import SendPolicy
 from bridge.targets import ALIAS_RE, ALIAS_TYPE_RE, TAG_RE
 from mqttpush import __version__, ids, topics
-from mqttpush.api import console, metrics, webpush
+from mqttpush.api import console, metrics, quick, webpush
 from mqttpush.api import stats as stats_routes
 from mqttpush.api.common import BEARER, KEY_ONLY, SIGNED, complete_openapi, error, parse, read_body, spec
 from mqttpush.api.context import ApiContext
@@ -194,13 +194,15 @@ def create_api(ctx: ApiContext) -> FastAPI:
     async def device_me(request: Request) -> dict[str, Any]:
         return _device_doc(request, await guard.device(request))
 
-    @api.post("/api/v1/push", status_code=202, openapi_extra=spec(SIGNED, body=PushRequest))
+    @api.post("/api/v1/push", status_code=202, openapi_extra=spec(SIGNED, body=PushRequest, scope="push"))
     async def push(request: Request) -> JSONResponse:
         app, body = await guard.signed(request)
         result = await ctx.intake.push(app, parse(PushRequest, body))
         return JSONResponse(result, status_code=202)
 
-    @api.post("/api/v1/push/batch", status_code=202, openapi_extra=spec(SIGNED, body=BatchRequest))
+    @api.post(
+        "/api/v1/push/batch", status_code=202, openapi_extra=spec(SIGNED, body=BatchRequest, scope="push")
+    )
     async def push_batch(request: Request) -> JSONResponse:
         app, body = await guard.signed(request)
         msg_ids = await ctx.intake.push_batch(app, parse(BatchRequest, body))
@@ -211,17 +213,17 @@ def create_api(ctx: ApiContext) -> FastAPI:
         app, _ = await guard.signed(request)
         return await store.run(store.task_status, app.app_key, task_id)
 
-    @api.delete("/api/v1/tasks/{task_id}", openapi_extra=spec(SIGNED))
+    @api.delete("/api/v1/tasks/{task_id}", openapi_extra=spec(SIGNED, scope="push"))
     async def task_cancel(task_id: str, request: Request) -> dict[str, Any]:
         app, _ = await guard.signed(request)
         await store.run(store.cancel_task, app.app_key, task_id)
         ctx.tasks.cancelled(task_id)
         return await store.run(store.task_status, app.app_key, task_id)
 
-    @api.post("/api/v1/files", status_code=201, openapi_extra=spec(SIGNED, text_body=True))
+    @api.post("/api/v1/files", status_code=201, openapi_extra=spec(SIGNED, text_body=True, scope="push"))
     async def upload_file(request: Request, kind: str = "devices", alias_type: str = "user") -> JSONResponse:
         """A list of device ids (or aliases, ``?kind=aliases&alias_type=user``), one a line, streamed."""
-        app, ts, nonce, sig = await guard.signed_headers(request)
+        app, check_body = await guard.signed_stream(request)
         if kind not in ("devices", "aliases"):
             raise InvalidContent("kind must be 'devices' or 'aliases'", code="invalid_request")
         if not ALIAS_TYPE_RE.fullmatch(alias_type):
@@ -231,8 +233,7 @@ def create_api(ctx: ApiContext) -> FastAPI:
         )
         try:
             lines = await _receive_lines(request, file_id, kind)
-            guard.check_signature(app, request, ts, nonce, sig, lines.digest)
-            await guard.use_nonce(app, nonce)
+            await check_body(lines.digest)
         except BaseException:
             await store.run(store.drop_file, file_id)
             raise
@@ -377,13 +378,15 @@ def create_api(ctx: ApiContext) -> FastAPI:
             "messages": await store.run(store.list_messages, app.app_key, state, max(1, min(limit, 1000)))
         }
 
-    @api.delete("/api/v1/messages/{msg_id}", openapi_extra=spec(SIGNED))
+    @api.delete("/api/v1/messages/{msg_id}", openapi_extra=spec(SIGNED, scope="push"))
     async def cancel_message(msg_id: str, request: Request) -> dict[str, Any]:
         app, _ = await guard.signed(request)
         await ctx.intake.cancel(app, msg_id)
         return await _status_doc(app, msg_id)
 
-    @api.post("/api/v1/messages/{msg_id}/approve", openapi_extra=spec(SIGNED, body=ApproveRequest))
+    @api.post(
+        "/api/v1/messages/{msg_id}/approve", openapi_extra=spec(SIGNED, body=ApproveRequest, scope="push")
+    )
     async def approve_message(msg_id: str, request: Request) -> dict[str, Any]:
         app, body = await guard.signed(request)
         req = parse(ApproveRequest, body)
@@ -392,7 +395,7 @@ def create_api(ctx: ApiContext) -> FastAPI:
             ctx.intake.on_scheduled()
         return await _status_doc(app, msg_id)
 
-    @api.post("/api/v1/messages/{msg_id}/recall", openapi_extra=spec(SIGNED))
+    @api.post("/api/v1/messages/{msg_id}/recall", openapi_extra=spec(SIGNED, scope="push"))
     async def recall_message(msg_id: str, request: Request) -> dict[str, Any]:
         app, _ = await guard.signed(request)
         assert ctx.publisher is not None
@@ -470,4 +473,5 @@ def create_api(ctx: ApiContext) -> FastAPI:
     webpush.install(api, ctx, guard)
     console.install(api, ctx, guard)
     stats_routes.install(api, ctx, guard)
+    quick.install(api, ctx, guard)
     return api

@@ -69,6 +69,12 @@ SIGNED: dict[str, list[str]] = {"appKey": [], "appTimestamp": [], "appNonce": []
 """All four signing headers together (docs/api.md, signing)."""
 KEY_ONLY: dict[str, list[str]] = {"appKey": []}
 BEARER: dict[str, list[str]] = {"deviceToken": []}
+TOKEN: dict[str, list[str]] = {"appToken": []}
+"""An app access token (``Authorization: Bearer mpt_…``): accepted wherever SIGNED is, within its
+scope; :func:`spec` adds it beside SIGNED."""
+TOKEN_SCOPE = "x-token-scope"
+"""The operation field naming the least token scope a route needs (read, push, admin): declared
+with ``spec(scope=…)``, else :func:`token_scope`'s default; the guard enforces what is declared."""
 _SIGNING = (
     "HMAC-SHA256 signing (docs/api.md): X-MQTTPush-Signature is lowercase hex "
     "HMAC-SHA256(app_secret, METHOD \\n PATH_WITH_QUERY \\n TIMESTAMP \\n NONCE \\n hex(SHA-256(body))); "
@@ -103,6 +109,16 @@ SECURITY_SCHEMES: dict[str, Any] = {
         "type": "http",
         "scheme": "bearer",
         "description": "The device token from registration (`<device_id>.<secret>`), also its MQTT password.",
+    },
+    "appToken": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": (
+            "An app access token `mpt_…` (`mqttpush app token create APP_KEY --scope read|push|admin`). "
+            "Scopes: read = GET routes; push = read and sending (push, quick form, files, cancel, "
+            "recall, approve, tasks); admin = everything the app's signature may do. Each operation's "
+            "`x-token-scope` names the least scope it needs (403 insufficient_scope below it)."
+        ),
     },
 }
 ERROR_SCHEMA: dict[str, Any] = {
@@ -144,19 +160,42 @@ BODY_MODELS: list[type[BaseModel]] = [
 
 
 def spec(
-    *security: dict[str, list[str]], body: type[BaseModel] | None = None, text_body: bool = False
+    *security: dict[str, list[str]],
+    body: type[BaseModel] | None = None,
+    text_body: bool | str = False,
+    scope: str | None = None,
+    headers: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """``openapi_extra`` of a route: its credentials (alternatives) and its body."""
-    extra: dict[str, Any] = {"security": list(security)}
+    """``openapi_extra`` of a route: its credentials (alternatives), its body (a model, or text:
+    ``text_body`` is then its description), the request headers it reads, and the least app
+    token scope it needs where it takes SIGNED (default: :func:`token_scope`)."""
+    alternatives = list(security)
+    if SIGNED in alternatives and TOKEN not in alternatives:
+        alternatives.insert(alternatives.index(SIGNED) + 1, TOKEN)
+    extra: dict[str, Any] = {"security": alternatives}
+    if scope is not None:
+        extra[TOKEN_SCOPE] = scope
+    if headers:
+        extra["parameters"] = headers
     if body is not None:
         if body not in BODY_MODELS:  # a route module's own body models join the document
             BODY_MODELS.append(body)
         schema = {"$ref": f"#/components/schemas/{body.__name__}"}
         extra["requestBody"] = {"required": True, "content": {"application/json": {"schema": schema}}}
     elif text_body:
-        text = {"schema": {"type": "string", "description": "one entry a line"}}
+        about = text_body if isinstance(text_body, str) else "one entry a line"
+        text = {"schema": {"type": "string", "description": about}}
         extra["requestBody"] = {"required": True, "content": {"text/plain": text}}
     return extra
+
+
+def token_scope(method: str, extra: dict[str, Any] | None) -> str:
+    """The least app token scope a route needs: as declared (``spec(scope=…)``), else ``read``
+    for GET and HEAD and ``admin`` for anything that changes something."""
+    declared = (extra or {}).get(TOKEN_SCOPE)
+    if isinstance(declared, str):
+        return declared
+    return "read" if method.upper() in ("GET", "HEAD") else "admin"
 
 
 def complete_openapi(schema: dict[str, Any]) -> dict[str, Any]:
@@ -174,7 +213,12 @@ def complete_openapi(schema: dict[str, Any]) -> dict[str, Any]:
     components["securitySchemes"] = SECURITY_SCHEMES
     error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
     for path, item in schema["paths"].items():
-        for operation in item.values():
+        for method, operation in item.items():
+            if TOKEN in operation.get("security", ()):
+                scope = token_scope(method, operation)
+                operation[TOKEN_SCOPE] = scope
+                note = f"An app token (`Authorization: Bearer mpt_…`) needs scope `{scope}` or above."
+                operation["description"] = (operation.get("description", "") + "\n\n" + note).strip()
             responses = operation["responses"]
             responses.pop("422", None)
             if path.startswith("/api/"):

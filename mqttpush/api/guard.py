@@ -1,19 +1,46 @@
-"""Who is calling: signed app requests, device tokens, and the per-app and per-address limits,
-shared by every route module of the HTTP API (docs/api.md, signing)."""
+"""Who is calling: signed app requests, app access tokens, device tokens, and the per-app and
+per-address limits, shared by every route module of the HTTP API (docs/api.md, signing and
+"App access tokens")."""
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
+from collections.abc import Awaitable, Callable
 
 from starlette.requests import Request
 
 from mqttpush import signing
-from mqttpush.api.common import read_body
+from mqttpush.api.common import read_body, token_scope
 from mqttpush.api.limits import RateLimiter, retry_after
-from mqttpush.errors import AuthError, Forbidden, RateLimited
+from mqttpush.errors import AuthError, Forbidden, RateLimited, StoreUnavailable
 from mqttpush.models import App, Device
 from mqttpush.store import Store
+from mqttpush.store.tokens import TOKEN_PREFIX, AppToken, covers, looks_like_token, token_digest
+
+log = logging.getLogger("mqttpush.api")
+
+BodyReader = Callable[[Request], Awaitable[bytes]]
+"""How a route reads its body once the caller is known (:func:`read_body`: JSON routes)."""
+BodyCheck = Callable[[str], Awaitable[None]]
+"""For a body read in pieces: called with the hex SHA-256 of the whole body once read."""
+
+
+def app_token(request: Request) -> str | None:
+    """The app access token of ``Authorization: Bearer mpt_…``, if that is what the request carries
+    (a device token, ``<device_id>.<secret>``, never starts with ``mpt_``)."""
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    value = value.strip()
+    if scheme.lower() == "bearer" and value.startswith(TOKEN_PREFIX):
+        return value
+    return None
+
+
+def _route_scope(request: Request) -> str:
+    """The least token scope the matched route declares (docs/api.md, "App access tokens")."""
+    route = request.scope.get("route")
+    return token_scope(request.method, getattr(route, "openapi_extra", None))
 
 
 class Guard:
@@ -88,15 +115,90 @@ class Guard:
                 pass  # not the previous secret either way: the current one decides
         signing.check_signature(current, request.method, self._path(request), ts, nonce, sig, digest)
 
-    async def signed(self, request: Request) -> tuple[App, bytes]:
+    async def signed(
+        self, request: Request, scope: str | None = None, *, read: BodyReader = read_body
+    ) -> tuple[App, bytes]:
+        """The app calling, by its signature or by an app token of at least ``scope`` (default:
+        what the route declares), and the body as ``read`` reads it (the signature covers it)."""
+        token = app_token(request)
+        if token is not None:
+            app = await self.token_app(request, token, scope)
+            return app, await read(request)
         app, ts, nonce, sig = await self.signed_headers(request)
-        body = await read_body(request)
+        body = await read(request)
         self.check_signature(app, request, ts, nonce, sig, hashlib.sha256(body).hexdigest())
         await self.use_nonce(app, nonce)
         return app, body
 
+    async def signed_stream(self, request: Request, scope: str | None = None) -> tuple[App, BodyCheck]:
+        """:meth:`signed` for a body the route reads in pieces: the app now, and the check to await
+        with the body's SHA-256 once it is read (nothing to check for an app token)."""
+        token = app_token(request)
+        if token is not None:
+            app = await self.token_app(request, token, scope)
+
+            async def nothing_to_check(digest: str) -> None:
+                return None
+
+            return app, nothing_to_check
+        app, ts, nonce, sig = await self.signed_headers(request)
+
+        async def check(digest: str) -> None:
+            self.check_signature(app, request, ts, nonce, sig, digest)
+            await self.use_nonce(app, nonce)
+
+        return app, check
+
+    async def token_app(self, request: Request, token: str, scope: str | None = None) -> App:
+        """The app of a live app token whose scope covers ``scope`` (default: the route's).
+        Unknown, revoked or expired: 401 ``bad_token``; too small a scope: 403 ``insufficient_scope``.
+        Counts against the app's rate limit like a signed request."""
+        found = await self._find_token(token)
+        now = self.store.clock.now()
+        state = found.state(now) if found is not None else "unknown"
+        if found is None or state != "active":
+            raise AuthError(f"{state} app token", code="bad_token")
+        app = await self.store.app(found.app_key)
+        if app is None:
+            raise AuthError("unknown app token", code="bad_token")
+        needed = scope or _route_scope(request)
+        if not covers(found.scope, needed):
+            raise Forbidden(
+                f"this token's scope is {found.scope}; {request.method} {request.url.path} needs {needed}",
+                code="insufficient_scope",
+            )
+        self.limit_app(app.app_key)
+        tokens = self.store.tokens
+        if tokens.due(found, now):
+            try:
+                await self.store.run(tokens.touch, found.token_id, now)
+            except StoreUnavailable as exc:  # bookkeeping only: the request itself goes on
+                log.warning("could not record a token's use token_id=%s: %s", found.token_id, exc)
+        return app
+
+    async def _find_token(self, token: str) -> AppToken | None:
+        """The token, from memory if read within ``LOOKUP_SECONDS`` (a push per request stays off
+        the store); only well-formed tokens are looked up."""
+        if not looks_like_token(token):
+            return None
+        tokens = self.store.tokens
+        digest = token_digest(token)
+        hit = tokens.cached(digest)
+        if hit is not None:
+            return hit
+        generation = tokens.generation
+        found = await self.store.run(tokens.find, digest)
+        if found is not None:
+            tokens.remember(digest, found, generation)
+        return found
+
     async def app_or_device(self, request: Request, device_id: str) -> tuple[str, bool, bytes]:
-        """Either the device itself (bearer token) or its app (signed). Returns (app_key, by_app, body)."""
+        """Either the device itself (bearer token) or its app (signed, or an app token).
+        Returns (app_key, by_app, body)."""
+        token = app_token(request)
+        if token is not None:
+            app = await self.token_app(request, token)
+            return app.app_key, True, await read_body(request)
         if request.headers.get("authorization"):
             device = await self.device(request)
             if device.device_id != device_id:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import click
 
 from mqttpush import __version__
-from mqttpush.cli import apps, devices, listen, messages, ops, push, run, templates
+from mqttpush.cli import apps, devices, listen, messages, ops, push, run, templates, tokens
 from mqttpush.cli import stats as stats_commands
 
 
@@ -21,6 +21,7 @@ def main() -> None:
 
 
 devices.device.add_command(listen.device_listen)
+apps.app.add_command(tokens.token)
 for command in (
     run.serve,
     run.broker,

@@ -54,6 +54,7 @@ from mqttpush.store.lock import prepare_data_dir, unwritable
 from mqttpush.store.policy import PolicyQueries
 from mqttpush.store.stats import StatsRepository
 from mqttpush.store.targeting import TargetingQueries
+from mqttpush.store.tokens import TokenRepository
 from mqttpush.store.tx import Transaction
 from mqttpush.store.vendors import VendorQueries, vendor_token_hash
 from mqttpush.telemetry import CommitStats
@@ -446,6 +447,7 @@ class Store(TargetingQueries, PolicyQueries, VendorQueries):
             self.db = Database(self._conn)
             self.endpoints = EndpointRepository(self)
             self.console = ConsoleRepository(self)
+            self.tokens = TokenRepository(self)
             self._sealer = self._open_sealer()
             self.migrate()
         except sqlite3.Error as exc:
