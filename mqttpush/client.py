@@ -216,6 +216,20 @@ class PushClient:
         result: list[Any] = self._call("DELETE", path)["aliases"]
         return result
 
+    def add_webhook(self, url: str, events: list[str]) -> dict[str, Any]:
+        """``POST /api/v1/webhooks`` → ``{"webhook_id", "secret"}`` (docs/webhooks.md)."""
+        result: dict[str, Any] = self._call("POST", "/api/v1/webhooks", {"url": url, "events": list(events)})
+        return result
+
+    def list_webhooks(self) -> list[dict[str, Any]]:
+        """The app's webhooks with their health (last success, last error, backlog, state)."""
+        result: list[dict[str, Any]] = self._call("GET", "/api/v1/webhooks")["webhooks"]
+        return result
+
+    def remove_webhook(self, webhook_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("DELETE", f"/api/v1/webhooks/{quote(webhook_id, safe='')}")
+        return result
+
 
 def device_info(url: str, device_token: str, timeout: float = 10.0) -> dict[str, Any]:
     """``GET /api/v1/devices/me`` with the device's own token: app key, MQTT URL and topics."""

@@ -34,6 +34,7 @@ from bridge.stats import StatsFlusher
 from bridge.supervisor import Supervisors
 from bridge.tasks import TaskRunner
 from bridge.vendors import VendorGateway, make_channel
+from bridge.webhooks import WebhookSender
 from mqttpush.api.app import create_api
 from mqttpush.api.connections import ConnectionLimits, guarded_protocol
 from mqttpush.api.context import ApiContext
@@ -280,6 +281,7 @@ class BridgeNode:
         self.dispatcher.gateway = self.vendors
         self.intake.on_scheduled = self.scheduler.wake
         self.mqtt_api = MqttApi(store, self.intake, publisher)
+        self.webhooks = WebhookSender(store, clock)
         self.presence = _Presence(store)
         self.mosquitto = (
             mosquitto.MosquittoSync(store, config.mosquitto_dir, config.mosquitto_pid_file)
@@ -356,6 +358,7 @@ class BridgeNode:
         self.loops.start("scheduler", self.scheduler.run, clock_sleep)
         self.loops.start("tasks", self.tasks.run, clock_sleep)
         self.loops.start("mqtt_api", self.mqtt_api.run)
+        self.loops.start("webhooks", self.webhooks.run, clock_sleep)
         self.loops.start("presence", self.presence.run)
         self.loops.start("loop_lag", self.metrics.loop_lag.run)
         if self.mosquitto is not None:
@@ -427,6 +430,7 @@ class BridgeNode:
             await asyncio.wait_for(self.vendors.drained(), 5)
         await self.loops.cancel()
         await self.vendors.close()
+        await self.webhooks.close()
         if self.stats is not None:
             await self.stats.close()
         try:

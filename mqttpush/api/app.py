@@ -21,7 +21,7 @@ from bridge.channels.tokens import validate_vendor_token
 from bridge.policy import SendPolicy
 from bridge.targets import ALIAS_RE, ALIAS_TYPE_RE, TAG_RE
 from mqttpush import __version__, ids, topics
-from mqttpush.api import console, metrics, quick, webpush
+from mqttpush.api import console, metrics, quick, webhooks, webpush
 from mqttpush.api import stats as stats_routes
 from mqttpush.api.common import BEARER, KEY_ONLY, SIGNED, complete_openapi, error, parse, read_body, spec
 from mqttpush.api.context import ApiContext
@@ -474,4 +474,5 @@ def create_api(ctx: ApiContext) -> FastAPI:
     console.install(api, ctx, guard)
     stats_routes.install(api, ctx, guard)
     quick.install(api, ctx, guard)
+    webhooks.install(api, ctx, guard)
     return api

@@ -10,7 +10,7 @@ from __future__ import annotations
 import click
 
 from mqttpush import __version__
-from mqttpush.cli import apps, devices, listen, messages, ops, push, run, templates, tokens
+from mqttpush.cli import apps, devices, listen, messages, ops, push, run, templates, tokens, webhooks
 from mqttpush.cli import stats as stats_commands
 
 
@@ -39,6 +39,7 @@ for command in (
     templates.template,
     ops.backup,
     ops.restore,
+    webhooks.webhook,
 ):
     main.add_command(command)
 main.add_command(stats_commands.stats)
