@@ -12,6 +12,7 @@ import click
 from mqttpush import __version__
 from mqttpush.cli import apps, devices, listen, messages, ops, push, run, templates, tokens, webhooks
 from mqttpush.cli import stats as stats_commands
+from mqttpush.cli.doctor import doctor
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -44,5 +45,6 @@ for command in (
     main.add_command(command)
 main.add_command(stats_commands.stats)
 main.add_command(stats_commands.report)
+main.add_command(doctor)
 
 __all__ = ["main"]
