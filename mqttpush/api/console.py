@@ -22,6 +22,7 @@ from mqttpush.api.guard import Guard
 from mqttpush.errors import AuthError, Forbidden, InvalidContent
 from mqttpush.models import App, ApproveRequest, PushRequest
 from mqttpush.store.console import ConsoleSession
+from mqttpush.store.tokens import covers, looks_like_token, token_digest
 
 COOKIE = "mqttpush_console"
 CSRF_HEADER = "X-CSRF-Token"
@@ -156,15 +157,30 @@ def install(api: FastAPI, ctx: ApiContext, guard: Guard) -> None:
         check_origin(request)
         req = parse(SignInRequest, await read_body(request))
         app: App | None = None
-        if req.app_key and req.app_secret:
+        token_id: str | None = None
+        if req.token:
+            found = (
+                await store.run(store.tokens.find, token_digest(req.token))
+                if looks_like_token(req.token)
+                else None
+            )
+            if found is not None and found.state(store.clock.now()) == "active":
+                if not covers(found.scope, "admin"):
+                    raise AuthError(
+                        f"this token's scope is {found.scope}; the console needs an admin token",
+                        code="bad_credentials",
+                    )
+                app, token_id = await store.app(found.app_key), found.token_id
+        elif req.app_key and req.app_secret:
             if await store.run(store.authenticate_app, req.app_key, req.app_secret):
                 app = await store.app(req.app_key)
-        elif not req.token:
+        else:
             raise InvalidContent("give app_key and app_secret, or an access token", code="invalid_request")
         if app is None:
             raise AuthError("wrong app key, secret or token", code="bad_credentials")
+        via = "secret" if token_id is None else "token"
         session_id, session = await store.run(
-            store.console.create_session, app.app_key, "secret", None, SESSION_SECONDS
+            store.console.create_session, app.app_key, via, token_id, SESSION_SECONDS
         )
         response = JSONResponse(session_doc(app, session), status_code=201)
         response.set_cookie(
@@ -242,10 +258,7 @@ def install(api: FastAPI, ctx: ApiContext, guard: Guard) -> None:
     @api.get("/console/api/messages/{msg_id}", include_in_schema=False)
     async def console_message(msg_id: str, request: Request) -> dict[str, Any]:
         app, _, _ = await session_of(request, changes=False)
-        doc = await store.run(store.console.message_summary, app.app_key, msg_id)
-        if doc["task_id"]:
-            doc["task"] = await store.run(store.task_status, app.app_key, doc["task_id"])
-        return doc
+        return await store.run(store.console.message_summary, app.app_key, msg_id)
 
     @api.get("/console/api/messages/{msg_id}/deliveries", include_in_schema=False)
     async def console_deliveries(msg_id: str, request: Request) -> dict[str, Any]:
@@ -274,6 +287,27 @@ def install(api: FastAPI, ctx: ApiContext, guard: Guard) -> None:
         app, _, _ = await session_of(request, changes=True)
         await ctx.intake.cancel(app, msg_id)
         return await store.run(store.console.message_summary, app.app_key, msg_id)
+
+    # --- statistics ------------------------------------------------------------------------------------
+
+    @api.get("/console/api/stats", include_in_schema=False)
+    async def console_stats(request: Request) -> dict[str, Any]:
+        """The statistics of ``GET /api/v1/stats`` (docs/statistics.md), for the charts."""
+        app, _, _ = await session_of(request, changes=False)
+        q = request.query_params
+        return await store.run(
+            store.stats.query,
+            app.app_key,
+            q.get("since") or None,
+            q.get("until") or None,
+            q.get("by") or None,
+            q.get("step") or None,
+        )
+
+    @api.get("/console/api/messages/{msg_id}/funnel", include_in_schema=False)
+    async def console_funnel(msg_id: str, request: Request) -> dict[str, Any]:
+        app, _, _ = await session_of(request, changes=False)
+        return await store.run(store.stats.message_funnel, app.app_key, msg_id)
 
     # --- devices ---------------------------------------------------------------------------------------
 

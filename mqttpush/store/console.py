@@ -83,11 +83,15 @@ class ConsoleRepository(Repository):
         return session_id, session
 
     def session(self, session_id: str) -> ConsoleSession | None:
-        """The live session behind a cookie value, or None (unknown, signed out or expired)."""
+        """The live session behind a cookie value, or None (unknown, signed out or expired; or
+        signed in with an access token that has since been revoked or has expired)."""
+        now = self.clock.now()
         row = self._conn.execute(
-            "SELECT app_key, csrf_token, via, token_id, expires_at FROM console_sessions"
-            " WHERE session_hash = ? AND expires_at > ?",
-            (_session_hash(session_id), self.clock.now()),
+            "SELECT s.app_key, s.csrf_token, s.via, s.token_id, s.expires_at FROM console_sessions s"
+            " LEFT JOIN app_tokens t ON t.token_id = s.token_id"
+            " WHERE s.session_hash = ? AND s.expires_at > ? AND (s.token_id IS NULL OR"
+            " (t.token_id IS NOT NULL AND t.revoked_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > ?)))",
+            (_session_hash(session_id), now, now),
         ).fetchone()
         return ConsoleSession(*row) if row else None
 
@@ -250,6 +254,12 @@ class ConsoleRepository(Repository):
         doc["task_id"] = None
         doc["counts"] = {}
         self._attach_counts([doc])
+        task = self._conn.execute(
+            "SELECT task_id, state, targeted, error, created_at, finished_at FROM tasks WHERE task_id = ?",
+            ("t" + msg_id,),
+        ).fetchone()
+        task_keys = ("task_id", "state", "targeted", "error", "created_at", "finished_at")
+        doc["task"] = dict(zip(task_keys, task, strict=True)) if task else None
         return doc
 
     def deliveries_page(

@@ -156,11 +156,12 @@ def test_send_to_a_connected_device_and_watch_it_arrive(
         assert "online" in card and msg_id in card and "Hello from the console" in card
         shoot(browser, shots, "devices")
 
+        # The statistics are flushed every few seconds: the page (polling) draws the arrival then.
         browser.get(r.url + "/console#/stats")
-        until(
-            browser,
-            lambda d: d.find_elements(By.CSS_SELECTOR, "#stats-series svg, #stats-error:not([hidden])"),
-        )
+        until(browser, lambda d: "arrived: 1" in text_of(d, "#stats-totals"))
+        until(browser, lambda d: "opened: 1" in text_of(d, "#stats-totals"))
+        line = browser.find_element(By.CSS_SELECTOR, '#stats-series path[data-series="arrived"]')
+        assert line.get_attribute("d")
         shoot(browser, shots, "stats")
     finally:
         client.disconnect()
@@ -175,11 +176,10 @@ def test_a_bad_tag_expression_is_refused_inline_and_nothing_is_sent(
     Select(kind).select_by_value("tags")
     browser.find_element(By.ID, "target-tags").send_keys("beta and (android or")
     browser.find_element(By.ID, "c-title").send_keys("Never sent")
-    preview_error = until(browser, lambda d: text_of(d, "#preview-error"))
-    assert "bad_tag_expr" in preview_error
+    # The live preview is the server's check of the push: the error shows while typing.
+    until(browser, lambda d: "bad_tag_expr" in text_of(d, "#preview-error"))
     browser.find_element(By.ID, "send").click()
-    error = until(browser, lambda d: text_of(d, "#compose-error"))
-    assert "bad_tag_expr" in error
+    until(browser, lambda d: "bad_tag_expr" in text_of(d, "#compose-error"))
     assert not browser.find_elements(By.ID, "result-link")
 
     # Bad JSON in data never leaves the browser.
@@ -191,6 +191,44 @@ def test_a_bad_tag_expression_is_refused_inline_and_nothing_is_sent(
     until(browser, lambda d: "data is not valid JSON" in text_of(d, "#compose-error"))
     shoot(browser, shots, "compose-error")
     assert stored_messages(r) == []
+
+
+def test_every_target_kind_previews_and_sends(running: Running, browser: Chrome) -> None:
+    r = running
+    ((device, _),) = r.register()
+    store = Store(r.data_dir)
+    try:
+        store.bind_alias(r.app_key, device, "user", "alice", replace=True)
+        store.update_tags(r.app_key, device, ["beta"], [])
+        file_id = store.create_file(r.app_key, "devices", None)
+        store.append_file_lines(file_id, 1, [device])
+        store.finish_file(file_id, 1)
+    finally:
+        store.close()
+    sign_in(browser, r)
+    kind = Select(until(browser, lambda d: d.find_elements(By.ID, "target-kind"))[0])
+    browser.find_element(By.ID, "c-title").send_keys("Every kind")
+    fill = {
+        "alias": ("target-alias", "alice"),
+        "tags": ("target-tags", "beta and not churned"),
+        "filter": ("target-filter", '{"platform": "android"}'),
+        "file": ("target-file", file_id),
+        "broadcast": None,
+    }
+    for value, typed in fill.items():
+        kind.select_by_value(value)
+        if typed is not None:
+            browser.find_element(By.ID, typed[0]).send_keys(typed[1])
+        until(
+            browser,
+            lambda d: "Every kind" in text_of(d, "#preview-json") and not text_of(d, "#preview-error"),
+        )
+        for old in browser.find_elements(By.ID, "result-link"):
+            browser.execute_script("arguments[0].remove()", old)
+        browser.find_element(By.ID, "send").click()
+        until(browser, lambda d: d.find_elements(By.ID, "result-link"))
+    kinds = sorted(m["kind"] for m in stored_messages(r))
+    assert kinds == sorted(["alias", "tags", "filter", "file", "broadcast"])
 
 
 def test_approval_queue_and_tasks(running: Running, browser: Chrome, shots: Path) -> None:
@@ -283,6 +321,35 @@ def test_console_api_refusals(running: Running) -> None:
         http.cookies.set("mqttpush_console", cookie, domain="127.0.0.1", path="/console")
         after = http.get("/console/api/session")
         assert (after.status_code, after.json()["error"]["code"]) == (401, "no_session")
+
+
+def test_sign_in_with_an_admin_access_token(running: Running) -> None:
+    r = running
+    store = Store(r.data_dir)
+    try:
+        admin = store.tokens.create(r.app_key, "admin").token
+        push_only = store.tokens.create(r.app_key, "push").token
+    finally:
+        store.close()
+    with httpx.Client(base_url=r.url) as http:
+        small = http.post("/console/api/session", json={"token": push_only})
+        assert (small.status_code, small.json()["error"]["code"]) == (401, "bad_credentials")
+        assert "admin" in small.json()["error"]["message"]
+        unknown = http.post("/console/api/session", json={"token": "mpt_" + "x" * 43})
+        assert (unknown.status_code, unknown.json()["error"]["code"]) == (401, "bad_credentials")
+
+        signed = http.post("/console/api/session", json={"token": admin})
+        assert signed.status_code == 201
+        assert (signed.json()["app_key"], signed.json()["via"]) == (r.app_key, "token")
+        assert http.get("/console/api/messages").status_code == 200
+
+        store = Store(r.data_dir)
+        try:
+            store.tokens.revoke(r.app_key, admin)
+        finally:
+            store.close()
+        revoked = http.get("/console/api/messages")  # a revoked token ends its console sessions
+        assert (revoked.status_code, revoked.json()["error"]["code"]) == (401, "no_session")
 
 
 def test_console_pages_list_with_keyset_cursors(running: Running) -> None:

@@ -595,11 +595,13 @@ function viewTasks() {
 
 // ---------------------------------------------------------------- one message
 
+// The funnel of GET /api/v1/messages/{msg_id}/funnel: exact, counted from the deliveries.
 const FUNNEL = [
-  ["targeted", (c) => Object.values(c).reduce((a, b) => a + b, 0)],
-  ["sent", (c) => ["published", "forwarded", "arrived", "opened", "dismissed"].reduce((a, s) => a + (c[s] || 0), 0)],
-  ["arrived", (c) => (c.arrived || 0) + (c.opened || 0) + (c.dismissed || 0)],
-  ["opened", (c) => c.opened || 0],
+  ["targeted", (f) => f.targeted],
+  ["published (MQTT)", (f) => f.published],
+  ["forwarded (vendor)", (f) => f.forwarded],
+  ["arrived", (f) => f.arrived],
+  ["opened", (f) => f.opened],
 ];
 
 function viewMessage(msgId) {
@@ -654,8 +656,9 @@ function viewMessage(msgId) {
       actions,
     );
     const counts = doc.counts || {};
+    const f = await api("GET", `messages/${encodeURIComponent(msgId)}/funnel`);
     funnel.replaceChildren(
-      funnelChart(FUNNEL.map(([label, fn]) => ({ label, value: fn(counts) }))),
+      funnelChart(FUNNEL.map(([label, fn]) => ({ label, value: fn(f) || 0 }))),
       h("p", { class: "muted", id: "message-counts" }, Object.entries(counts).map(([s, n]) => `${s}: ${n}`).join(" · ") || "no deliveries yet"),
     );
     await loadDeliveries();

@@ -58,7 +58,8 @@ export function lineChart(lines, { width = 760, height = 240 } = {}) {
   }
   for (let i = 0; i <= 4; i++) {
     const t = t0 + ((t1 - t0) * i) / 4;
-    svg.append(el("text", { x: x(t), y: height - 6, "text-anchor": "middle" }, timeLabel(t, t1 - t0)));
+    const anchor = i === 0 ? "start" : i === 4 ? "end" : "middle";
+    svg.append(el("text", { x: x(t), y: height - 6, "text-anchor": anchor }, timeLabel(t, t1 - t0)));
   }
   for (const line of lines) {
     const pts = [...line.points].sort((a, b) => a[0] - b[0]);
