@@ -18,6 +18,9 @@ from mqttpush.errors import BadRequest
 @dataclass(frozen=True)
 class ServerConfig:
     data_dir: Path = Path("mqttpush-data")
+    store: str | None = None
+    """``--store``: ``postgresql://…`` for a store shared by many processes (docs/scale-out.md);
+    None: SQLite in ``data_dir``. ``data_dir`` holds the master key and lock files either way."""
     host: str = "127.0.0.1"
     mqtt_port: int = 1883
     http_port: int = 8080

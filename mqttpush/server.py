@@ -292,7 +292,12 @@ class BridgeNode:
         self.loops = Supervisors()
         """Every long-running loop of the bridge, restarted after a failure (``GET /readyz``)."""
         self.metrics = MetricSources(
-            self.dispatcher, self.tasks, self.receipts, self.vendors, token=config.metrics_token
+            self.dispatcher,
+            self.tasks,
+            self.receipts,
+            self.vendors,
+            webhooks=self.webhooks,
+            token=config.metrics_token,
         )
         """What ``GET /metrics`` reads; the embedded server adds its broker's counters."""
         self.metrics.queues["presence"] = self.presence.backlog
@@ -449,7 +454,9 @@ class EmbeddedServer:
         self.clock = clock or SystemClock()
         self.lock = DataDirLock(config.data_dir, ROLES)
         try:
-            self.store = Store(config.data_dir, self.clock, broker_hasher=mosquitto.password_hash)
+            self.store = Store(
+                config.data_dir, self.clock, broker_hasher=mosquitto.password_hash, url=config.store
+            )
         except BaseException:
             self.lock.release()
             raise
@@ -519,7 +526,7 @@ class BrokerServer:
         self.config = config
         self.lock = DataDirLock(config.data_dir, *broker_locks(config))
         try:
-            self.store = Store(config.data_dir)
+            self.store = Store(config.data_dir, url=config.store)
         except BaseException:
             self.lock.release()
             raise
@@ -576,7 +583,9 @@ class BridgeServer:
         self.clock = clock or SystemClock()
         self.lock = DataDirLock(config.data_dir, *bridge_locks(config))
         try:
-            self.store = Store(config.data_dir, self.clock, broker_hasher=mosquitto.password_hash)
+            self.store = Store(
+                config.data_dir, self.clock, broker_hasher=mosquitto.password_hash, url=config.store
+            )
         except BaseException:
             self.lock.release()
             raise

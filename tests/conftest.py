@@ -31,6 +31,7 @@ from mqttpush.server import EmbeddedServer
 from mqttpush.store import Store
 from tests.fakes.apns import FakeApns, fake_apns
 from tests.fakes.tls import tls_server
+from tests.pg import PgServer, pg_server
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
@@ -152,7 +153,7 @@ def _serve(data_dir: Path, clock: Clock | None = None, **config_fields: Any) -> 
 
     server = asyncio.run_coroutine_threadsafe(make(), loop).result(30)
     r = Running(server, loop, data_dir)
-    app = Store(data_dir).create_app("test")
+    app = Store(data_dir, url=config.store).create_app("test")
     r.app_key, r.app_secret = app.app_key, app.secret
     try:
         yield r
@@ -161,6 +162,13 @@ def _serve(data_dir: Path, clock: Clock | None = None, **config_fields: Any) -> 
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[PgServer]:
+    """One throwaway PostgreSQL server for the session (each user takes a fresh schema of it)."""
+    with pg_server() as server:
+        yield server
 
 
 @pytest.fixture

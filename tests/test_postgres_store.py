@@ -112,3 +112,10 @@ def test_postgresql_stopped_answers_503_with_retry_after_then_resumes(tmp_path: 
             with r.client() as c:
                 assert c.message(before)["deliveries"][0]["device_id"] == device
                 assert c.message(after)["deliveries"][0]["device_id"] == device
+
+
+def test_backup_of_a_postgresql_store_points_to_pg_dump(tmp_path: Path, pg: PgServer) -> None:
+    proc = cli("backup", str(tmp_path / "b"), "--data-dir", str(tmp_path / "d"), "--store", pg.fresh_url())
+    assert proc.returncode == 2
+    assert "--store" in proc.stderr and "pg_dump" in proc.stderr
+    assert not (tmp_path / "b").exists()

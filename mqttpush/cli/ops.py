@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from mqttpush import __version__
-from mqttpush.cli.shell import data_dir_option, emit, errors, json_option
+from mqttpush.cli.shell import data_dir_option, emit, errors, json_option, store_url
 
 
 @click.command("backup")
@@ -22,6 +22,7 @@ def backup(dest: Path, data_dir: Path, as_json: bool) -> None:
     """Copy the store (database, master key, manifest) into the new directory DEST, online."""
     from mqttpush.store.backup import backup as take_backup
 
+    data_dir = _sqlite_only(data_dir, "backup")
     with errors():
         manifest = take_backup(data_dir, dest, __version__, time.time())
     counts = manifest["counts"]
@@ -44,6 +45,7 @@ def restore(src: Path, data_dir: Path, force: bool, as_json: bool) -> None:
     (the server must be stopped)."""
     from mqttpush.store.backup import restore as install
 
+    data_dir = _sqlite_only(data_dir, "restore")
     with errors():
         manifest = install(src, data_dir, force=force)
     emit(
@@ -51,3 +53,20 @@ def restore(src: Path, data_dir: Path, force: bool, as_json: bool) -> None:
         as_json,
         lambda: click.echo(f"restored {src} into {data_dir} (schema {manifest['schema_version']})"),
     )
+
+
+def _sqlite_only(data_dir: Path, command: str) -> Path:
+    """backup/restore copy SQLite's file; a PostgreSQL store has its own tools."""
+    from mqttpush.store.postgres import is_postgres_url
+    from mqttpush.store.store import sqlite_dir
+
+    url = store_url()
+    if url is None:
+        return data_dir
+    if is_postgres_url(url):
+        raise click.BadParameter(
+            f"{command} copies an SQLite store; for PostgreSQL use pg_dump/pg_restore and copy"
+            " master.key from the data dir (docs/scale-out.md)",
+            param_hint="--store",
+        )
+    return sqlite_dir(url)

@@ -21,7 +21,7 @@ import click
 
 from mqttpush import __version__
 from mqttpush.cli import logs
-from mqttpush.cli.shell import data_dir_option, emit, fail, json_option
+from mqttpush.cli.shell import data_dir_option, emit, fail, json_option, store_url
 from mqttpush.config import ServerConfig, load_toml
 from mqttpush.errors import MqttPushError
 
@@ -186,6 +186,14 @@ def _config(options: dict[str, Any]) -> ServerConfig:
     public = options.get("public_url")
     if public is not None and not re.fullmatch(r"https?://[^/?#\s]+/?", public):
         raise click.BadParameter("must be http(s)://HOST[:PORT], no path", param_hint="--public-url")
+    url = store_url()
+    if url is not None:
+        from mqttpush.store.postgres import is_postgres_url
+        from mqttpush.store.store import sqlite_dir
+
+        options = {**options, "store": url}
+        if not is_postgres_url(url):
+            options["data_dir"] = sqlite_dir(url)
     return ServerConfig(**options)
 
 
@@ -328,7 +336,7 @@ cluster_option = click.option(
 
 
 def check_data_dir(
-    data_dir: Path, roles: tuple[str, ...], shared: tuple[str, ...] = ()
+    data_dir: Path, roles: tuple[str, ...], shared: tuple[str, ...] = (), url: str | None = None
 ) -> Callable[[], None]:
     """The slow and blocking part of a server's start, done before it: the data dir's lock for
     ``roles`` (and ``shared`` roles, in a cluster) free, the store's file checked and migrated. A
@@ -341,7 +349,7 @@ def check_data_dir(
 
         lock = DataDirLock(data_dir, roles, shared)
         try:
-            Store(data_dir).close()
+            Store(data_dir, url=url).close()
         finally:
             lock.release()
 
@@ -440,7 +448,7 @@ def serve(as_json: bool, **options: Any) -> None:
 
     config = _config(options)
     _run_until_signal(
-        check_data_dir(config.data_dir, ("broker", "bridge")),
+        check_data_dir(config.data_dir, ("broker", "bridge"), url=config.store),
         lambda: EmbeddedServer(config),
         lambda s: {
             "mqtt_port": s.mqtt_port,
@@ -488,7 +496,7 @@ def broker(as_json: bool, **options: Any) -> None:
     config = _config(options)
     cluster = {"cluster": config.cluster, "node_id": config.node_id} if config.cluster else {}
     _run_until_signal(
-        check_data_dir(config.data_dir, *broker_locks(config)),
+        check_data_dir(config.data_dir, *broker_locks(config), url=config.store),
         lambda: BrokerServer(config),
         lambda s: {
             "mqtt_port": s.mqtt_port,
@@ -546,7 +554,7 @@ def bridge(as_json: bool, **options: Any) -> None:
         raise click.BadParameter("give either --broker or --cluster", param_hint="--broker/--cluster")
     config = _config(options)
     _run_until_signal(
-        check_data_dir(config.data_dir, *bridge_locks(config)),
+        check_data_dir(config.data_dir, *bridge_locks(config), url=config.store),
         lambda: BridgeServer(config),
         lambda s: (
             {

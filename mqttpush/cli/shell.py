@@ -47,7 +47,7 @@ def local_store(data_dir: Path, app_key: str | None = None, **options: Any) -> I
     from mqttpush.store import Store
 
     with errors():
-        store = Store(data_dir, **options)
+        store = Store(data_dir, url=store_url(), **options)
         try:
             if app_key is not None and store.get_app(app_key) is None:
                 fail(f"unknown app key {app_key} [unknown_app]")
@@ -81,14 +81,45 @@ def json_arg(value: str | None, flag: str) -> Any:
         raise click.BadParameter(f"not valid JSON: {exc}", param_hint=flag) from None
 
 
+STORE_HELP = (
+    "The store: sqlite:///DIR/mqttpush.db (the default, in --data-dir) or postgresql://USER@HOST/DB"
+    " (--data-dir then holds the master key and lock files only)."
+)
+
+
+def _remember_store(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    if value is not None:
+        from mqttpush.store import check_store_url
+
+        with errors():
+            check_store_url(value)
+    ctx.meta["mqttpush.store_url"] = value
+    return value
+
+
+def store_url() -> str | None:
+    """The command's ``--store`` (None: SQLite in ``--data-dir``)."""
+    ctx = click.get_current_context(silent=True)
+    return ctx.meta.get("mqttpush.store_url") if ctx is not None else None
+
+
 def data_dir_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--data-dir`` and ``--store`` (which local_store() reads from the command's context)."""
+    f = click.option(
+        "--store",
+        "store_url",
+        envvar="MQTTPUSH_STORE",
+        expose_value=False,
+        callback=_remember_store,
+        help=STORE_HELP,
+    )(f)
     return click.option(
         "--data-dir",
         type=click.Path(file_okay=False, path_type=Path),
         default=ServerConfig.data_dir,
         show_default=True,
         envvar="MQTTPUSH_DATA_DIR",
-        help="Directory of the SQLite store.",
+        help="Directory of the SQLite store (and of the master key, whatever the store).",
     )(f)
 
 

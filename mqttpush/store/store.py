@@ -1,4 +1,4 @@
-"""SQLite store (sqlite-utils, WAL, numbered migrations).
+"""The store: SQLite (WAL, numbered migrations) by default, PostgreSQL with ``--store postgresql://…``.
 
 Every method here is synchronous and runs on the store's single worker thread when called
 through :meth:`Store.run`, so the event loop never blocks on SQLite and writes are
@@ -29,11 +29,10 @@ from typing import Any, ParamSpec, TypeVar
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlite_utils import Database
 
 from mqttpush import ids
 from mqttpush.clock import Clock, SystemClock
-from mqttpush.errors import Conflict, NotFound, StoreError, StoreUnavailable
+from mqttpush.errors import BadRequest, Conflict, NotFound, StoreError, StoreUnavailable
 from mqttpush.models import (
     PENDING_STATES,
     App,
@@ -45,8 +44,9 @@ from mqttpush.models import (
     Registration,
     advances,
 )
+from mqttpush.store import postgres as pg
 from mqttpush.store.console import ConsoleRepository
-from mqttpush.store.core import Event, TransitionListener, chunks
+from mqttpush.store.core import Event, Repository, TransitionListener, chunks
 from mqttpush.store.endpoints import EndpointRepository
 from mqttpush.store.inbox import InboxRepository
 from mqttpush.store.leases import LeaseRepository
@@ -55,10 +55,10 @@ from mqttpush.store.policy import PolicyQueries
 from mqttpush.store.stats import StatsRepository
 from mqttpush.store.targeting import TargetingQueries
 from mqttpush.store.tokens import TokenRepository
-from mqttpush.store.tx import Transaction
+from mqttpush.store.tx import Connection, Transaction
 from mqttpush.store.vendors import VendorQueries, vendor_token_hash
-from mqttpush.telemetry import CommitStats
 from mqttpush.store.webhooks import WebhookRepository
+from mqttpush.telemetry import CommitStats
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -91,6 +91,30 @@ def _statements(sql: str) -> list[str]:
     if buf.strip() and not all(ln.strip().startswith("--") or not ln.strip() for ln in buf.splitlines()):
         raise StoreError(f"unterminated statement in a migration: {buf[:80]!r}", code="bad_migration")
     return out
+
+
+def sqlite_dir(url: str) -> Path:
+    """The data dir of ``sqlite:///PATH/mqttpush.db`` (as SQLAlchemy: a fourth slash makes PATH
+    absolute)."""
+    check_store_url(url)
+    path = Path(url.removeprefix("sqlite:///"))
+    return path.parent if path.suffix == ".db" else path
+
+
+def check_store_url(url: str) -> None:
+    """Refuse a ``--store`` that names no engine we have, or an SQLite file not named mqttpush.db."""
+    if pg.is_postgres_url(url):
+        return
+    if not url.startswith("sqlite:///") or url == "sqlite:///":
+        raise BadRequest(
+            f"--store must be sqlite:///PATH/{DB_FILE} or postgresql://…, not {pg.redact(url)!r}",
+            code="bad_store_url",
+        )
+    path = Path(url.removeprefix("sqlite:///"))
+    if path.suffix == ".db" and path.name != DB_FILE:
+        raise BadRequest(
+            f"the SQLite store is a file named {DB_FILE}, not {path.name!r}", code="bad_store_url"
+        )
 
 
 def hash_token(salt: bytes, token: str) -> bytes:
@@ -211,7 +235,7 @@ class _GroupCommitter:
     :class:`StoreUnavailable` to its caller and leaves no transaction open behind it, so the next
     call starts clean: the store works again by itself once the cause is gone."""
 
-    def __init__(self, conn: sqlite3.Connection, health: _WriteHealth, stats: CommitStats) -> None:
+    def __init__(self, conn: Connection, health: _WriteHealth, stats: CommitStats) -> None:
         self._conn = conn
         self._health = health
         self._stats = stats  # GET /metrics: calls per group, seconds per group
@@ -280,7 +304,7 @@ class _GroupCommitter:
                     if not ok:
                         # SQLite rolled the whole group back (disk full, I/O error): none of the
                         # calls so far is on disk, whatever they returned.
-                        raise sqlite3.OperationalError(f"group transaction rolled back: {value}")
+                        raise StoreUnavailable(f"group transaction rolled back: {value}")
                     # A call ended the group's transaction itself: a bug; what ran so far is
                     # whatever that call did to it, the rest runs alone.
                     log.error("store call %r ended the group transaction", call)
@@ -293,7 +317,7 @@ class _GroupCommitter:
             conn.execute("COMMIT")
             self._learn(True, None, True)
             return outcomes
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, pg.Error, StoreUnavailable) as exc:
             # BEGIN or COMMIT failed (busy beyond the timeout, disk full): none of the group is
             # on disk; run the calls one by one, each with its own transaction.
             log.warning("group commit of %d calls failed, running them singly: %r", len(batch), exc)
@@ -304,7 +328,7 @@ class _GroupCommitter:
         if self._conn.in_transaction:
             try:
                 self._conn.execute("ROLLBACK")
-            except sqlite3.Error as exc:  # SQLite may have rolled back by itself meanwhile
+            except (sqlite3.Error, pg.Error, StoreUnavailable) as exc:  # may have rolled back by itself
                 log.debug("rollback after a failed write: %r", exc)
 
     def _learn(self, ok: bool, value: Any, wrote: bool) -> None:
@@ -316,7 +340,7 @@ class _GroupCommitter:
 
 def _groupable(call: Callable[[], Any]) -> bool:
     fn = call.func if isinstance(call, functools.partial) else call
-    return isinstance(getattr(fn, "__self__", None), Store)
+    return isinstance(getattr(fn, "__self__", None), Store | Repository)
 
 
 # SQLite's primary result codes (and OS errors) that say "not now" rather than "never": the disk
@@ -366,7 +390,7 @@ def _outcome(call: Callable[[], Any]) -> tuple[bool, Any]:
 _PROBE_BYTES = 64 * 1024
 
 
-def _probe_write(conn: sqlite3.Connection, data_dir: Path) -> None:
+def _probe_write(conn: Connection, data_dir: Path) -> None:
     """Can the store write again? Room beside the database for a few pages, and the write lock
     taken and a commit made (waiting only briefly: a health check must answer)."""
     probe = data_dir / ".mqttpush-probe"
@@ -403,51 +427,63 @@ class Store(TargetingQueries, PolicyQueries, VendorQueries):
         data_dir: str | os.PathLike[str],
         clock: Clock | None = None,
         broker_hasher: Callable[[str], str] | None = None,
+        url: str | None = None,
     ) -> None:
-        """Open (creating and migrating if needed) the store in ``data_dir``.
+        """Open (creating and migrating if needed) the store in ``data_dir``, or with ``url``
+        ``postgresql://…`` the PostgreSQL database there (``data_dir`` then holds the master key
+        and the lock files only; ``sqlite:///PATH`` is the default engine, PATH's directory).
 
         ``broker_hasher`` turns a new device token into the password hash a foreign broker
         checks (mosquitto's ``$7$``), kept beside our own salted hash.
         """
         self.broker_hasher = broker_hasher
         self.data_dir = Path(data_dir)
+        if url is not None and not pg.is_postgres_url(url):
+            self.data_dir = sqlite_dir(url)
         prepare_data_dir(self.data_dir)
         self.clock = clock or SystemClock()
         self.path = self.data_dir / DB_FILE
+        self._apps: dict[str, tuple[float, App]] = {}
+        self._settings: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._settings_changes = 0
+        self.transition_listeners: list[TransitionListener] = []
+        self.leases = LeaseRepository(self)
+        self.tokens = TokenRepository(self)
+        self.inbox = InboxRepository(self)
+        self.endpoints = EndpointRepository(self)
+        self.webhooks = WebhookRepository(self)
+        self.stats = StatsRepository(self)
+        self._worker: _GroupCommitter | None = None
+        self._health = _WriteHealth()
+        self.commit_stats = CommitStats()
+        self.url = url if pg.is_postgres_url(url) else None
+        if self.url is not None:
+            self._open_postgres(self.url)
+            return
         log.debug("opening the store %s", self.path)
         try:
             # Made 0600 before SQLite sees it: its -wal and -shm files take the database's mode.
-            os.close(os.open(self.path, os.O_RDONLY | os.O_CREAT, _FILE_MODE))
+            # Only a new file: closing a descriptor of a database this process already has open
+            # (a second Store beside the server's) would drop every POSIX lock SQLite holds on it.
+            os.close(os.open(self.path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE))
+        except FileExistsError:
+            pass
         except OSError as exc:
             raise unwritable(self.data_dir, exc) from exc
         for name in (DB_FILE, f"{DB_FILE}-wal", f"{DB_FILE}-shm", KEY_FILE):
             _tighten(self.data_dir / name)
         try:
-            self._conn = sqlite3.connect(
+            self._sqlite = self._conn = sqlite3.connect(
                 self.path, check_same_thread=False, isolation_level=None, timeout=_BUSY_TIMEOUT_MS / 1000
             )
         except sqlite3.Error as exc:
             raise _open_error(self.path, exc) from exc
-        self._worker: _GroupCommitter | None = None
-        self._health = _WriteHealth()
-        self.commit_stats = CommitStats()
-        self._apps: dict[str, tuple[float, App]] = {}
-        self._settings: dict[str, tuple[float, dict[str, Any]]] = {}
-        self._settings_changes = 0
-        self.transition_listeners: list[TransitionListener] = []
-        self.stats = StatsRepository(self)
-        self.leases = LeaseRepository(self)
-        self.inbox = InboxRepository(self)
-        self.webhooks = WebhookRepository(self)
         try:
             self._check_file()
             self._set_wal()
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.execute("PRAGMA foreign_keys=ON")
-            self.db = Database(self._conn)
-            self.endpoints = EndpointRepository(self)
             self.console = ConsoleRepository(self)
-            self.tokens = TokenRepository(self)
             self._sealer = self._open_sealer()
             self.migrate()
         except sqlite3.Error as exc:
@@ -456,6 +492,26 @@ class Store(TargetingQueries, PolicyQueries, VendorQueries):
         except BaseException:
             self._conn.close()
             raise
+
+    def _open_postgres(self, url: str) -> None:
+        try:
+            self._pg = self._conn = conn = pg.PgConnection(url)
+        except StoreUnavailable as exc:
+            raise StoreError(str(exc), code="store_unreachable") from exc
+        try:
+            self._sealer = self._open_sealer()
+            pg.migrate(conn)
+        except pg.Error as exc:
+            conn.close()
+            raise StoreError(f"cannot open the store at {pg.redact(url)}: {exc}", code="store_error") from exc
+        except BaseException:
+            conn.close()
+            raise
+
+    @property
+    def engine(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return "sqlite" if self.url is None else "postgresql"
 
     def _check_file(self) -> None:
         """Refuse, before writing anything, a file that is not this program's store: another
@@ -508,17 +564,34 @@ class Store(TargetingQueries, PolicyQueries, VendorQueries):
 
     def _sealed_sample(self) -> bytes | None:
         """One sealed secret of the store, or None if it has none yet."""
-        tables = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        tables = self._tables()
         for table, column in _SEALED_COLUMNS:
             if table not in tables:
                 continue
             # A store not migrated yet may lack the column (vendor tokens were clear before 0007).
-            columns = {r[0] for r in self._conn.execute("SELECT name FROM pragma_table_info(?)", (table,))}
+            columns = self._columns(table)
             if column in columns:
                 row = self._conn.execute(f"SELECT {column} FROM {table} LIMIT 1").fetchone()
                 if row is not None:
                     return bytes(row[0])
         return None
+
+    def _tables(self) -> set[str]:
+        if self.url is not None:
+            sql = "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
+        else:
+            sql = "SELECT name FROM sqlite_master WHERE type = 'table'"
+        return {r[0] for r in self._conn.execute(sql)}
+
+    def _columns(self, table: str) -> set[str]:
+        if self.url is not None:
+            sql = (
+                "SELECT column_name FROM information_schema.columns"
+                " WHERE table_schema = current_schema() AND table_name = ?"
+            )
+        else:
+            sql = "SELECT name FROM pragma_table_info(?)"
+        return {r[0] for r in self._conn.execute(sql, (table,))}
 
     def _set_wal(self) -> None:
         # Switching a brand-new file to WAL needs a moment alone with it; SQLite does not wait
@@ -556,7 +629,10 @@ class Store(TargetingQueries, PolicyQueries, VendorQueries):
     async def check_writable(self) -> None:
         """Raise :class:`StoreUnavailable` unless the store can write now (a small real write);
         a success clears :attr:`write_failure`."""
-        await self.run(functools.partial(_probe_write, self._conn, self.data_dir))
+        if self.url is not None:
+            await self.run(functools.partial(pg.probe, self._pg))
+        else:
+            await self.run(functools.partial(_probe_write, self._conn, self.data_dir))
         self._health.failure = None
 
     async def app(self, app_key: str) -> App | None:
@@ -592,17 +668,22 @@ class Store(TargetingQueries, PolicyQueries, VendorQueries):
         return Transaction(self._conn)
 
     def schema_version(self) -> int:
+        if self.url is not None:
+            return pg.schema_version(self._pg)
         return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
 
     def migrate(self) -> None:
         """Apply the numbered migrations this database has not seen yet."""
+        if self.url is not None:
+            return pg.migrate(self._pg)
         known = _migrations()
         if known and self.schema_version() == known[-1][0]:
             return  # up to date: opening needs no write lock, so a busy writer cannot hold it up
         # What 0007 seals clear vendor tokens with; secure_delete zeroes the pages a migration
         # frees, so no clear secret stays behind in them.
-        self._conn.create_function("mqttpush_token_hash", 1, vendor_token_hash, deterministic=True)
-        self._conn.create_function("mqttpush_seal", 1, self._seal)
+        sqlite = self._sqlite
+        sqlite.create_function("mqttpush_token_hash", 1, vendor_token_hash, deterministic=True)
+        sqlite.create_function("mqttpush_seal", 1, self._seal)
         secure_delete = self._conn.execute("PRAGMA secure_delete").fetchone()[0]
         self._conn.execute("PRAGMA secure_delete = ON")
         try:
@@ -639,7 +720,7 @@ class Store(TargetingQueries, PolicyQueries, VendorQueries):
 
     def create_app(self, name: str) -> App:
         app = App(app_key=ids.new_app_key(), name=name, secret=ids.new_secret())
-        with self._tx():  # not sqlite-utils' insert: it commits, which would end a group commit
+        with self._tx():  # one transaction (a savepoint inside a group commit)
             self._conn.execute(
                 "INSERT INTO apps (app_key, name, secret_enc, created_at) VALUES (?, ?, ?, ?)",
                 (app.app_key, name, self._sealer.seal(app.secret), self.clock.now()),
@@ -705,7 +786,8 @@ class Store(TargetingQueries, PolicyQueries, VendorQueries):
             if row is not None and row[0] >= now:
                 return False
             self._conn.execute(
-                "INSERT OR REPLACE INTO nonces (app_key, nonce, expires_at) VALUES (?, ?, ?)",
+                "INSERT INTO nonces (app_key, nonce, expires_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (app_key, nonce) DO UPDATE SET expires_at = excluded.expires_at",
                 (app_key, nonce, now + window),
             )
         return True
@@ -841,7 +923,8 @@ class Store(TargetingQueries, PolicyQueries, VendorQueries):
             return SERVICE_USERNAME, self._sealer.open(row[0])
         password = ids.new_secret()
         self._conn.execute(
-            "INSERT OR IGNORE INTO service_accounts (username, password_enc, created_at) VALUES (?, ?, ?)",
+            "INSERT INTO service_accounts (username, password_enc, created_at) VALUES (?, ?, ?)"
+            " ON CONFLICT (username) DO NOTHING",
             (SERVICE_USERNAME, self._sealer.seal(password), self.clock.now()),
         )
         return self.service_credentials()
@@ -852,7 +935,9 @@ class Store(TargetingQueries, PolicyQueries, VendorQueries):
         password = ids.new_secret()
         with self._tx():
             self._conn.execute(
-                "INSERT OR REPLACE INTO service_accounts (username, password_enc, created_at) VALUES (?, ?, ?)",
+                "INSERT INTO service_accounts (username, password_enc, created_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (username) DO UPDATE SET password_enc = excluded.password_enc,"
+                " created_at = excluded.created_at",
                 (SERVICE_USERNAME, self._sealer.seal(password), self.clock.now()),
             )
         return SERVICE_USERNAME, password
@@ -938,7 +1023,7 @@ class Store(TargetingQueries, PolicyQueries, VendorQueries):
                         parent_msg_id,
                     ),
                 )
-            except sqlite3.IntegrityError:
+            except (sqlite3.IntegrityError, pg.IntegrityError):
                 raise Conflict(
                     f"biz_id {policy.get('biz_id')!r} was already used", code="duplicate_biz_id"
                 ) from None
@@ -988,6 +1073,8 @@ class Store(TargetingQueries, PolicyQueries, VendorQueries):
         for msg_id, device_id in wanted:
             by_msg.setdefault(msg_id, []).append(device_id)
         sources = [s.value for s in DeliveryState if advances(s, state)]
+        if not sources:
+            return []  # nothing moves into the first state
         error = detail if state in (DeliveryState.FAILED, DeliveryState.DROPPED) else None
         attempt = 1 if state is DeliveryState.PUBLISHED else 0
         moved: set[tuple[str, str]] = set()
@@ -1103,7 +1190,7 @@ class Store(TargetingQueries, PolicyQueries, VendorQueries):
             # CROSS JOIN keeps the key list outside: one primary-key lookup per key, never a scan.
             for msg_id, device_id, state in self._conn.execute(
                 f"SELECT d.msg_id, d.device_id, d.state FROM (VALUES {','.join(['(?, ?)'] * len(chunk))}) k"
-                " CROSS JOIN deliveries d ON d.msg_id = k.column1 AND d.device_id = k.column2",
+                " CROSS JOIN deliveries d WHERE d.msg_id = k.column1 AND d.device_id = k.column2",
                 [x for key in chunk for x in key],
             ):
                 found[msg_id, device_id] = DeliveryState(state)
