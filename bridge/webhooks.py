@@ -46,6 +46,7 @@ MAX_IN_FLIGHT = 16
 TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 PRUNE_SECONDS = 3600.0
 _ERROR_BODY_BYTES = 200
+_ANSWER_BYTES = 64 * 1024
 
 
 def signature(secret: str, timestamp: str, body: bytes) -> str:
@@ -230,15 +231,16 @@ class WebhookSender:
             self.posts += 1
             try:
                 async with self._http.stream("POST", batch.url, content=batch.body, headers=headers) as resp:
+                    head = b""
+                    async for chunk in resp.aiter_bytes():  # read a small answer whole: the
+                        head += chunk  # connection is kept for the next POST
+                        if len(head) > _ANSWER_BYTES:
+                            break
                     if resp.is_success:
                         return None, None
-                    head = b""
-                    async for chunk in resp.aiter_bytes():
-                        head += chunk
-                        if len(head) >= _ERROR_BODY_BYTES:
-                            break
                     text = head[:_ERROR_BODY_BYTES].decode("utf-8", "replace").strip()
                     wait = _retry_after(resp.headers.get("retry-after"), time.time())
                     return f"HTTP {resp.status_code}" + (f": {text}" if text else ""), wait
-            except httpx.HTTPError as exc:
+            except Exception as exc:  # whatever stops a POST (refused, timeout, TLS, a URL httpx
+                # cannot use) is the endpoint's failure, retried like any other
                 return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__, None

@@ -103,6 +103,8 @@ def webhook_list(url: str, app_key: str, app_secret: str, as_json: bool) -> None
 
 
 def _print(docs: list[dict[str, Any]]) -> None:
+    if not docs:
+        click.echo("no webhooks")
     for d in docs:
         click.echo(
             f"{d['webhook_id']}  {d['state']:<8} {d['url']}  events={','.join(d['events'])}"

@@ -233,6 +233,7 @@ class PolicyQueries(StoreCore):
                 "UPDATE messages SET state = 'cancelled', next_run_at = NULL WHERE msg_id = ?", (msg_id,)
             )
             if task_id and task_state in ("pending", "running"):
+                self.webhooks.task_finished(task_id, "cancelled")
                 self._conn.execute(
                     "UPDATE tasks SET state = 'cancelled', updated_at = ?, finished_at = ? WHERE task_id = ?",
                     (now, now, task_id),
@@ -271,6 +272,7 @@ class PolicyQueries(StoreCore):
             self._conn.execute(
                 "UPDATE messages SET state = 'recalled', next_run_at = NULL WHERE msg_id = ?", (msg_id,)
             )
+            self.webhooks.message_tasks_finished(msg_id, "cancelled")
             self._conn.execute(
                 "UPDATE tasks SET state = 'cancelled', updated_at = ?, finished_at = ? WHERE msg_id = ?"
                 " AND state IN ('pending', 'running')",

@@ -217,6 +217,13 @@ class WebhookRepository(Repository):
             }
             self.emit(str(row[0]), "task.done", fields)
 
+    def message_tasks_finished(self, msg_id: str, state: str) -> None:
+        """``task.done`` for each open task of a message about to end as ``state`` (a recall)."""
+        for (task_id,) in self._conn.execute(
+            "SELECT task_id FROM tasks WHERE msg_id = ? AND state IN ('pending', 'running')", (msg_id,)
+        ).fetchall():
+            self.task_finished(str(task_id), state)
+
     def alarm_raised(self, app_key: str, vendor: str, reason: str) -> None:
         """``alarm``: a vendor refused the app's credentials. Once per alarm, not for every send it
         refuses again: until the credentials are set again (which clears the alarm)."""

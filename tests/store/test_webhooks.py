@@ -5,7 +5,6 @@ across retries, and gives events up (kept, visible) 24 h after they were created
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +21,9 @@ from tests.store.test_messages import accept
 
 
 @pytest.fixture
-def wstore(data_dir: Path, clock: FakeClock) -> Iterator[Store]:
-    s = Store(data_dir, clock=clock)
-    yield s
-    s.close()
+def wstore(store: Store) -> Store:
+    """The store on each engine (SQLite, PostgreSQL)."""
+    return store
 
 
 def outbox(store: Store, webhook_id: str | None = None) -> list[dict[str, Any]]:
@@ -254,12 +252,12 @@ def test_registration_limits_and_removal(wstore: Store) -> None:
 
 
 def test_a_webhook_added_by_another_process_is_seen(
-    wstore: Store, data_dir: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+    wstore: Store, data_dir: Path, clock: FakeClock, store_url: str | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     app = wstore.create_app("shop")
     accept(wstore, app.app_key, "m1", ["d1", "d2"])
     wstore.transition([("m1", "d1")], DeliveryState.FAILED, "before")  # the map is loaded: empty
-    other = Store(data_dir, clock=clock)
+    other = Store(data_dir, clock=clock, url=store_url)
     try:
         other.webhooks.create(app.app_key, "https://a.example/", ["delivery.failed"])
     finally:
@@ -267,3 +265,37 @@ def test_a_webhook_added_by_another_process_is_seen(
     monkeypatch.setattr(webhooks_module, "REFRESH_SECONDS", 0.0)  # instead of waiting 2 s
     wstore.transition([("m1", "d2")], DeliveryState.FAILED, "after")
     assert [r["payload"]["detail"] for r in outbox(wstore)] == ["after"]
+
+
+def test_every_way_a_task_ends_is_one_task_done(wstore: Store) -> None:
+    app = wstore.create_app("shop")
+    hook = wstore.webhooks.create(app.app_key, "https://a.example/", ["task.done"])
+
+    def task(n: int) -> None:
+        wstore.accept_message(
+            msg_id=f"m{n}",
+            app_key=app.app_key,
+            kind="tags",
+            target={"tags": "x"},
+            envelope=b"{}",
+            policy={},
+            expires_at=START + 3600,
+            device_ids=[],
+            task_id=f"t{n}",
+        )
+
+    for n in range(4):
+        task(n)
+    wstore.finish_task("t0", "failed", "audience query failed")
+    wstore.cancel_task(app.app_key, "t1")
+    wstore.cancel_message(app.app_key, "m2")
+    wstore.recall(app.app_key, "m3")
+    wstore.recall(app.app_key, "m0")  # its task had ended already
+
+    docs = [r["payload"] for r in outbox(wstore, hook["webhook_id"])]
+    assert [(d["task_id"], d["msg_id"], d["state"], d["error"]) for d in docs] == [
+        ("t0", "m0", "failed", "audience query failed"),
+        ("t1", "m1", "cancelled", None),
+        ("t2", "m2", "cancelled", None),
+        ("t3", "m3", "cancelled", None),
+    ]
