@@ -82,8 +82,10 @@ class PgServer:
                 "trust",
                 "-U",
                 "mqttpush",
-            ]
-            + ["-E", "UTF8", "--no-sync"],
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
             check=True,
             capture_output=True,
         )
@@ -120,9 +122,8 @@ class PgServer:
                     return
             except psycopg.OperationalError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"PostgreSQL did not start: {(self.dir / 'postgres.log').read_text()[-2000:]}"
-                    )
+                    log_tail = (self.dir / "postgres.log").read_text()[-2000:]
+                    raise RuntimeError(f"PostgreSQL did not start: {log_tail}") from None
                 time.sleep(0.05)  # polling a server we just started, with a deadline
 
     def stop(self) -> None:
