@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from bridge.receipts import Receipts
     from bridge.tasks import TaskRunner
     from bridge.vendors import VendorGateway
+    from bridge.webhooks import WebhookSender
     from mqttpush.api.context import ApiContext
     from mqttpush.api.guard import Guard
     from mqttpush.store import Store
@@ -92,6 +93,7 @@ class MetricSources:
     vendors: VendorGateway | None = None
     broker: BrokerCounts | None = None
     """None when the broker runs in another process (``mqttpush bridge``)."""
+    webhooks: WebhookSender | None = None
     loop_lag: LoopLag = field(default_factory=LoopLag)
     queues: dict[str, Callable[[], int]] = field(default_factory=dict)
     """More queue depths by name (the presence writer's)."""
@@ -189,6 +191,7 @@ class _Collector(Collector):
         yield from self._deliveries()
         yield from self._vendors()
         yield from self._queues()
+        yield from self._webhooks()
         yield from self._store()
         yield from self._loop()
         yield from self._http()
@@ -288,6 +291,17 @@ class _Collector(Collector):
                 "How long the oldest accepted push has waited to be published (0: none waits).",
                 value=s.dispatcher.lag(),
             )
+
+    def _webhooks(self) -> Iterable[Metric]:
+        sender = self.sources.webhooks
+        posts = CounterMetricFamily("mqttpush_webhook_posts", "Webhook POSTs made (batches of events).")
+        backing_off = GaugeMetricFamily(
+            "mqttpush_webhooks_backing_off", "Webhooks whose last POST failed, waiting to retry."
+        )
+        if sender is not None:
+            posts.add_metric([], sender.posts)
+            backing_off.add_metric([], len(sender.retry_at))
+        yield from (posts, backing_off)
 
     def _store(self) -> Iterable[Metric]:
         stats = self.store.commit_stats

@@ -105,6 +105,8 @@ def test_metrics_move_with_a_push_to_a_connected_device_and_its_receipt(running:
     assert value(samples, "mqttpush_store_commit_batch_size_count") > 0
     assert value(samples, "mqttpush_queue_depth", queue="dispatcher") == 0
     assert value(samples, "mqttpush_publish_lag_seconds") == 0
+    assert ("mqttpush_webhook_posts_total", ()) in samples
+    assert value(samples, "mqttpush_webhooks_backing_off") == 0
 
     gone = wait_for(
         r.url, lambda s: value(s, "mqttpush_mqtt_connections", transport="tcp", state="connected") == 0
