@@ -166,8 +166,8 @@ class WebhookSender:
             while True:
                 due = self.retry_at.get(webhook_id)
                 if due is not None and due > self._clock.now():
+                    # Woken, it is time (not checked again: clock.now() may land a rounding short).
                     await self._clock.sleep(due - self._clock.now())
-                    continue
                 retry, fresh = await self._store.run(self._repo.outlook, webhook_id)
                 if not retry and fresh == 0:
                     return
