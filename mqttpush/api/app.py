@@ -21,7 +21,7 @@ from bridge.channels.tokens import validate_vendor_token
 from bridge.policy import SendPolicy
 from bridge.targets import ALIAS_RE, ALIAS_TYPE_RE, TAG_RE
 from mqttpush import __version__, ids, topics
-from mqttpush.api import console, metrics, quick, webhooks, webpush
+from mqttpush.api import console, cors, metrics, quick, webhooks, webpush
 from mqttpush.api import stats as stats_routes
 from mqttpush.api.common import BEARER, KEY_ONLY, SIGNED, complete_openapi, error, parse, read_body, spec
 from mqttpush.api.context import ApiContext
@@ -469,10 +469,11 @@ def create_api(ctx: ApiContext) -> FastAPI:
         return doc
 
     # Route modules (mqttpush/api/<name>.py): each adds its routes with install(api, ctx, guard).
+    console.install(api, ctx, guard)
     metrics.install(api, ctx, guard)
     webpush.install(api, ctx, guard)
-    console.install(api, ctx, guard)
-    stats_routes.install(api, ctx, guard)
     quick.install(api, ctx, guard)
     webhooks.install(api, ctx, guard)
+    stats_routes.install(api, ctx, guard)
+    cors.install(api, ctx, guard)
     return api
