@@ -203,10 +203,6 @@ def measure(args: argparse.Namespace, data_dir: Path, facts: dict[str, Any]) -> 
                     lambda: http.get(f"/console/api/messages/{big}/deliveries", params={"state": "failed"}),
                 ),
                 (
-                    f"message funnel ({args.devices:,} deliveries)",
-                    lambda: http.get(f"/console/api/messages/{big}/funnel"),
-                ),
-                (
                     "statistics, last 24 h by platform",
                     lambda: http.get("/console/api/stats", params={"by": "platform"}),
                 ),

@@ -304,11 +304,6 @@ def install(api: FastAPI, ctx: ApiContext, guard: Guard) -> None:
             q.get("step") or None,
         )
 
-    @api.get("/console/api/messages/{msg_id}/funnel", include_in_schema=False)
-    async def console_funnel(msg_id: str, request: Request) -> dict[str, Any]:
-        app, _, _ = await session_of(request, changes=False)
-        return await store.run(store.stats.message_funnel, app.app_key, msg_id)
-
     # --- devices ---------------------------------------------------------------------------------------
 
     @api.get("/console/api/devices", include_in_schema=False)
