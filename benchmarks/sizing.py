@@ -11,8 +11,9 @@ Prints a table, then one line of JSON. What it measures, on this machine:
   (accept, publish, arrived receipt), counting rows inserted/updated/deleted
   (``pg_stat_user_tables``) and the database's growth per push.
 
-Broker memory per idle MQTT connection comes from ``python -m benchmarks.run --scenarios idle``
-(docs/performance.md), not from here.
+- **Broker node memory per subscribed device**: ``--devices`` lean MQTT devices connect and
+  subscribe their inbox on ``mqttpush broker`` alone, then on ``mqttpush broker --cluster`` (one
+  nats-server); the broker's RSS before and after each.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.procs import free_port, rss_kb
+from benchmarks.mqtt import open_connection
+from benchmarks.procs import _read_line, free_port, make_fleet, rss_kb, spawn, stop
 
 
 def _nats_interest(subjects: int) -> dict[str, Any]:
@@ -144,16 +146,81 @@ def _pg_per_push(pushes: int) -> dict[str, Any]:
     }
 
 
+def _nats_server(directory: Path) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    proc = subprocess.Popen(
+        ["nats-server", "-a", "127.0.0.1", "-p", str(port), "-l", str(directory / "nats.log")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return proc, port
+
+
+def _node_memory(devices: int) -> dict[str, Any]:
+    """RSS of a broker before and after ``devices`` devices connect and subscribe, alone and as a
+    cluster node."""
+    out: dict[str, Any] = {"devices": devices}
+    with tempfile.TemporaryDirectory() as d:
+        root = Path(d)
+        fleet = make_fleet(root / "data", devices)
+        nats_proc, nats_port = _nats_server(root)
+        try:
+            for mode, extra in (
+                ("single", []),
+                ("cluster", ["--cluster", f"nats://127.0.0.1:{nats_port}", "--node-id", "n1"]),
+            ):
+                cmd = [sys.executable, "-m", "mqttpush", "broker", "--data-dir", str(fleet.data_dir)]
+                cmd += ["--host", "127.0.0.1", "--mqtt-port", "0", "--json", "--log-level", "warning", *extra]
+                proc = spawn(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+                try:
+                    line = _read_line(proc, 60)
+                    if not line:
+                        raise RuntimeError(f"mqttpush broker ({mode}) did not start")
+                    port = int(json.loads(line)["mqtt_port"])
+                    before = rss_kb(proc.pid)
+                    after = asyncio.run(_connect_all(port, fleet.app_key, fleet.devices, proc.pid))
+                    out[f"{mode}_bytes_per_device"] = (after - before) * 1024 / devices
+                finally:
+                    stop(proc)
+        finally:
+            nats_proc.terminate()
+            nats_proc.wait(10)
+    return out
+
+
+async def _connect_all(port: int, app_key: str, devices: list[Any], pid: int) -> int:
+    conns = []
+    for dev in devices:
+        conn = await open_connection("127.0.0.1", port, dev.device_id, dev.device_id, dev.token)
+        await conn.subscribe([f"mqttpush/{app_key}/d/{dev.device_id}/m/+"])
+        conns.append(conn)
+    await asyncio.sleep(1.0)  # let the broker settle its per-connection state before reading RSS
+    rss = rss_kb(pid)
+    for conn in conns:
+        conn.disconnect()
+    return rss
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.sizing", description=__doc__.split("\n\n")[0])
     parser.add_argument("--subjects", type=int, default=100_000)
     parser.add_argument("--pushes", type=int, default=2_000)
+    parser.add_argument("--devices", type=int, default=2_000)
     args = parser.parse_args(argv)
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     nats_figures = _nats_interest(args.subjects)
     pg_figures = _pg_per_push(args.pushes)
+    node_figures = _node_memory(args.devices)
     rows = [
+        (
+            "broker memory per subscribed device, single node",
+            f"{node_figures['single_bytes_per_device'] / 1024:.1f} KiB",
+        ),
+        (
+            "broker memory per subscribed device, cluster node",
+            f"{node_figures['cluster_bytes_per_device'] / 1024:.1f} KiB",
+        ),
         ("NATS server memory per device subject", f"{nats_figures['server_bytes_per_subject']:.0f} B"),
         (
             "broker node (nats-py) memory per device subject",
@@ -175,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'measure':<{width}}  value")
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
-    print(json.dumps({"nats": nats_figures, "postgresql": pg_figures}))
+    print(json.dumps({"nats": nats_figures, "postgresql": pg_figures, "broker_node": node_figures}))
     return 0
 
 
