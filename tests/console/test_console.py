@@ -79,6 +79,15 @@ def test_wrong_credentials_show_an_error_and_sign_in_works(
     cookie = browser.get_cookie("mqttpush_console")
     assert cookie is not None and cookie["httpOnly"] and cookie["sameSite"] == "Strict"
     assert browser.execute_script("return document.cookie") == ""  # HttpOnly: no script reads it
+    # A script on the page (the cookie rides along) without the CSRF header is refused, nothing sent.
+    status = browser.execute_async_script(
+        """const done = arguments[arguments.length - 1];
+        fetch("/console/api/push", {method: "POST", headers: {"Content-Type": "application/json"},
+              body: JSON.stringify({target: {broadcast: true}, notification: {title: "x"}})})
+          .then(async (res) => done([res.status, (await res.json()).error.code]));"""
+    )
+    assert status == [403, "bad_csrf"]
+    assert stored_messages(r) == []
 
     browser.find_element(By.ID, "signout").click()
     until(browser, lambda d: d.find_elements(By.ID, "signin-form"))
@@ -350,6 +359,20 @@ def test_sign_in_with_an_admin_access_token(running: Running) -> None:
             store.close()
         revoked = http.get("/console/api/messages")  # a revoked token ends its console sessions
         assert (revoked.status_code, revoked.json()["error"]["code"]) == (401, "no_session")
+
+
+def test_the_cookie_is_secure_behind_https(running: Running) -> None:
+    """Behind a TLS-terminating proxy (X-Forwarded-Proto from a trusted address) the cookie is Secure."""
+    r = running
+    creds = {"app_key": r.app_key, "app_secret": r.app_secret}
+    with httpx.Client(base_url=r.url) as http:
+        plain = http.post("/console/api/session", json=creds)
+        tls = http.post("/console/api/session", json=creds, headers={"X-Forwarded-Proto": "https"})
+    assert plain.status_code == tls.status_code == 201
+    plain_cookie, tls_cookie = plain.headers["set-cookie"].lower(), tls.headers["set-cookie"].lower()
+    for cookie in (plain_cookie, tls_cookie):
+        assert "httponly" in cookie and "samesite=strict" in cookie and "path=/console" in cookie
+    assert "secure" not in plain_cookie and "secure" in tls_cookie
 
 
 def test_console_pages_list_with_keyset_cursors(running: Running) -> None:
