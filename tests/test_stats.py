@@ -435,13 +435,17 @@ def test_flush_rolls_up_and_retention_keeps_each_granularity(store: Store) -> No
     app = store.create_app("a")
     device = store.register_device(app.app_key, "i-1", "android", app_version="9")
     start = clock.now()
+    envelopes = [  # as mqttpush/envelope.py lays them out, and in another order (read in full)
+        {"id": "m", "app": app.app_key, "type": "notification", "title": "t"},
+        {"data": {"type": "not this one"}, "type": "notification", "id": "m"},
+    ]
     for i in range(3):
         store.accept_message(
             msg_id=f"m{i}",
             app_key=app.app_key,
             kind="devices",
             target={"devices": [device.device_id]},
-            envelope=json.dumps({"id": f"m{i}", "type": "notification"}).encode(),
+            envelope=json.dumps(envelopes[i % 2], separators=(",", ":")).encode(),
             policy={},
             expires_at=clock.now() + 3600,
             device_ids=[device.device_id],
@@ -453,6 +457,10 @@ def test_flush_rolls_up_and_retention_keeps_each_granularity(store: Store) -> No
     for step in ("1m", "1h", "1d"):
         totals = store.stats.query(app.app_key, *window, None, step)["totals"]
         assert (totals["targeted"], totals["published"]) == (3, 3), step
+    by_type = store.stats.query(app.app_key, *window, "type", "1d")["series"]
+    assert [(s["key"], sum(p["targeted"] for p in s["points"])) for s in by_type] == [
+        ({"type": "notification"}, 3)
+    ]
     doc = store.stats.query(app.app_key, *window, "platform,app_version,channel", "1h")
     assert [s["key"] for s in doc["series"]] == [
         {"platform": "android", "app_version": "9", "channel": "mqtt"},

@@ -2,9 +2,10 @@
 
 Every delivery history row the store writes is shown to :meth:`StatsRepository.count` (a
 transition listener, on the store thread, inside the writing transaction). It only counts in
-memory: dimensions come from small caches (message → app and type, device → platform and app
+memory, a batch of rows at a time (about a thousand, and whatever is there at each flush and
+query): dimensions come from small caches (message → app and type, device → platform and app
 version, delivery → the channels that carried it so far), whose misses are filled with one query
-per batch of rows, never one per row. :meth:`StatsRepository.flush` (every few seconds, and on
+per batch, never one per row or per push. :meth:`StatsRepository.flush` (every few seconds, and on
 stop) adds the counts to the per-minute, per-hour and per-day tables in one transaction of
 upserts, and applies each table's retention. A query adds the counts not flushed yet, so answers
 are current; a crash loses at most the counts since the last flush (docs/statistics.md says why).
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import calendar
 import json
+import logging
 import math
 import re
 from collections.abc import Iterable, Sequence
@@ -64,18 +66,22 @@ _INDEX = {
     "dropped": 8,
     "cancelled": 9,
 }
+_NEEDS_CARRIED = frozenset(_INDEX) - {"accepted"}
 _TABLES = {60: "stats_minute", 3600: "stats_hour", 86400: "stats_day"}
 _REASON_TABLES = {60: "stats_reason_minute", 3600: "stats_reason_hour", 86400: "stats_reason_day"}
 _RETENTION_EVERY = 3600.0  # seconds between retention passes
 _DEVICE_REFRESH = 600.0  # seconds a device's platform and app version are taken from the cache
+_BATCH_ROWS = 1024  # history rows counted together (and at every flush and query)
 _MAX_MESSAGES = 50_000
 _MAX_DEVICES = 200_000
-_MAX_DELIVERIES = 200_000
+_MAX_DELIVERIES = 100_000
 _UNKNOWN_MESSAGE = ("", "")
 _UNKNOWN_DEVICE = ("", "")
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _NUMBER = re.compile(r"^\d{1,12}(?:\.\d+)?$")
+
+log = logging.getLogger("mqttpush.stats")
 
 Key = tuple[str, int, str, str, str, str]
 """``(app_key, minute, platform, channel, type, app_version)``."""
@@ -112,6 +118,24 @@ def event_vendor(state: str, detail: str | None) -> str | None:
         vendor, sep, _ = detail.partition(": ")
         return vendor if sep and vendor in VENDORS else None
     return None
+
+
+_ENVELOPE_HEAD = 256
+# Envelopes start {"id":…,"app":…,"type":"…" (mqttpush/envelope.py); ids and app keys hold no quote.
+_TYPE = re.compile(rb'^\{"id":"[^"]*","app":"[^"]*","type":"([a-z_]{1,32})"')
+
+
+def _envelope_type(head: bytes, msg_id: str, conn: Any) -> str:
+    """The envelope's ``type`` from its first bytes; the whole envelope parsed if it is laid out
+    otherwise (a store written by another version)."""
+    match = _TYPE.match(head)
+    if match is not None:
+        return match.group(1).decode()
+    row = conn.execute("SELECT envelope FROM messages WHERE msg_id = ?", (msg_id,)).fetchone()
+    try:
+        return str(json.loads(bytes(row[0])).get("type") or "")
+    except (ValueError, AttributeError, TypeError):
+        return ""
 
 
 def _join(carried: str, channel: str) -> str:
@@ -214,6 +238,7 @@ class StatsRepository(Repository):
         self._devices: dict[str, tuple[str, str]] = {}
         self._devices_read_at = 0.0
         self._carried: dict[tuple[str, str], str] = {}
+        self._deferred: list[Event] = []
         self._retained_at = 0.0
 
     # --- counting: on the store thread, inside the transaction that writes the rows ------------
@@ -227,51 +252,70 @@ class StatsRepository(Repository):
             self._store.transition_listeners.append(self.count)
 
     def count(self, conn: Any, rows: list[Event]) -> None:
-        """The transition listener: count ``rows`` into the unflushed per-minute counts (``conn``
-        is the store's own connection, in the writing transaction)."""
+        """The transition listener (``conn`` is the store's own connection, in the writing
+        transaction): keep the rows, and count them once a batch is together, so that what the
+        caches lack is read with one query for many pushes, not one per single-device push."""
+        self._deferred += rows
+        if len(self._deferred) >= _BATCH_ROWS:
+            try:
+                self._drain()
+            except Exception:  # a push must never fail for its statistics
+                log.exception("statistics: %d history rows not counted", len(rows))
+
+    def _drain(self) -> None:
+        """Count the rows kept so far into the unflushed per-minute counts."""
+        rows, self._deferred = self._deferred, []
+        if not rows:
+            return
         messages, devices, carried = self._messages, self._devices, self._carried
-        missing = [m for m in {r[0] for r in rows} if m not in messages]
-        if missing:
-            self._load_messages(missing)
-        absent = [d for d in {r[1] for r in rows} if d not in devices]
-        if absent:
-            self._load_devices(absent)
-        # Whatever needs a delivery's channels so far (not the accepted row, not a row that names
-        # its vendor) and this process has not seen them yet: after a restart, or trimmed.
+        missing = {r[0] for r in rows}.difference(messages)
+        absent = {r[1] for r in rows}.difference(devices)
+        # Rows that need a delivery's channels so far (not the accepted row, not a row naming its
+        # vendor) that this process has not seen yet, here or before: after a restart, or trimmed.
+        fresh = {(m, d) for m, d, s, _, _ in rows if s == "accepted"}
         unknown = {
             (m, d)
             for m, d, s, _, detail in rows
-            if s != "accepted"
-            and s in _INDEX
+            if s in _NEEDS_CARRIED
             and (m, d) not in carried
+            and (m, d) not in fresh
             and (s != "failed" or event_vendor(s, detail) is None)
         }
+        if missing:
+            self._load_messages(list(missing))
+        if absent:
+            self._load_devices(list(absent))
         if unknown:
             self._load_carried(unknown)
         counts, reasons = self._counts, self._reasons
+        ended: list[tuple[str, str]] = []
+        last_at, minute, last_msg, app_key, kind = -1.0, 0, "", "", ""
         for msg_id, device_id, state, at, detail in rows:
             index = _INDEX.get(state)
             if index is None:
                 continue  # queued: a hold, not a step of the funnel
-            app_key, kind = messages.get(msg_id, _UNKNOWN_MESSAGE)
+            if msg_id != last_msg:  # a batch is mostly one message's rows, at one time
+                last_msg = msg_id
+                app_key, kind = messages.get(msg_id, _UNKNOWN_MESSAGE)
             if not app_key:
                 continue
+            if at != last_at:
+                last_at, minute = at, int(at // 60) * 60
             platform, version = devices.get(device_id, _UNKNOWN_DEVICE)
             key = (msg_id, device_id)
-            if state == "accepted":
+            if index == 0:  # accepted
                 channel = NO_CHANNEL
                 carried[key] = NO_CHANNEL
-            elif state == "published":
+            elif index == 1:  # published
                 channel = "mqtt"
-                carried[key] = _join(carried.get(key, NO_CHANNEL), channel)
-            elif state == "forwarded":
+                before = carried.get(key, NO_CHANNEL)
+                carried[key] = channel if before == NO_CHANNEL else _join(before, channel)
+            elif index == 2:  # forwarded
                 channel = detail or "vendor"
                 carried[key] = _join(carried.get(key, NO_CHANNEL), channel)
             else:
                 channel = event_vendor(state, detail) or carried.get(key, NO_CHANNEL)
-                if state not in ("arrived",):
-                    carried.pop(key, None)  # its last event, most likely; a later one reads it again
-            minute = int(at // 60) * 60
+                ended.append(key)
             bucket = (app_key, minute, platform, channel, kind, version)
             counter = counts.get(bucket)
             if counter is None:
@@ -280,6 +324,10 @@ class StatsRepository(Repository):
             if state in REASON_COUNTERS:
                 reason_key = (*bucket, state, failure_reason(detail))
                 reasons[reason_key] = reasons.get(reason_key, 0) + 1
+        # Past their channels: a receipt or an end. A later row (opened after arrived) reads them
+        # again, in a batch; holding every arrived delivery would cost more memory.
+        for key in ended:
+            carried.pop(key, None)
         if len(carried) > _MAX_DELIVERIES:
             _trim(carried, _MAX_DELIVERIES)
 
@@ -287,14 +335,12 @@ class StatsRepository(Repository):
         if len(self._messages) + len(msg_ids) > _MAX_MESSAGES:
             _trim(self._messages, _MAX_MESSAGES - len(msg_ids))
         for chunk, marks in chunks(msg_ids):
-            for msg_id, app_key, envelope in self._conn.execute(
-                f"SELECT msg_id, app_key, envelope FROM messages WHERE msg_id IN ({marks})", chunk
+            for msg_id, app_key, head in self._conn.execute(
+                f"SELECT msg_id, app_key, substr(envelope, 1, {_ENVELOPE_HEAD}) FROM messages"
+                f" WHERE msg_id IN ({marks})",
+                chunk,
             ):
-                try:
-                    kind = str(json.loads(bytes(envelope)).get("type") or "")
-                except (ValueError, AttributeError):
-                    kind = ""
-                self._messages[msg_id] = (str(app_key), kind)
+                self._messages[msg_id] = (str(app_key), _envelope_type(bytes(head), msg_id, self._conn))
 
     def _load_devices(self, device_ids: list[str]) -> None:
         if len(self._devices) + len(device_ids) > _MAX_DEVICES:
@@ -328,6 +374,7 @@ class StatsRepository(Repository):
     def flush(self) -> int:
         """Add the unflushed counts to the minute, hour and day tables (one transaction), then
         apply retention if it is due. Returns how many minute rows were written."""
+        self._drain()
         counts, reasons = self._counts, self._reasons
         now = self.clock.now()
         if not 0 <= now - self._devices_read_at < _DEVICE_REFRESH:
@@ -398,6 +445,7 @@ class StatsRepository(Repository):
     ) -> dict[str, Any]:
         """``GET /api/v1/stats``: the app's counters per time bucket, one series per combination
         of the ``by`` dimensions, zero points included (docs/statistics.md, "API")."""
+        self._drain()
         now = self.clock.now()
         start = parse_time(since, now, "since") if since not in (None, "") else now - 86400
         end = parse_time(until, now, "until") if until not in (None, "") else now
