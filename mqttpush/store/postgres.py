@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import logging
 import re
-import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from importlib import resources
 from typing import Any
@@ -28,6 +27,7 @@ import psycopg.errors
 from psycopg.pq import TransactionStatus
 
 from mqttpush.errors import StoreError, StoreUnavailable
+from mqttpush.store.tx import split_statements
 
 log = logging.getLogger("mqttpush.store")
 
@@ -167,20 +167,6 @@ def migrations() -> list[tuple[int, str]]:
     return sorted(found)
 
 
-def statements(sql: str) -> list[str]:
-    """A migration split into statements (complete by SQL's rules for ``;``, quotes, comments)."""
-    out, buf = [], ""
-    for line in sql.splitlines(keepends=True):
-        buf += line
-        if sqlite3.complete_statement(buf):
-            if buf.strip():
-                out.append(buf)
-            buf = ""
-    if buf.strip() and not all(ln.strip().startswith("--") or not ln.strip() for ln in buf.splitlines()):
-        raise StoreError(f"unterminated statement in a migration: {buf[:80]!r}", code="bad_migration")
-    return out
-
-
 def schema_version(conn: PgConnection) -> int:
     row = conn.execute("SELECT to_regclass('mqttpush_schema')").fetchone()
     if row is None or row[0] is None:
@@ -221,7 +207,7 @@ def migrate(conn: PgConnection) -> None:
         for version, sql in known:
             if version <= current:
                 continue
-            for statement in statements(sql):
+            for statement in split_statements(sql):
                 conn.execute(statement)
             conn.execute("UPDATE mqttpush_schema SET version = ?", (version,))
         conn.execute("COMMIT")

@@ -55,7 +55,7 @@ from mqttpush.store.policy import PolicyQueries
 from mqttpush.store.stats import StatsRepository
 from mqttpush.store.targeting import TargetingQueries
 from mqttpush.store.tokens import TokenRepository
-from mqttpush.store.tx import Connection, Transaction
+from mqttpush.store.tx import Connection, Transaction, split_statements
 from mqttpush.store.vendors import VendorQueries, vendor_token_hash
 from mqttpush.store.webhooks import WebhookRepository
 from mqttpush.telemetry import CommitStats
@@ -77,20 +77,6 @@ def _migrations() -> list[tuple[int, str]]:
         if name.endswith(".sql"):
             found.append((int(name.split("_", 1)[0]), entry.read_text()))
     return sorted(found)
-
-
-def _statements(sql: str) -> list[str]:
-    """Split a migration into statements (sqlite3 runs one at a time; comments may hold ';')."""
-    out, buf = [], ""
-    for line in sql.splitlines(keepends=True):
-        buf += line
-        if sqlite3.complete_statement(buf):
-            if buf.strip():
-                out.append(buf)
-            buf = ""
-    if buf.strip() and not all(ln.strip().startswith("--") or not ln.strip() for ln in buf.splitlines()):
-        raise StoreError(f"unterminated statement in a migration: {buf[:80]!r}", code="bad_migration")
-    return out
 
 
 def sqlite_dir(url: str) -> Path:
@@ -706,7 +692,7 @@ class Store(TargetingQueries, PolicyQueries, VendorQueries):
                     )
                 if version <= current:
                     continue
-                for statement in _statements(sql):
+                for statement in split_statements(sql):
                     self._conn.execute(statement)
                 self._conn.execute(f"PRAGMA user_version={version}")
 

@@ -3,8 +3,11 @@ store thread already runs the call inside a group transaction (see ``_GroupCommi
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from typing import Any, Protocol
+
+from mqttpush.errors import StoreError
 
 
 class Cursor(Protocol):
@@ -56,3 +59,18 @@ class Transaction:
             self._conn.execute("COMMIT")
         else:
             self._conn.execute("ROLLBACK")
+
+
+def split_statements(sql: str) -> list[str]:
+    """A migration split into statements, each complete by SQL's rules for ``;``, quotes and
+    comments (both engines run one statement a call)."""
+    out, buf = [], ""
+    for line in sql.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            if buf.strip():
+                out.append(buf)
+            buf = ""
+    if buf.strip() and not all(ln.strip().startswith("--") or not ln.strip() for ln in buf.splitlines()):
+        raise StoreError(f"unterminated statement in a migration: {buf[:80]!r}", code="bad_migration")
+    return out
