@@ -230,6 +230,7 @@ def test_browser_page_registers_shows_a_cli_push_and_its_click_is_opened(
     r = ws_running
     site = static_site(examples, EXAMPLES / "browser")
     ws = f"ws://127.0.0.1:{r.server.broker_node.listener_ports()['ws_port']}"
+    browser.get_log("browser")  # drop what earlier pages logged
     browser.get(f"{site}/index.html?" + urlencode({"api": r.url, "key": r.app_key, "ws": ws}))
     until(browser, lambda d: d.find_element(By.ID, "state").get_attribute("data-state") == "connected")
     device_id = browser.find_element(By.ID, "device-id").text
@@ -261,6 +262,8 @@ def test_browser_page_registers_shows_a_cli_push_and_its_click_is_opened(
     status = cli_json("status", msg_id, *auth)
     assert [(d["device_id"], d["state"]) for d in status["deliveries"]] == [(device_id, "opened")]
     assert card.get_attribute("data-state") == "opened"
+    # Nothing the page did was refused (its Content-Security-Policy included) or failed.
+    assert [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
 
 
 # --- publish.mjs, push.sh -----------------------------------------------------------------------
