@@ -240,35 +240,50 @@ def test_every_target_kind_previews_and_sends(running: Running, browser: Chrome)
     assert kinds == sorted(["alias", "tags", "filter", "file", "broadcast"])
 
 
-def test_approval_queue_and_tasks(running: Running, browser: Chrome, shots: Path) -> None:
+def test_approval_queue_and_task_progress(running: Running, browser: Chrome, shots: Path) -> None:
     r = running
-    ((device, _),) = r.register()
-    with r.client() as c:
-        draft = c.push(
-            {
-                "target": {"devices": [device]},
-                "notification": {"title": "Needs a yes"},
-                "policy": {"approval": True},
-            }
-        )["msg_id"]
-        c.push({"target": {"tags": "nobody"}, "notification": {"title": "A group send"}})
-    sign_in(browser, r)
-    until(browser, lambda d: d.find_elements(By.ID, "target-kind"))
-    browser.get(r.url + "/console#/tasks")
-    until(
-        browser,
-        lambda d: "A group send" in d.page_source or d.find_elements(By.CSS_SELECTOR, "tr[data-task]"),
-    )
-    shoot(browser, shots, "tasks")
+    (device, token), (offline, _), (untagged, _) = r.register(3)
+    store = Store(r.data_dir)
+    try:
+        for tagged in (device, offline):
+            store.update_tags(r.app_key, tagged, ["beta"], [])
+    finally:
+        store.close()
+    client = DeviceClient.from_server(r.url, device, token)
+    client.connect()
+    try:
+        with r.client() as c:
+            draft = c.push(
+                {
+                    "target": {"devices": [untagged]},
+                    "notification": {"title": "Needs a yes"},
+                    "policy": {"approval": True},
+                }
+            )["msg_id"]
+            task = c.push({"target": {"tags": "beta"}, "notification": {"title": "A group send"}})["task_id"]
+        sign_in(browser, r)
+        until(browser, lambda d: d.find_elements(By.ID, "target-kind"))
+        browser.get(r.url + "/console#/tasks")
+        # Live progress: two targeted, the connected one arrives, the bar stands at half.
+        cells = f'tr[data-task="{task}"] td'
+        until(browser, lambda d: [c.text for c in d.find_elements(By.CSS_SELECTOR, cells)][5:7] == ["2", "1"])
+        bar = browser.find_element(By.CSS_SELECTOR, f'tr[data-task="{task}"] .progress')
+        inner = bar.find_element(By.CSS_SELECTOR, "div")
+        assert abs(inner.size["width"] - bar.size["width"] / 2) <= 2
+        shoot(browser, shots, "tasks")
+    finally:
+        client.disconnect()
 
     browser.get(r.url + "/console#/approval")
     row = until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, f'tr[data-msg="{draft}"]'))[0]
+    assert not browser.find_elements(By.CSS_SELECTOR, f'tr[data-msg="{task[1:]}"]')  # only drafts
     shoot(browser, shots, "approval")
     row.find_element(By.CSS_SELECTOR, "input.approver").send_keys("alice")
     row.find_element(By.CSS_SELECTOR, "button.approve").click()
     until(browser, lambda d: not d.find_elements(By.CSS_SELECTOR, f'tr[data-msg="{draft}"]'))
     with r.client() as c:
-        assert c.message(draft)["approved_by"] == "alice"
+        doc = c.message(draft)
+    assert (doc["state"], doc["approved_by"]) in {("approved", "alice"), ("active", "alice")}
 
 
 # --- the console API without a browser ---------------------------------------------------------
