@@ -11,7 +11,6 @@ import io
 import json
 import time
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,6 @@ from mqttpush.clock import ManualClock
 from mqttpush.device import DeviceClient
 from mqttpush.errors import ClientError
 from mqttpush.store import Store
-from mqttpush.store.stats import Retention
 from tests.conftest import Running, cli, serving_apns
 
 APNS_GOOD = "a" * 64
@@ -416,71 +414,6 @@ def test_bad_stats_requests_get_422_with_stable_codes(running: Running) -> None:
             assert len(doc["series"]) == 1 and doc["series"][0]["key"] == {}
             assert 60 <= len(doc["series"][0]["points"]) <= 62
             assert all(set(p) >= {"t", "targeted", "arrived", "opened"} for p in doc["series"][0]["points"])
-
-
-# --- the store alone: retention and the flush -----------------------------------------------------
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store(tmp_path / "data", ManualClock())
-    yield s
-    s.close()
-
-
-def test_flush_rolls_up_and_retention_keeps_each_granularity(store: Store) -> None:
-    clock = store.clock
-    assert isinstance(clock, ManualClock)
-    store.stats.enable(Retention(minute_days=1, hour_days=3, day_days=0))
-    app = store.create_app("a")
-    device = store.register_device(app.app_key, "i-1", "android", app_version="9")
-    start = clock.now()
-    envelopes = [  # as mqttpush/envelope.py lays them out, and in another order (read in full)
-        {"id": "m", "app": app.app_key, "type": "notification", "title": "t"},
-        {"data": {"type": "not this one"}, "type": "notification", "id": "m"},
-    ]
-    for i in range(3):
-        store.accept_message(
-            msg_id=f"m{i}",
-            app_key=app.app_key,
-            kind="devices",
-            target={"devices": [device.device_id]},
-            envelope=json.dumps(envelopes[i % 2], separators=(",", ":")).encode(),
-            policy={},
-            expires_at=clock.now() + 3600,
-            device_ids=[device.device_id],
-        )
-        store.transition([(f"m{i}", device.device_id)], _published())
-        clock.advance(70)
-    assert store.stats.flush() == 6  # three minutes, each with an accepted (none) and a published (mqtt) row
-    window = (start - 86400, start + 86400)
-    for step in ("1m", "1h", "1d"):
-        totals = store.stats.query(app.app_key, *window, None, step)["totals"]
-        assert (totals["targeted"], totals["published"]) == (3, 3), step
-    by_type = store.stats.query(app.app_key, *window, "type", "1d")["series"]
-    assert [(s["key"], sum(p["targeted"] for p in s["points"])) for s in by_type] == [
-        ({"type": "notification"}, 3)
-    ]
-    doc = store.stats.query(app.app_key, *window, "platform,app_version,channel", "1h")
-    assert [s["key"] for s in doc["series"]] == [
-        {"platform": "android", "app_version": "9", "channel": "mqtt"},
-        {"platform": "android", "app_version": "9", "channel": "none"},
-    ]
-
-    clock.advance(2 * 86400)  # past the minutes' retention, not the hours'
-    store.stats.flush()
-    assert store.stats.query(app.app_key, *window, None, "1m")["totals"]["targeted"] == 0
-    assert store.stats.query(app.app_key, *window, None, "1h")["totals"]["targeted"] == 3
-    clock.advance(2 * 86400)  # past the hours' too; days are kept forever (0)
-    store.stats.flush()
-    assert store.stats.query(app.app_key, *window, None, "1h")["totals"]["targeted"] == 0
-    assert store.stats.query(app.app_key, *window, None, "1d")["totals"]["targeted"] == 3
-
-
-def _published() -> Any:
-    from mqttpush.models import DeliveryState
-
-    return DeliveryState.PUBLISHED
 
 
 def test_no_stats_counts_nothing(tmp_path: Path) -> None:
