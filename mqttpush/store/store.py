@@ -439,6 +439,7 @@ class Store(TargetingQueries, PolicyQueries, VendorQueries):
         self.endpoints = EndpointRepository(self)
         self.webhooks = WebhookRepository(self)
         self.stats = StatsRepository(self)
+        self.console = ConsoleRepository(self)
         self._worker: _GroupCommitter | None = None
         self._health = _WriteHealth()
         self.commit_stats = CommitStats()
@@ -469,7 +470,6 @@ class Store(TargetingQueries, PolicyQueries, VendorQueries):
             self._set_wal()
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.execute("PRAGMA foreign_keys=ON")
-            self.console = ConsoleRepository(self)
             self._sealer = self._open_sealer()
             self.migrate()
         except sqlite3.Error as exc:
