@@ -16,7 +16,7 @@ _CSS = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 2em; color: #222; }
 h1 { font-size: 1.5em; } h2 { margin-top: 2em; border-bottom: 1px solid #ccc; }
 table { border-collapse: collapse; margin: .5em 0 1em; }
-th, td { border: 1px solid #ddd; padding: .2em .6em; text-align: right; }
+th, td { border: 1px solid #ddd; padding: .2em .6em; text-align: right; white-space: nowrap; }
 th:first-child, td:first-child { text-align: left; }
 .rates span { display: inline-block; margin-right: 2em; font-size: 1.2em; }
 svg text { font: 11px system-ui, sans-serif; fill: #444; }
@@ -82,8 +82,9 @@ def _line_chart(days: list[dict[str, Any]], width: int = 760, height: int = 240)
     ]
     for i, point in enumerate(days):
         if i % 5 == 0 or i == len(days) - 1:
+            anchor = "end" if i == len(days) - 1 and i else "middle"
             parts.append(
-                f'<text x="{x(i):.1f}" y="{height - 10}" text-anchor="middle">{_day(point["t"])[5:]}</text>'
+                f'<text x="{x(i):.1f}" y="{height - 10}" text-anchor="{anchor}">{_day(point["t"])[5:]}</text>'
             )
     for j, (counter, color) in enumerate(_LINES):
         points = " ".join(f"{x(i):.1f},{y(p[counter]):.1f}" for i, p in enumerate(days))
@@ -99,16 +100,20 @@ def _bar_chart(items: list[dict[str, Any]], width: int = 760) -> str:
     """Horizontal bars of targeted (light) and arrived (dark) per value."""
     if not items:
         return "<p>No deliveries.</p>"
-    row_h, label_w = 22, 140
-    height = row_h * len(items) + 10
+    row_h, label_w, top = 22, 140, 22
+    height = top + row_h * len(items) + 6
     peak = max([1] + [item["targeted"] for item in items] + [item["arrived"] for item in items])
-    plot_w = width - label_w - 80
+    plot_w = width - label_w - 160  # room for "arrived / targeted" after the longest bar
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img"'
-        ' aria-label="targeted and arrived">'
+        ' aria-label="targeted and arrived">',
+        f'<rect x="{label_w}" y="4" width="10" height="10" fill="#a0cbe8"/>',
+        f'<text x="{label_w + 14}" y="13">targeted</text>',
+        f'<rect x="{label_w + 90}" y="4" width="10" height="10" fill="#4e79a7"/>',
+        f'<text x="{label_w + 104}" y="13">arrived</text>',
     ]
     for i, item in enumerate(items):
-        y = 5 + i * row_h
+        y = top + i * row_h
         label = html.escape(str(item["value"] if item["value"] is not None else "unknown"))
         targeted_w = plot_w * item["targeted"] / peak
         arrived_w = plot_w * item["arrived"] / peak
