@@ -44,8 +44,6 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
-STATS_STEPS = {"1m": 60, "1h": 3600, "1d": 86400}
-STATS_BY = ("platform", "channel", "type", "app_version")
 
 
 class SignInRequest(BaseModel):
