@@ -20,7 +20,7 @@ from mqttpush.store import Store
 from tests.conftest import Running
 
 T = TypeVar("T")
-WAIT = 15
+WAIT = 30  # a loaded CI machine; the statistics are flushed every 5 s
 
 
 def until(driver: Chrome, check: Callable[[Chrome], T], timeout: float = WAIT) -> T:
