@@ -31,7 +31,7 @@ from benchmarks.procs import (
     start_mqttpush,
 )
 
-SCENARIOS = ("unicast", "broadcast", "retained", "idle", "product", "large")
+SCENARIOS = ("unicast", "broadcast", "retained", "idle", "product", "knee", "large")
 BROKERS = ("mqttpush", "mosquitto")
 UNBOUNDED = 10**9
 
@@ -61,6 +61,9 @@ class Settings:
     list_pushes: int
     large_n: int
     large_seconds: float
+    knee_rates: tuple[int, ...] = (250, 500, 750, 1000, 1250, 1500, 2000, 3000)
+    """Offered push rates (a second, open loop, all pushers) of the knee scenario, lowest first."""
+    knee_seconds: float = 5.0
     connect_timeout: float = 300.0
     """Cap on connecting a whole fleet (each connection gets 60 s)."""
     connect_concurrency: int = 48
@@ -97,6 +100,8 @@ class Settings:
             list_pushes=4,
             large_n=20000,
             large_seconds=180,
+            knee_rates=(250, 500, 1000, 1500, 2000, 3000),
+            knee_seconds=4,
         )
 
     @classmethod
@@ -629,6 +634,53 @@ def _product(ctx: Context, rec: Recorder, n: int) -> None:
         rec.extra["broker_rss_mib"] = broker.rss_kb() / 1024
 
 
+# --- 6. the knee: offered rate against delivered rate (mqttpush only) ---------------------------
+
+
+def knee(ctx: Context) -> list[Row]:
+    n = ctx.settings.product_devices
+    return measure(ctx, "knee", "mqttpush", n, lambda rec: _knee(ctx, rec, n))
+
+
+def _knee(ctx: Context, rec: Recorder, n: int) -> None:
+    """Signed single-device pushes offered open-loop at rising rates to 1,000 listening devices that
+    send receipts; per step what the API accepted and refused (503 ``overloaded`` past
+    ``--max-publish-lag``) and what reached devices, how fast. The knee is the first offered rate the
+    path does not carry: delivered below 95 % of offered, or pushes refused."""
+    s = ctx.settings
+    fleet = make_fleet(ctx.workroot / "knee", n, timeout=ctx.cap(300))
+    with (
+        running(ctx, rec, "mqttpush", fleet.data_dir) as broker,
+        Clients(ctx.mp, publisher=False, pushers=s.pushers) as clients,
+    ):
+        specs = device_specs(fleet, "mqttpush", n, lambda d: [inbox_filter(fleet.app_key, d)], receipts=True)
+        conn = clients.connect(broker.mqtt_port, specs, ctx.cap(s.connect_timeout), s.connect_concurrency)
+        require_connected(conn, n)
+        assert broker.http_url is not None
+        login = {"url": broker.http_url, "app_key": fleet.app_key, "app_secret": fleet.app_secret}
+        devices = [(i, d.device_id) for i, d in enumerate(fleet.devices)]
+        knee_at: int | None = None
+        for rate in s.knee_rates:
+            label = f"offered {rate}/s"
+            if ctx.remaining() < s.knee_seconds + 30:
+                rec.add(f"{label}: delivered", None, "msg/s", error="skipped: out of time")
+                continue
+            step = {
+                "count": UNBOUNDED,
+                "duration": s.knee_seconds,
+                "inflight": s.product_inflight // s.pushers,
+                "rate": rate / s.pushers,
+            }
+            _product_phase(ctx, rec, broker, clients, label, "single", devices, login | step)
+            errors = rec.extra[f"{label}_http_errors"]
+            refused = sum(v for k, v in errors.items() if k.startswith(("503", "429")))
+            rec.add(f"{label}: refused (503/429)", refused / s.knee_seconds, "req/s", higher_is_better=False)
+            delivered = next(r.value for r in reversed(rec.rows) if r.metric == f"{label}: delivered") or 0.0
+            if knee_at is None and (refused or delivered < 0.95 * rate):
+                knee_at = rate
+        rec.add("knee: first offered rate not carried", knee_at, "msg/s")
+
+
 # --- 6. large task (mqttpush only) -----------------------------------------------------------------
 
 
@@ -721,5 +773,6 @@ RUNNERS: dict[str, Callable[[Context], list[Row]]] = {
     "retained": retained,
     "idle": idle,
     "product": product,
+    "knee": knee,
     "large": large,
 }
