@@ -28,6 +28,8 @@ CREATE TABLE webhook_outbox (
     batch_id        TEXT,               -- X-MQTTPush-Delivery once first sent: kept for retries
     attempts        INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (webhook_id, event_id)
-);
-CREATE INDEX webhook_outbox_state ON webhook_outbox (webhook_id, state, event_id);
-CREATE INDEX webhook_outbox_batch ON webhook_outbox (batch_id);
+) WITHOUT ROWID;
+-- Written with every event of a subscribed app: two b-trees per row (the table and the pending
+-- index); the batch index holds only rows already sent once.
+CREATE INDEX webhook_outbox_pending ON webhook_outbox (webhook_id, event_id) WHERE state = 'pending';
+CREATE INDEX webhook_outbox_batch ON webhook_outbox (batch_id) WHERE batch_id IS NOT NULL;

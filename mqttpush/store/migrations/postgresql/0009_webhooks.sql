@@ -24,5 +24,5 @@ CREATE TABLE webhook_outbox (
     attempts        INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (webhook_id, event_id)
 );
-CREATE INDEX webhook_outbox_state ON webhook_outbox (webhook_id, state, event_id);
-CREATE INDEX webhook_outbox_batch ON webhook_outbox (batch_id);
+CREATE INDEX webhook_outbox_pending ON webhook_outbox (webhook_id, event_id) WHERE state = 'pending';
+CREATE INDEX webhook_outbox_batch ON webhook_outbox (batch_id) WHERE batch_id IS NOT NULL;
