@@ -189,6 +189,8 @@ def test_a_bad_tag_expression_is_refused_inline_and_nothing_is_sent(
     until(browser, lambda d: "bad_tag_expr" in text_of(d, "#preview-error"))
     browser.find_element(By.ID, "send").click()
     until(browser, lambda d: "bad_tag_expr" in text_of(d, "#compose-error"))
+    browser.execute_script("window.scrollTo(0, 0)")
+    shoot(browser, shots, "compose-error")
     assert not browser.find_elements(By.ID, "result-link")
 
     # Bad JSON in data never leaves the browser.
@@ -198,7 +200,6 @@ def test_a_bad_tag_expression_is_refused_inline_and_nothing_is_sent(
     browser.find_element(By.ID, "c-data").send_keys("{not json")
     browser.find_element(By.ID, "send").click()
     until(browser, lambda d: "data is not valid JSON" in text_of(d, "#compose-error"))
-    shoot(browser, shots, "compose-error")
     assert stored_messages(r) == []
 
 

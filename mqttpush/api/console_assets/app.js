@@ -215,7 +215,7 @@ function viewCompose() {
       ["mqtt", "mqtt_else_vendor", "vendor_first", "vendor"].map((s) => h("option", { value: s }, s)),
     ),
     start: h("input", { id: "c-start", type: "datetime-local" }),
-    schedule: h("textarea", { id: "c-schedule", placeholder: '{"cron": "0 9 * * 1-5", "timezone": "Europe/Berlin"}' }),
+    schedule: h("textarea", { id: "c-schedule", placeholder: '{"daily": "09:00", "tz": "Europe/Berlin"} or {"cron": "0 9 * * mon-fri"}' }),
     approval: h("input", { id: "c-approval", type: "checkbox" }),
     testOnly: h("input", { id: "c-test-only", type: "checkbox" }),
     bizId: h("input", { id: "c-biz-id", placeholder: "optional idempotency key" }),
@@ -225,7 +225,7 @@ function viewCompose() {
   const err = errorBox("compose-error");
   const result = h("div", { id: "compose-result", class: "ok", hidden: true });
   const preview = h("pre", { id: "preview-json" }, "{}");
-  const size = h("span", { id: "preview-bytes", class: "size" }, "0");
+  const size = h("span", { id: "preview-bytes", class: "size" });
   const previewErr = errorBox("preview-error");
   const targetBox = h("div");
 
@@ -309,6 +309,8 @@ function viewCompose() {
       req = request();
     } catch (e) {
       showError(previewErr, e);
+      preview.textContent = "{}";
+      size.textContent = "";
       return;
     }
     try {
@@ -319,7 +321,10 @@ function viewCompose() {
       size.textContent = `${doc.bytes} / ${doc.max_envelope_bytes} bytes`;
       size.classList.toggle("over", doc.bytes > doc.max_envelope_bytes);
     } catch (e) {
-      if (seq === previewSeq) showError(previewErr, e);
+      if (seq !== previewSeq) return;
+      showError(previewErr, e); // nothing that would not be sent stays on show
+      preview.textContent = "{}";
+      size.textContent = "";
     }
   }
 
