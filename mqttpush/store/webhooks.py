@@ -252,7 +252,7 @@ class WebhookRepository(Repository):
             app_key = apps.get(msg_id)
             event_type = DELIVERY_EVENTS[state]
             hooks = subs.get(app_key, {}).get(event_type) if app_key is not None else None
-            if not hooks:
+            if app_key is None or not hooks:
                 continue
             event_id = self._event_id(now)
             # Written by hand (every receipt of a subscribed app passes here; json.dumps of a dict
