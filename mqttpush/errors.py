@@ -142,8 +142,12 @@ class StoreError(MqttPushError):
 
 
 class ClientError(MqttPushError):
-    """A call from the server client (or CLI) failed; ``status`` is the HTTP status, 0 if none."""
+    """A call from the server client (or CLI) failed; ``status`` is the HTTP status, 0 if none;
+    ``retry_after`` the seconds the server's ``Retry-After`` asked for, None if it sent none."""
 
-    def __init__(self, message: str, *, code: str = "client_error", status: int = 0) -> None:
+    def __init__(
+        self, message: str, *, code: str = "client_error", status: int = 0, retry_after: float | None = None
+    ) -> None:
         super().__init__(message, code=code)
         self.status = status
+        self.retry_after = retry_after

@@ -5,13 +5,11 @@ outcome it classifies a vendor's answer into. Pure: the vendor knowledge lives i
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import json
 import re
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self
@@ -20,13 +18,13 @@ from urllib.parse import urlsplit
 import httpx
 
 from mqttpush.errors import InvalidContent
+from mqttpush.retry_after import MAX_RETRY_AFTER as MAX_RETRY_AFTER
+from mqttpush.retry_after import retry_after as retry_after
 
 ENVELOPE_ID_KEY = "mqttpush_id"
 """Where APNs and FCM payloads carry the envelope id (the app deduplicates against the MQTT copy)."""
 RESERVED_PREFIX = "mqttpush_"
 """Data keys with this prefix are ours in vendor payloads."""
-MAX_RETRY_AFTER = 3600.0
-"""The longest ``Retry-After`` honoured, in seconds: a wrong header must not park a retry for days."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,36 +132,6 @@ class Channel(Protocol):
 def tls_verify(ca_file: str | Path | None) -> ssl.SSLContext | bool:
     """httpx ``verify``: a private CA bundle (tests, private deployments) or the system trust store."""
     return ssl.create_default_context(cafile=str(ca_file)) if ca_file else True
-
-
-_DELAY_SECONDS = re.compile(r"[0-9]+")
-
-
-def retry_after(headers: Mapping[str, str]) -> float | None:
-    """``Retry-After`` (RFC 9110 §10.2.3) in seconds, within ``[0, MAX_RETRY_AFTER]``, or None.
-
-    Delay-seconds are taken as they are. An HTTP-date (IMF-fixdate, or the obsolete RFC 850 and
-    asctime forms) is measured against the response's own ``Date``, so our clock does not matter;
-    without a usable ``Date`` it gives None (the dispatcher's backoff). Pure; never raises.
-    """
-    value = headers.get("retry-after", "").strip()
-    if not value:
-        return None
-    if _DELAY_SECONDS.fullmatch(value):
-        digits = value.lstrip("0") or "0"
-        return min(float(digits), MAX_RETRY_AFTER) if len(digits) <= 9 else MAX_RETRY_AFTER
-    when, sent = _http_date(value), _http_date(headers.get("date", ""))
-    if when is None or sent is None:
-        return None
-    return min(max(0.0, (when - sent).total_seconds()), MAX_RETRY_AFTER)
-
-
-def _http_date(value: str) -> datetime | None:
-    try:
-        when = email.utils.parsedate_to_datetime(value.strip())
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    return when if when.tzinfo else when.replace(tzinfo=UTC)  # HTTP-dates are GMT
 
 
 def redact(token: str) -> str:

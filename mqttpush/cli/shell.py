@@ -56,10 +56,25 @@ def local_store(data_dir: Path, app_key: str | None = None, **options: Any) -> I
             store.close()
 
 
-def push_client(url: str, app_key: str, app_secret: str | None = None) -> PushClient:
-    """The server client, imported on first use so that local commands start fast."""
+def push_client(url: str, app_key: str | None, app_secret: str | None = None) -> PushClient:
+    """The server client, imported on first use so that local commands start fast. Under
+    ``credential_options`` it sends the ``--token`` if one was given, else it needs the key and
+    secret: a missing one ends the command naming its flag."""
     from mqttpush.client import PushClient
 
+    ctx = click.get_current_context(silent=True)
+    meta = ctx.meta if ctx is not None else {}
+    if meta.get(_TOKEN_META):
+        return PushClient(url, app_key, token=meta[_TOKEN_META])
+    if _TOKEN_META in meta:
+        for flag, env, value in (
+            ("--app-key", "MQTTPUSH_APP_KEY", app_key),
+            ("--app-secret", "MQTTPUSH_APP_SECRET", app_secret),
+        ):
+            if not value:
+                fail(
+                    f"missing {flag} (or {env}); or give an app access token with --token (or MQTTPUSH_TOKEN)"
+                )
     return PushClient(url, app_key, app_secret)
 
 
@@ -123,9 +138,39 @@ def data_dir_option(f: Callable[..., Any]) -> Callable[..., Any]:
     )(f)
 
 
+_TOKEN_META = "mqttpush.token"
+
+
+def _remember_token(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    if value and not value.startswith("mpt_"):
+        raise click.BadParameter(
+            "an app access token starts with mpt_ (mqttpush app token create APP_KEY)", param_hint="--token"
+        )
+    ctx.meta[_TOKEN_META] = value or None
+    return value
+
+
+def credential_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--app-key``/``--app-secret`` (signing) or ``--token`` (an app access token, ``mpt_…``),
+    which push_client() reads from the command's context: ``[auth]`` without ``--url``."""
+    f = click.option(
+        "--token",
+        envvar="MQTTPUSH_TOKEN",
+        expose_value=False,
+        callback=_remember_token,
+        help="An app access token (mpt_…) instead of --app-key/--app-secret; also from MQTTPUSH_TOKEN.",
+    )(f)
+    f = click.option(
+        "--app-secret", envvar="MQTTPUSH_APP_SECRET", help=AUTH_HELP + "; not needed with --token"
+    )(f)
+    return click.option("--app-key", envvar="MQTTPUSH_APP_KEY", help=AUTH_HELP + "; not needed with --token")(
+        f
+    )
+
+
 def auth_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    f = click.option("--app-secret", envvar="MQTTPUSH_APP_SECRET", required=True, help=AUTH_HELP)(f)
-    f = click.option("--app-key", envvar="MQTTPUSH_APP_KEY", required=True, help=AUTH_HELP)(f)
+    """``[auth]``: ``--url`` and the app's credentials (credential_options)."""
+    f = credential_options(f)
     return click.option(
         "--url", envvar="MQTTPUSH_URL", required=True, help="Server URL, e.g. http://127.0.0.1:8080"
     )(f)

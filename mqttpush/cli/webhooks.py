@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from mqttpush.cli.shell import AUTH_HELP, auth_options, emit, errors, fail, json_option, push_client
+from mqttpush.cli.shell import auth_options, credential_options, emit, errors, fail, json_option, push_client
 from mqttpush.errors import ClientError
 
 _URL_HELP = (
@@ -57,8 +57,7 @@ def webhook() -> None:
 @webhook.command("add")
 @click.option("--url", "urls", multiple=True, help=_URL_HELP)
 @click.option("--webhook-url", default=None, help="The webhook's URL (http:// or https://).")
-@click.option("--app-key", envvar="MQTTPUSH_APP_KEY", required=True, help=AUTH_HELP)
-@click.option("--app-secret", envvar="MQTTPUSH_APP_SECRET", required=True, help=AUTH_HELP)
+@credential_options
 @click.option(
     "--event",
     "events",
@@ -71,8 +70,8 @@ def webhook() -> None:
 def webhook_add(
     urls: tuple[str, ...],
     webhook_url: str | None,
-    app_key: str,
-    app_secret: str,
+    app_key: str | None,
+    app_secret: str | None,
     events: tuple[str, ...],
     as_json: bool,
 ) -> None:
