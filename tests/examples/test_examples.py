@@ -224,6 +224,16 @@ def static_site(started: list[Example], directory: Path) -> str:
     return f"http://127.0.0.1:{match.group(1)}"
 
 
+def test_browser_page_uses_the_mqtt_js_the_tests_pin() -> None:
+    """The vendored bundle is the one tests/js installs (package-lock.json): update both at once."""
+    pinned = EXAMPLES.parent / "tests" / "js" / "node_modules" / "mqtt"
+    vendored = EXAMPLES / "browser" / "vendor"
+    assert (vendored / "mqtt.min.js").read_bytes() == (pinned / "dist" / "mqtt.min.js").read_bytes()
+    assert (vendored / "LICENSE.md").read_bytes() == (pinned / "LICENSE.md").read_bytes()
+    version = json.loads((pinned / "package.json").read_text())["version"]
+    assert f"MQTT.js {version} is in" in (EXAMPLES / "browser" / "index.html").read_text()
+
+
 def test_browser_page_registers_shows_a_cli_push_and_its_click_is_opened(
     ws_running: Running, browser: Chrome, examples: list[Example]
 ) -> None:
@@ -264,6 +274,58 @@ def test_browser_page_registers_shows_a_cli_push_and_its_click_is_opened(
     assert card.get_attribute("data-state") == "opened"
     # Nothing the page did was refused (its Content-Security-Policy included) or failed.
     assert [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
+
+
+# --- publish_sync.py, publish_async.py ----------------------------------------------------------
+
+
+def test_python_publisher_signs_and_follows_the_push_to_arrived(
+    running: Running, examples: list[Example]
+) -> None:
+    r = running
+    env = {"MQTTPUSH_URL": r.url, "MQTTPUSH_APP_KEY": r.app_key, "MQTTPUSH_APP_SECRET": r.app_secret}
+    with listening(r) as (device_id, got):
+        ex = Example(
+            sys.executable,
+            str(EXAMPLES / "publish_sync.py"),
+            *("--device", device_id, "--title", "Sale", "--body", "50% off", "--data", '{"sku": 42}'),
+            *("--wait", "arrived"),
+            env=env,
+        )
+        examples.append(ex)
+        msg_id = json.loads(ex.expect("{"))["msg_id"]
+        msg = received(got, msg_id)
+        assert (msg["title"], msg["body"], msg["data"]) == ("Sale", "50% off", {"sku": 42})
+        status = json.loads(ex.expect("{"))
+        assert [(d["device_id"], d["state"]) for d in status["deliveries"]] == [(device_id, "arrived")]
+        assert ex.finish() == 0
+
+
+def test_async_publisher_with_a_token_pushes_to_each_device_at_once(
+    running: Running, examples: list[Example]
+) -> None:
+    r = running
+    token = cli_json("app", "token", "create", r.app_key, "--data-dir", str(r.data_dir), "--scope", "push")[
+        "token"
+    ]
+    with listening(r) as (first, got_first), listening(r) as (second, got_second):
+        ex = Example(
+            sys.executable,
+            str(EXAMPLES / "publish_async.py"),
+            *("--token", token, "--device", first, "--device", second),
+            *("--title", "Order {n}", "--body", "for {device}", "--wait", "arrived"),
+            env={"MQTTPUSH_URL": r.url},
+        )
+        examples.append(ex)
+        lines = [json.loads(ex.expect('{"device_id"')) for _ in range(2)]
+        pushed = {line["device_id"]: line["msg_id"] for line in lines}
+        for n, (device_id, got) in enumerate(((first, got_first), (second, got_second)), 1):
+            msg = received(got, pushed[device_id])
+            assert (msg["title"], msg["body"]) == (f"Order {n}", f"for {device_id}")
+        statuses = [json.loads(ex.expect('{"msg_id"')) for _ in range(2)]
+        assert sorted(s["msg_id"] for s in statuses) == sorted(pushed.values())
+        assert all(s["deliveries"][0]["state"] == "arrived" for s in statuses)
+        assert ex.finish() == 0
 
 
 # --- publish.mjs, push.sh -----------------------------------------------------------------------
