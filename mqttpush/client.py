@@ -9,9 +9,10 @@ long to wait before trying again. The two clients differ only in how they send a
 Retries (:class:`RetryPolicy`): ``429`` and ``503`` answers mean the server did nothing, so every
 call is sent again after the answer's ``Retry-After`` (else a jittered backoff), at most
 ``retries`` more times and ``max_wait`` seconds of waiting in all. A connection that fails or
-breaks is retried only for a call that may safely run twice: ``GET``, ``PUT`` and ``DELETE``, and
-pushes that carry a ``biz_id`` (the server answers a repeat with the first message's id). Any
-other ``POST`` whose answer was lost raises ``no_answer``: it may have been carried out.
+breaks is retried only for a call that may safely run twice: ``GET``, ``PUT`` and ``DELETE``,
+device registration, and pushes that carry a ``biz_id`` (the server answers a repeat with the first
+message's id). Any other call whose answer was lost raises ``no_answer``: it may have been carried
+out; one that could not connect raises ``unreachable``.
 """
 
 from __future__ import annotations
