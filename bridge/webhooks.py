@@ -20,6 +20,7 @@ import hashlib
 import hmac
 import logging
 import random
+import secrets
 import time
 
 import httpx
@@ -88,8 +89,11 @@ class WebhookSender:
         *,
         max_in_flight: int = MAX_IN_FLIGHT,
         linger: float = LINGER_SECONDS,
+        sender: str | None = None,
     ) -> None:
         self._store = store
+        self.sender = sender or secrets.token_hex(8)
+        """This bridge's id on the webhooks it posts (a lease each: one bridge posts a webhook)."""
         self._repo = store.webhooks
         self._clock = clock
         self._http = http or httpx.AsyncClient(
@@ -178,7 +182,7 @@ class WebhookSender:
                         await asyncio.sleep(left)  # a moment for company: fuller, fewer POSTs
                         continue
                 seen = None
-                batch = await self._store.run(self._repo.take_batch, webhook_id)
+                batch = await self._store.run(self._repo.take_batch, webhook_id, self.sender)
                 if batch is None:
                     return
                 await self._attempt(batch)

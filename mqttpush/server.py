@@ -281,7 +281,7 @@ class BridgeNode:
         self.dispatcher.gateway = self.vendors
         self.intake.on_scheduled = self.scheduler.wake
         self.mqtt_api = MqttApi(store, self.intake, publisher)
-        self.webhooks = WebhookSender(store, clock)
+        self.webhooks = WebhookSender(store, clock, sender=self.owner)
         self.presence = _Presence(store)
         self.mosquitto = (
             mosquitto.MosquittoSync(store, config.mosquitto_dir, config.mosquitto_pid_file)
@@ -345,13 +345,16 @@ class BridgeNode:
     async def _take_over(self, owners: list[str]) -> None:
         """Bridges whose lease lapsed died: re-handle what the store still calls pending (what
         they had accepted, released, or were retrying with a vendor); their tasks are claimed by
-        the lease loop's next call of ``tasks.resume``."""
+        the lease loop's next call of ``tasks.resume``; their webhooks go to whoever sends next."""
+        await self.store.run(self.store.webhooks.release_senders, owners)
         await self.dispatcher.recover()
 
     async def start(self) -> None:
         if self.stats is not None:
             await self.stats.start()  # counts from the first transition on
         await self.lease.start(alone=self.alone)
+        if self.alone:  # a restart after kill -9: this bridge sends what it held at once
+            await self.store.run(self.store.webhooks.release_senders)
         await self.dispatcher.recover()
         await self.tasks.resume(alone=self.alone)
         clock_sleep = self.clock.sleep  # backoff on the loop's own clock where it has one
@@ -440,6 +443,7 @@ class BridgeNode:
             await self.stats.close()
         try:
             await self.lease.stop()
+            await self.store.run(self.store.webhooks.release_senders, [self.owner])
         except MqttPushError as exc:  # the store is down: the lease lapses by itself
             log.warning("could not hand the lease over: %s", exc.message)
         if self._http_socket is not None:

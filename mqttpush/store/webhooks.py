@@ -46,6 +46,9 @@ DELIVERY_EVENTS = {
 
 MAX_WEBHOOKS_PER_APP = 20
 MAX_BATCH = 500
+SENDER_LEASE_SECONDS = 60.0
+"""How long a bridge holds a webhook after taking a batch of it: longer than a POST's timeout; a
+dead bridge's webhooks go to another bridge after it."""
 """Events in one POST at most."""
 RETRY_SECONDS = 24 * 3600.0
 """How long an event is retried after it was created; then it is kept, ``failed``."""
@@ -334,13 +337,17 @@ class WebhookRepository(Repository):
         ).fetchone()[0]
         return head[0] is not None, int(fresh)
 
-    def take_batch(self, webhook_id: str) -> WebhookBatch | None:
+    def take_batch(self, webhook_id: str, sender: str = "") -> WebhookBatch | None:
         """The next POST for a webhook: the oldest batch already sent (a retry, the same events
         under the same delivery id), else a new one of the oldest event's type (≤ ``MAX_BATCH``).
-        None when nothing waits or the webhook is gone."""
+        None when nothing waits, the webhook is gone, or another bridge (``sender``: this one's
+        id) holds the webhook's lease: one bridge at a time posts a webhook's batches."""
+        now = self.clock.now()
         with self._tx() as conn:
             hook = conn.execute(
-                "SELECT url, secret_enc FROM webhooks WHERE webhook_id = ?", (webhook_id,)
+                "UPDATE webhooks SET sender = ?, sender_until = ? WHERE webhook_id = ?"
+                " AND (sender IS NULL OR sender = ? OR sender_until < ?) RETURNING url, secret_enc",
+                (sender, now + SENDER_LEASE_SECONDS, webhook_id, sender, now),
             ).fetchone()
             head = conn.execute(
                 "SELECT event_type, batch_id FROM webhook_outbox WHERE webhook_id = ? AND state = 'pending'"
@@ -381,6 +388,17 @@ class WebhookRepository(Repository):
             body,
             min(float(r[2]) for r in rows),
         )
+
+    def release_senders(self, owners: list[str] | None = None) -> None:
+        """Give up the webhooks these bridges hold (None: every bridge's, for a bridge that knows
+        it is alone on the store), so another bridge — or this one, restarted — sends at once."""
+        if owners is None:
+            self._conn.execute("UPDATE webhooks SET sender = NULL, sender_until = NULL")
+            return
+        for chunk, marks in chunks(owners):
+            self._conn.execute(
+                f"UPDATE webhooks SET sender = NULL, sender_until = NULL WHERE sender IN ({marks})", chunk
+            )
 
     def delivered(self, webhook_id: str, batch_id: str) -> None:
         """The endpoint answered 2xx: the batch's events are done (deleted) and the webhook healthy."""

@@ -15,7 +15,7 @@ from mqttpush.models import DeliveryState, ReceiptEvent
 from mqttpush.store import webhooks as webhooks_module
 from mqttpush.store.store import Store
 from mqttpush.store.vendors import VendorOutcome, vendor_token_hash
-from mqttpush.store.webhooks import MAX_BATCH, MAX_WEBHOOKS_PER_APP, RETRY_SECONDS
+from mqttpush.store.webhooks import MAX_BATCH, MAX_WEBHOOKS_PER_APP, RETRY_SECONDS, SENDER_LEASE_SECONDS
 from tests.store.fake_clock import START, FakeClock
 from tests.store.test_messages import accept
 
@@ -299,3 +299,42 @@ def test_every_way_a_task_ends_is_one_task_done(wstore: Store) -> None:
         ("t2", "m2", "cancelled", None),
         ("t3", "m3", "cancelled", None),
     ]
+
+
+def test_one_bridge_at_a_time_posts_a_webhook_and_a_lapsed_one_is_taken_over(
+    wstore: Store, clock: FakeClock
+) -> None:
+    app = wstore.create_app("shop")
+    wid = wstore.webhooks.create(app.app_key, "https://a.example/", ["delivery.arrived"])["webhook_id"]
+    accept(wstore, app.app_key, "m1", ["d1"])
+    wstore.transition([("m1", "d1")], DeliveryState.PUBLISHED)
+    wstore.apply_receipt(app.app_key, "d1", "m1", ReceiptEvent.ARRIVED)
+
+    first = wstore.webhooks.take_batch(wid, "bridge-a")
+    assert first is not None
+    assert wstore.webhooks.take_batch(wid, "bridge-b") is None  # bridge a holds the webhook
+    assert wstore.webhooks.failed(wid, first.batch_id, "HTTP 503") == 0
+    again = wstore.webhooks.take_batch(wid, "bridge-a")  # its own lease: renewed
+    assert again is not None and again.batch_id == first.batch_id
+
+    clock.advance(SENDER_LEASE_SECONDS + 1)  # bridge a died: its lease lapses
+    taken = wstore.webhooks.take_batch(wid, "bridge-b")
+    assert taken is not None and (taken.batch_id, taken.body) == (first.batch_id, first.body)
+    assert wstore.webhooks.take_batch(wid, "bridge-a") is None  # b holds it now
+    wstore.webhooks.delivered(wid, taken.batch_id)
+    assert wstore.webhooks.take_batch(wid, "bridge-b") is None
+
+
+def test_released_senders_let_another_bridge_send_at_once(wstore: Store) -> None:
+    app = wstore.create_app("shop")
+    wid = wstore.webhooks.create(app.app_key, "https://a.example/", ["delivery.arrived"])["webhook_id"]
+    accept(wstore, app.app_key, "m1", ["d1"])
+    wstore.transition([("m1", "d1")], DeliveryState.PUBLISHED)
+    wstore.apply_receipt(app.app_key, "d1", "m1", ReceiptEvent.ARRIVED)
+    assert wstore.webhooks.take_batch(wid, "bridge-a") is not None
+    wstore.webhooks.release_senders(["bridge-z"])  # another bridge's: a keeps the webhook
+    assert wstore.webhooks.take_batch(wid, "bridge-b") is None
+    wstore.webhooks.release_senders(["bridge-a"])  # a was taken over (or stopped)
+    assert wstore.webhooks.take_batch(wid, "bridge-b") is not None
+    wstore.webhooks.release_senders()  # a bridge alone on the store, restarted
+    assert wstore.webhooks.take_batch(wid, "bridge-c") is not None
