@@ -182,7 +182,7 @@ class VendorQueries(StoreCore):
         self._conn.execute(
             "INSERT INTO vendor_alarms (app_key, vendor, reason, at) VALUES (?, ?, ?, ?)"
             " ON CONFLICT (app_key, vendor) DO UPDATE SET reason = excluded.reason, at = excluded.at,"
-            " count = count + 1",
+            " count = vendor_alarms.count + 1",
             (app_key, vendor, reason, self.clock.now()),
         )
 
@@ -264,8 +264,9 @@ class VendorQueries(StoreCore):
                     self._events([(msg_id, device_id, "failed", now, f"{vendor}: {o.detail}")])
             self._conn.execute(
                 "INSERT INTO vendor_counters (app_key, vendor, forwarded, dropped_tokens, failed) VALUES (?,?,?,?,?)"
-                " ON CONFLICT (app_key, vendor) DO UPDATE SET forwarded = forwarded + excluded.forwarded,"
-                " dropped_tokens = dropped_tokens + excluded.dropped_tokens, failed = failed + excluded.failed",
+                " ON CONFLICT (app_key, vendor) DO UPDATE SET forwarded = vendor_counters.forwarded + excluded.forwarded,"
+                " dropped_tokens = vendor_counters.dropped_tokens + excluded.dropped_tokens,"
+                " failed = vendor_counters.failed + excluded.failed",
                 (app_key, vendor, counts["forwarded"], counts["dropped_tokens"], counts["failed"]),
             )
         return to_inbox
