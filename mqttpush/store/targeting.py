@@ -249,19 +249,32 @@ class TargetingQueries(StoreCore):
         return [AudienceRow(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6]), bool(r[7])) for r in rows]
 
     def import_devices(self, app_key: str, rows: list[dict[str, Any]]) -> list[dict[str, str]]:
-        """Register many devices at once (one transaction): a fleet migrating in, or a benchmark."""
+        """Register many devices at once (one transaction): a fleet migrating in, or a benchmark.
+
+        Set-based: one query finds the install ids already known, then each table gets one
+        ``executemany`` (on PostgreSQL a statement per device was a network round trip each)."""
         from mqttpush.store.store import hash_token
 
         now = self.clock.now()
         out = []
+        known: dict[str, str] = {}
         with self._tx():
+            install_ids = list(dict.fromkeys(str(row["install_id"]) for row in rows))
+            for chunk, marks in chunks(install_ids):
+                known.update(
+                    self._conn.execute(
+                        f"SELECT install_id, device_id FROM devices WHERE app_key = ? AND install_id IN ({marks})",
+                        (app_key, *chunk),
+                    ).fetchall()
+                )
+            inserts: list[tuple[Any, ...]] = []
+            updates: list[tuple[Any, ...]] = []
+            tags: list[tuple[Any, ...]] = []
+            aliases: list[tuple[Any, ...]] = []
             for row in rows:
                 install_id = row["install_id"]
-                existing = self._conn.execute(
-                    "SELECT device_id FROM devices WHERE app_key = ? AND install_id = ?",
-                    (app_key, install_id),
-                ).fetchone()
-                device_id = existing[0] if existing else ids.new_device_id()
+                existing = known.get(install_id)
+                device_id = existing or ids.new_device_id()
                 token = f"{device_id}.{ids.new_secret()}"
                 salt = secrets.token_bytes(16)
                 broker_hash = self.broker_hasher(token) if self.broker_hasher else None
@@ -275,31 +288,35 @@ class TargetingQueries(StoreCore):
                     hash_token(salt, token),
                     broker_hash,
                 )
-                if existing:
-                    self._conn.execute(
-                        "UPDATE devices SET platform = ?, app_version = ?, locale = ?, channel = ?, is_test = ?,"
-                        " token_salt = ?, token_hash = ?, broker_hash = ?, updated_at = ? WHERE device_id = ?",
-                        (*values, now, device_id),
-                    )
+                if existing:  # known before, or earlier in these rows: the last line wins
+                    updates.append((*values, now, device_id))
                 else:
-                    self._conn.execute(
-                        "INSERT INTO devices (platform, app_version, locale, channel, is_test, token_salt, token_hash,"
-                        " broker_hash, device_id, app_key, install_id, created_at, updated_at)"
-                        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                        (*values, device_id, app_key, install_id, now, now),
-                    )
-                tags = row.get("tags") or []
-                self._conn.executemany(
-                    "INSERT INTO device_tags (device_id, tag, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-                    [(device_id, t, now) for t in tags],
-                )
+                    known[install_id] = device_id
+                    inserts.append((*values, device_id, app_key, install_id, now, now))
+                tags += [(device_id, t, now) for t in row.get("tags") or []]
                 if row.get("alias"):
-                    self._conn.execute(
-                        "INSERT INTO aliases (app_key, alias_type, alias, device_id, created_at)"
-                        " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                        (app_key, row.get("alias_type") or "user", row["alias"], device_id, now),
-                    )
+                    aliases.append((app_key, row.get("alias_type") or "user", row["alias"], device_id, now))
                 out.append({"install_id": install_id, "device_id": device_id, "device_token": token})
+            self._conn.executemany(
+                "INSERT INTO devices (platform, app_version, locale, channel, is_test, token_salt, token_hash,"
+                " broker_hash, device_id, app_key, install_id, created_at, updated_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                inserts,
+            )
+            self._conn.executemany(
+                "UPDATE devices SET platform = ?, app_version = ?, locale = ?, channel = ?, is_test = ?,"
+                " token_salt = ?, token_hash = ?, broker_hash = ?, updated_at = ? WHERE device_id = ?",
+                updates,
+            )
+            self._conn.executemany(
+                "INSERT INTO device_tags (device_id, tag, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                tags,
+            )
+            self._conn.executemany(
+                "INSERT INTO aliases (app_key, alias_type, alias, device_id, created_at)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                aliases,
+            )
         return out
 
     # --- files ------------------------------------------------------------------------------------

@@ -138,3 +138,33 @@ def test_reset_presence_sets_everyone_offline_and_keeps_last_seen(store: Store, 
         assert device.online is False
         # Nobody was seen at reset time: last_seen stays the last real sighting.
         assert device.last_seen == t1
+
+
+def test_import_is_one_device_per_install_id_and_the_last_line_wins(store: Store) -> None:
+    """``device import``: an install id known before keeps its device, one given twice in the
+    same import is one device whose last token and fields count; tags and aliases of every line."""
+    app = store.create_app("shop")
+    before = store.register_device(app.app_key, "known", "android")
+    out = store.import_devices(
+        app.app_key,
+        [
+            {"install_id": "known", "platform": "ios", "tags": ["a"]},
+            {"install_id": "twice", "platform": "android", "app_version": "1.0", "tags": ["b"]},
+            {"install_id": "new", "platform": "android", "alias": "u1"},
+            {"install_id": "twice", "platform": "android", "app_version": "2.0", "tags": ["c"]},
+        ],
+    )
+    known, twice_1, new, twice_2 = out
+    assert known["device_id"] == before.device_id
+    assert twice_1["device_id"] == twice_2["device_id"] != new["device_id"]
+    assert len(store.list_devices(app.app_key)) == 3
+    assert store.authenticate_device(before.device_id, before.device_token) is None
+    assert store.authenticate_device(known["device_id"], known["device_token"]) == app.app_key
+    assert store.authenticate_device(twice_2["device_id"], twice_1["device_token"]) is None
+    assert store.authenticate_device(twice_2["device_id"], twice_2["device_token"]) == app.app_key
+    twice = store.get_device(twice_2["device_id"])
+    assert twice is not None and twice.app_version == "2.0"
+    device = store.get_device(known["device_id"])
+    assert device is not None and device.platform == "ios"
+    assert store.known_devices(app.app_key, [d["device_id"] for d in out]) == {d["device_id"] for d in out}
+    assert sorted(store.tags_of(twice_2["device_id"])) == ["b", "c"]
