@@ -24,9 +24,11 @@ from urllib.parse import urlsplit
 class HttpError(Exception):
     """A non-2xx answer: ``status`` and the API's stable error ``code`` (or the reason)."""
 
-    def __init__(self, status: int, code: str) -> None:
+    def __init__(self, status: int, code: str, retry_after: str | None = None) -> None:
         super().__init__(f"{status} {code}")
         self.status, self.code = status, code
+        self.retry_after = retry_after
+        """The ``Retry-After`` header of a 429 or 503, if the answer had one."""
 
 
 class SignedConnection:
@@ -75,12 +77,14 @@ class SignedConnection:
             raise
         lines = head.decode("latin-1").split("\r\n")
         status = int(lines[0].split(" ", 2)[1])
-        length, close = 0, False
+        length, close, retry_after = 0, False, None
         for line in lines[1:]:
             name, _, value = line.partition(":")
             name = name.strip().lower()
             if name == "content-length":
                 length = int(value)
+            elif name == "retry-after":
+                retry_after = value.strip()
             elif name == "connection" and value.strip().lower() == "close":
                 close = True
             elif name == "transfer-encoding":
@@ -88,11 +92,14 @@ class SignedConnection:
         payload = await reader.readexactly(length) if length else b""
         if close:
             writer.close()
-        answer = json.loads(payload) if payload else None
         if status >= 300:
+            try:  # a load balancer's own error page is HTML, not the API's JSON
+                answer = json.loads(payload) if payload else None
+            except ValueError:
+                answer = None
             code = (answer or {}).get("error", {}).get("code") if isinstance(answer, dict) else None
-            raise HttpError(status, code or lines[0])
-        return answer
+            raise HttpError(status, code or lines[0], retry_after)
+        return json.loads(payload) if payload else None
 
     def close(self) -> None:
         if self._writer is not None:

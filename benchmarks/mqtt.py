@@ -170,6 +170,8 @@ class Connection(asyncio.Protocol):
             self.transport.write(data)
 
     async def subscribe(self, filters: Sequence[str], qos: int = 1, timeout: float = 30.0) -> list[int]:
+        if self.closed.done():  # closed since CONNACK: no SUBACK would ever come
+            raise ConnectionError("connection closed before SUBSCRIBE")
         pid = self.next_pid()
         fut: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
         self._subacks[pid] = fut

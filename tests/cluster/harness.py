@@ -4,7 +4,8 @@ subprocesses, and HAProxy in front of each tier, every one in one temp dir on fr
 
 Every process is started here and nowhere else (:class:`Specs` holds the command lines), each
 can be killed (``kill -9``) and started again on the same port, and :meth:`Cluster.stop` ends
-them all. What the machine or the program lacks is reported as :class:`MissingPiece`, naming it.
+them all. What the machine lacks (PostgreSQL, nats-server, HAProxy) is reported as
+:class:`MissingPiece`, naming it.
 
 ``python -m tests.cluster.harness [--json]`` runs a cluster until SIGINT/SIGTERM (what
 ``scripts/cluster`` does); with ``--json`` its first stdout line is the ``ready`` document.
@@ -13,10 +14,8 @@ them all. What the machine or the program lacks is reported as :class:`MissingPi
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -73,38 +72,6 @@ def require_binaries() -> None:
             raise MissingPiece(f"{binary} is not installed: apt-get install -y {package}")
 
 
-@functools.cache
-def cli_flags(command: str) -> frozenset[str]:
-    """The flags ``mqttpush <command>`` takes, read from its ``--help``."""
-    out = subprocess.run(
-        [sys.executable, "-m", "mqttpush", *command.split(), "--help"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout
-    return frozenset(re.findall(r"(--[a-z][a-z0-9-]*)", out))
-
-
-NEEDED_FLAGS = {
-    "broker": ("--store", "--cluster", "--node-id"),
-    "bridge": ("--store", "--cluster"),
-    "app create": ("--store",),
-}
-WHOSE = {
-    "--store": "the PostgreSQL store (--store postgresql://…)",
-    "--cluster": "the NATS link between broker nodes and bridges (--cluster nats://…)",
-    "--node-id": "the NATS link between broker nodes and bridges (--node-id)",
-}
-
-
-def require_flags() -> None:
-    """The command-line forms of the cluster (docs/scale-out.md); names the part that lacks one."""
-    for command, flags in NEEDED_FLAGS.items():
-        for flag in flags:
-            if flag not in cli_flags(command):
-                raise MissingPiece(f"`mqttpush {command}` has no {flag} yet: {WHOSE[flag]} is missing")
-
-
 def which(binary: str) -> str:
     found = shutil.which(binary, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
     if found is None:
@@ -136,7 +103,11 @@ class Proc:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def start(self, *, json_ready: bool = False, deadline: float | None = None) -> None:
+    def start(self, *, json_ready: bool = False, deadline: float | None = None, wait: bool = True) -> None:
+        """Start it; with ``json_ready``, read its ready line (now, or in :meth:`wait_ready` if not
+        ``wait``)."""
+        if self.proc is not None and self.proc.stdout is not None:  # started before: a restart
+            self.proc.stdout.close()
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             self.argv,
@@ -146,8 +117,12 @@ class Proc:
             start_new_session=True,  # a signal to the test runner's group does not reach it
         )
         log.close()
-        if json_ready:
-            self.ready = self._read_ready(deadline or time.monotonic() + START_TIMEOUT)
+        self.ready = {}
+        if json_ready and wait:
+            self.wait_ready(deadline)
+
+    def wait_ready(self, deadline: float | None = None) -> None:
+        self.ready = self._read_ready(deadline or time.monotonic() + START_TIMEOUT)
 
     def _read_ready(self, deadline: float) -> dict[str, Any]:
         assert self.proc is not None and self.proc.stdout is not None
@@ -263,12 +238,16 @@ class Postgres:
         self.server.start()
 
 
-def haproxy_config(mqtt_port: int, http_port: int, brokers: list[int], bridges: list[int]) -> str:
+def haproxy_config(
+    mqtt_port: int, http_port: int, brokers: list[int], bridges: list[int], stats_socket: Path | None = None
+) -> str:
     """TCP in front of the broker nodes (MQTT), HTTP in front of the bridges; health checks every
-    200 ms take a dead node out after one failed check, and put it back after two good ones."""
+    200 ms take a dead node out after one failed check, and put it back after two good ones.
+    ``stats_socket``: where HAProxy answers ``show stat`` (which backends it sees up)."""
     lines = [
         "global",
         "    maxconn 8000",  # 2 descriptors a connection; raise with ulimit -n for more
+        *([f"    stats socket {stats_socket} mode 600"] if stats_socket is not None else []),
         "defaults",
         "    timeout connect 2s",
         "    timeout client 1h",
@@ -299,7 +278,9 @@ def haproxy_config(mqtt_port: int, http_port: int, brokers: list[int], bridges: 
             "    mode http",
             "    balance roundrobin",
             "    option httpchk GET /healthz",
-            "    retry-on conn-failure empty-response",
+            # Only a connection never made is tried on another bridge: a request a bridge died on
+            # may have been applied (its nonce is spent), so the client hears 502 and retries itself.
+            "    retry-on conn-failure",
             "    retries 3",
             "    option redispatch",
             *(
@@ -322,26 +303,48 @@ class Specs:
     def mqttpush(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "mqttpush", *args]
 
+    def broker_dir(self, node_id: str) -> Path:
+        return self.root / f"broker-{node_id}"
+
+    def bridge_dir(self, n: int) -> Path:
+        return self.root / f"bridge-{n}"
+
     def broker(self, node_id: str, port: int) -> list[str]:
-        data_dir = self.root / f"broker-{node_id}"
         return self.mqttpush(
-            "broker", "--data-dir", str(data_dir), "--host", "127.0.0.1", "--mqtt-port", str(port),
+            "broker", "--data-dir", str(self.broker_dir(node_id)),
+            "--host", "127.0.0.1", "--mqtt-port", str(port),
             "--store", self.store, "--cluster", self.nats_url, "--node-id", node_id,
             "--log-level", "warning", "--json",
         )  # fmt: skip
 
     def bridge(self, n: int, port: int) -> list[str]:
-        data_dir = self.root / f"bridge-{n}"
         return self.mqttpush(
-            "bridge", "--data-dir", str(data_dir), "--host", "127.0.0.1", "--http-port", str(port),
+            "bridge", "--data-dir", str(self.bridge_dir(n)),
+            "--host", "127.0.0.1", "--http-port", str(port),
             "--store", self.store, "--cluster", self.nats_url, "--lease-seconds", str(self.lease_seconds),
             "--log-level", "warning", "--json",
         )  # fmt: skip
 
+    @property
+    def admin_dir(self) -> Path:
+        """The data dir of the local admin commands: its ``master.key`` is every process's."""
+        return self.root / "admin"
+
+    def admin(self, *args: str) -> list[str]:
+        """A local admin command over the cluster's store (``app create``, ``device import``, …)."""
+        return self.mqttpush(*args, "--data-dir", str(self.admin_dir), "--store", self.store, "--json")
+
     def app_create(self, name: str) -> list[str]:
-        return self.mqttpush(
-            "app", "create", name, "--data-dir", str(self.root / "admin"), "--store", self.store, "--json"
-        )
+        return self.admin("app", "create", name)
+
+    def seed(self, data_dir: Path) -> None:
+        """Give a process's data dir the admin's ``master.key`` (docs/scale-out.md: every process
+        of a cluster needs the same one, which seals the secrets in the shared store)."""
+        data_dir.mkdir(mode=0o700, exist_ok=True)
+        key = data_dir / "master.key"
+        if not key.exists():
+            shutil.copyfile(self.admin_dir / "master.key", key)
+            key.chmod(0o600)
 
 
 class Cluster:
@@ -356,7 +359,6 @@ class Cluster:
         lease_seconds: float = 3.0,
     ) -> None:
         require_binaries()
-        require_flags()
         self._tmp = None if root is not None else tempfile.TemporaryDirectory(prefix="mqttpush-cluster-")
         self.root = root if root is not None else Path(self._tmp.name)  # type: ignore[union-attr]
         os.chmod(self.root, 0o755)  # PostgreSQL runs as its own user below it
@@ -379,23 +381,37 @@ class Cluster:
             self.nats = Nats(self.root)
             self.nats.start(deadline)
             self.specs = Specs(self.root, self.postgres.url, self.nats.url, self.lease_seconds)
+            # The admin's data dir first: it migrates the database and makes the master key that
+            # every process gets a copy of (one machine each, as docs/scale-out.md has it).
+            subprocess.run(
+                self.specs.admin("service-credentials"),
+                capture_output=True,
+                check=True,
+                timeout=START_TIMEOUT,
+            )
             for i in range(self.n_brokers):
                 node_id = f"node-{i + 1}"
-                proc = Proc(
-                    f"broker-{i + 1}",
-                    self.specs.broker(node_id, free_port()),
-                    self.root / f"broker-{i + 1}.log",
+                self.specs.seed(self.specs.broker_dir(node_id))
+                self.brokers.append(
+                    Proc(
+                        f"broker-{i + 1}",
+                        self.specs.broker(node_id, free_port()),
+                        self.root / f"broker-{i + 1}.log",
+                    )
                 )
-                self.brokers.append(proc)
-                proc.start(json_ready=True, deadline=deadline)
             for i in range(self.n_bridges):
-                proc = Proc(
-                    f"bridge-{i + 1}",
-                    self.specs.bridge(i + 1, free_port()),
-                    self.root / f"bridge-{i + 1}.log",
+                self.specs.seed(self.specs.bridge_dir(i + 1))
+                self.bridges.append(
+                    Proc(
+                        f"bridge-{i + 1}",
+                        self.specs.bridge(i + 1, free_port()),
+                        self.root / f"bridge-{i + 1}.log",
+                    )
                 )
-                self.bridges.append(proc)
-                proc.start(json_ready=True, deadline=deadline)
+            for proc in [*self.brokers, *self.bridges]:  # all at once: most of a start is imports
+                proc.start(json_ready=True, wait=False)
+            for proc in [*self.brokers, *self.bridges]:
+                proc.wait_ready(deadline)
             cfg = self.root / "haproxy.cfg"
             cfg.write_text(
                 haproxy_config(
@@ -403,6 +419,7 @@ class Cluster:
                     self.http_port,
                     [int(b.ready["mqtt_port"]) for b in self.brokers],
                     [int(b.ready["http_port"]) for b in self.bridges],
+                    self.root / "haproxy.sock",
                 )
             )
             self.haproxy = Proc(
@@ -474,15 +491,68 @@ class Cluster:
             "postgres": {"pid": self.postgres.pid, "port": self.postgres.port},
             "haproxy": {"pid": self.haproxy.pid},
             "dir": str(self.root),
+            "data_dir": str(self.root / "admin"),  # for local admin commands with --store
         }
 
-    def create_app(self, name: str = "cluster") -> dict[str, str]:
+    def admin(self, *args: str, timeout: float = 300) -> Any:
+        """Run a local admin command over the cluster's store; its JSON document."""
         assert self.specs is not None
-        out = subprocess.run(
-            self.specs.app_create(name), capture_output=True, text=True, check=True, timeout=60
-        )
-        doc: dict[str, str] = json.loads(out.stdout)
+        out = subprocess.run(self.specs.admin(*args), capture_output=True, text=True, timeout=timeout)
+        if out.returncode != 0:
+            raise RuntimeError(f"mqttpush {' '.join(args[:2])} failed: {out.stderr[-2000:]}")
+        return json.loads(out.stdout)
+
+    def create_app(self, name: str = "cluster") -> dict[str, str]:
+        doc: dict[str, str] = self.admin("app", "create", name)
         return doc
+
+    def import_devices(self, app_key: str, rows: list[dict[str, Any]]) -> list[dict[str, str]]:
+        """``mqttpush device import --store …``: [{"install_id", "device_id", "device_token"}]."""
+        path = self.root / f"import-{app_key}-{len(rows)}.jsonl"
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        devices: list[dict[str, str]] = self.admin("device", "import", str(path), "--app-key", app_key)[
+            "devices"
+        ]
+        path.unlink()
+        return devices
+
+    # faults and repair
+
+    def backends_up(self) -> dict[str, bool]:
+        """Each broker and bridge as HAProxy sees it now (from its stats socket): name → up."""
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(5)
+            s.connect(str(self.root / "haproxy.sock"))
+            s.sendall(b"show stat\n")
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        out = {}
+        for line in data.decode().splitlines():
+            fields = line.split(",")
+            if len(fields) > 17 and fields[1].startswith(("broker-", "bridge-")):
+                out[fields[1]] = fields[17] == "UP"
+        return out
+
+    def heal(self, timeout: float = START_TIMEOUT) -> None:
+        """Start again whatever was killed or stopped (same ports), then wait until HAProxy sees
+        every broker and bridge up."""
+        assert self.nats is not None and self.postgres is not None
+        deadline = time.monotonic() + timeout
+        if self.postgres.server.proc is None or self.postgres.server.proc.poll() is not None:
+            self.postgres.start()
+        for i, node in enumerate(self.nats.nodes):
+            if not node.alive:
+                self.nats.restart(i, deadline)
+        dead = [p for p in [*self.brokers, *self.bridges] if not p.alive]
+        for proc in dead:
+            proc.start(json_ready=True, wait=False)
+        for proc in dead:
+            proc.wait_ready(deadline)
+        while not all(self.backends_up().values()):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"HAProxy does not see every backend up: {self.backends_up()}")
+            time.sleep(0.05)  # polling HAProxy's view (checks every 200 ms), with a deadline
 
 
 @contextlib.contextmanager
