@@ -485,14 +485,31 @@ class Store(TargetingQueries, PolicyQueries, VendorQueries):
         except StoreUnavailable as exc:
             raise StoreError(str(exc), code="store_unreachable") from exc
         try:
+            fresh = self._sealed_sample() is None
             self._sealer = self._open_sealer()
             pg.migrate(conn)
+            if fresh:
+                self._claim_key()
         except pg.Error as exc:
             conn.close()
             raise StoreError(f"cannot open the store at {pg.redact(url)}: {exc}", code="store_error") from exc
         except BaseException:
             conn.close()
             raise
+
+    def _claim_key(self) -> None:
+        """A new PostgreSQL store: seal something with this data dir's key at once, then check
+        the database holds what *this* key sealed. Processes of a cluster started together each
+        find nothing sealed and would make a key of their own; the first to seal wins, the others
+        are refused here (copy the winner's master.key) instead of failing every signed call later."""
+        try:
+            self.service_credentials()  # sealed now, or opened if another process sealed it first
+        except InvalidTag:
+            raise StoreError(
+                f"another process created this store's master key first: copy its master.key into"
+                f" {self.data_dir} (every process of one store needs the same key, docs/scale-out.md)",
+                code="master_key_wrong",
+            ) from None
 
     @property
     def engine(self) -> str:

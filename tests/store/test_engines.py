@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import psycopg
@@ -85,3 +86,28 @@ def test_a_restart_of_postgresql_is_unavailable_meanwhile_then_works(
             assert store.create_app("after").name == "after"
         finally:
             store.close()
+
+
+def test_two_processes_making_a_new_postgresql_store_need_one_key(tmp_path: Path, pg: PgServer) -> None:
+    url = pg.fresh_url()
+    first = Store(tmp_path / "one", url=url)  # makes the key and seals with it at once
+    try:
+        with pytest.raises(StoreError) as err:
+            Store(tmp_path / "two", url=url)  # no key beside it: refused, not a new key
+        assert err.value.code == "master_key_missing"
+        (tmp_path / "race").mkdir(mode=0o700)  # one that made its own key at the same moment
+        (tmp_path / "race" / "master.key").write_bytes(os.urandom(32))
+        (tmp_path / "race" / "master.key").chmod(0o600)
+        with pytest.raises(StoreError) as err:
+            Store(tmp_path / "race", url=url)
+        assert err.value.code == "master_key_wrong"
+        (tmp_path / "three").mkdir(mode=0o700)
+        (tmp_path / "three" / "master.key").write_bytes((tmp_path / "one" / "master.key").read_bytes())
+        (tmp_path / "three" / "master.key").chmod(0o600)
+        third = Store(tmp_path / "three", url=url)  # the same key copied: fine
+        try:
+            assert third.service_credentials() == first.service_credentials()
+        finally:
+            third.close()
+    finally:
+        first.close()
