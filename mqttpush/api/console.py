@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 import json
+from collections.abc import Callable
 from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit
@@ -225,12 +226,12 @@ def install(api: FastAPI, ctx: ApiContext, guard: Guard) -> None:
 
     # --- messages, tasks, approval --------------------------------------------------------------------
 
-    @api.get("/console/api/messages", include_in_schema=False)
-    async def console_messages(request: Request) -> dict[str, Any]:
+    async def _page(request: Request, page: Callable[..., dict[str, Any]]) -> dict[str, Any]:
+        """A keyset page of messages or tasks: ``?state&since&until&cursor&limit``."""
         app, _, _ = await session_of(request, changes=False)
         q = request.query_params
         return await store.run(
-            store.console.messages_page,
+            page,
             app.app_key,
             state=q.get("state") or None,
             since=_number(request, "since"),
@@ -239,19 +240,13 @@ def install(api: FastAPI, ctx: ApiContext, guard: Guard) -> None:
             limit=_limit(request),
         )
 
+    @api.get("/console/api/messages", include_in_schema=False)
+    async def console_messages(request: Request) -> dict[str, Any]:
+        return await _page(request, store.console.messages_page)
+
     @api.get("/console/api/tasks", include_in_schema=False)
     async def console_tasks(request: Request) -> dict[str, Any]:
-        app, _, _ = await session_of(request, changes=False)
-        q = request.query_params
-        return await store.run(
-            store.console.tasks_page,
-            app.app_key,
-            state=q.get("state") or None,
-            since=_number(request, "since"),
-            until=_number(request, "until"),
-            cursor=q.get("cursor") or None,
-            limit=_limit(request),
-        )
+        return await _page(request, store.console.tasks_page)
 
     @api.get("/console/api/messages/{msg_id}", include_in_schema=False)
     async def console_message(msg_id: str, request: Request) -> dict[str, Any]:

@@ -112,15 +112,11 @@ class ConsoleRepository(Repository):
         limit: int = 50,
     ) -> dict[str, Any]:
         """Messages newest first: ``{"messages": [...], "next": cursor | None}``."""
-        _time_range(since, until)
-        where, args = self._page_filter("state", state, since, until, _cursor(cursor), "msg_id")
-        n = _page_size(limit)
-        rows = self._conn.execute(
-            "SELECT msg_id, kind, state, created_at, start_at, next_run_at, expires_at, approved_by,"
-            " parent_msg_id, biz_id, envelope FROM messages"
-            f" WHERE app_key = ?{where} ORDER BY created_at DESC, msg_id DESC LIMIT ?",
-            (app_key, *args, n + 1),
-        ).fetchall()
+        columns = (
+            "msg_id, kind, state, created_at, start_at, next_run_at, expires_at, approved_by,"
+            " parent_msg_id, biz_id, envelope"
+        )
+        rows, n = self._newest_first("messages", columns, app_key, state, since, until, cursor, limit)
         messages = []
         for r in rows[:n]:
             envelope = _envelope(r[10])
@@ -145,6 +141,31 @@ class ConsoleRepository(Repository):
         self._attach_counts(messages)
         last = rows[n - 1] if len(rows) > n else None
         return {"messages": messages, "next": f"{last[3]!r}~{last[0]}" if last else None}
+
+    def _newest_first(
+        self,
+        table: str,
+        columns: str,
+        app_key: str,
+        state: str | None,
+        since: float | None,
+        until: float | None,
+        cursor: str | None,
+        limit: int,
+    ) -> tuple[list[Any], int]:
+        """One keyset page of an app's ``messages`` or ``tasks`` (key: the table's id column, the
+        first of ``columns``), newest first, and the page size: one row more is read, to know
+        whether a next page exists."""
+        key = columns.split(",", 1)[0].strip()
+        _time_range(since, until)
+        where, args = self._page_filter("state", state, since, until, _cursor(cursor), key)
+        n = _page_size(limit)
+        rows = self._conn.execute(
+            f"SELECT {columns} FROM {table}"
+            f" WHERE app_key = ?{where} ORDER BY created_at DESC, {key} DESC LIMIT ?",
+            (app_key, *args, n + 1),
+        ).fetchall()
+        return rows, n
 
     def _page_filter(
         self,
@@ -198,15 +219,8 @@ class ConsoleRepository(Repository):
         limit: int = 50,
     ) -> dict[str, Any]:
         """Group sends newest first, with their progress: ``{"tasks": [...], "next": cursor | None}``."""
-        _time_range(since, until)
-        where, args = self._page_filter("state", state, since, until, _cursor(cursor), "task_id")
-        n = _page_size(limit)
-        rows = self._conn.execute(
-            "SELECT task_id, msg_id, kind, state, targeted, error, created_at, finished_at FROM tasks"
-            f" WHERE app_key = ?{where} ORDER BY created_at DESC, task_id DESC LIMIT ?",
-            (app_key, *args, n + 1),
-        ).fetchall()
         keys = ("task_id", "msg_id", "kind", "state", "targeted", "error", "created_at", "finished_at")
+        rows, n = self._newest_first("tasks", ", ".join(keys), app_key, state, since, until, cursor, limit)
         tasks = [dict(zip(keys, r, strict=True)) | {"counts": {}} for r in rows[:n]]
         by_msg = {t["msg_id"]: t for t in tasks}
         for chunk, marks in chunks(list(by_msg)):
