@@ -25,8 +25,8 @@ from typing import Any
 import click
 
 from mqttpush import __version__
-from mqttpush.cli.shell import data_dir_option, json_option
-from mqttpush.config import ServerConfig, load_toml
+from mqttpush.cli.shell import data_dir_option, json_option, load_config
+from mqttpush.config import ServerConfig
 from mqttpush.errors import MqttPushError
 
 MIN_FREE_BYTES = 100 * 1024 * 1024
@@ -376,20 +376,11 @@ def _print_table(report: Report) -> None:
     )
 
 
-def _config_file(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
-    if value:
-        try:
-            ctx.default_map = {**(ctx.default_map or {}), **load_toml(value)}
-        except MqttPushError as exc:
-            raise click.BadParameter(exc.message, param_hint="--config") from None
-    return value
-
-
 @click.command()
 @click.option(
     "--config",
     type=click.Path(dir_okay=False),
-    callback=_config_file,
+    callback=load_config,
     is_eager=True,
     expose_value=False,
     envvar="MQTTPUSH_CONFIG",

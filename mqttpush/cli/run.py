@@ -21,24 +21,14 @@ import click
 
 from mqttpush import __version__
 from mqttpush.cli import logs
-from mqttpush.cli.shell import data_dir_option, emit, fail, json_option, store_url
-from mqttpush.config import ServerConfig, load_toml
+from mqttpush.cli.shell import data_dir_option, emit, fail, json_option, load_config, store_url
+from mqttpush.config import ServerConfig
 from mqttpush.errors import MqttPushError
-
-
-def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
-    if value:
-        try:
-            ctx.default_map = {**(ctx.default_map or {}), **load_toml(value)}
-        except MqttPushError as exc:
-            raise click.BadParameter(exc.message, param_hint="--config") from None
-    return value
-
 
 config_option = click.option(
     "--config",
     type=click.Path(dir_okay=False),
-    callback=_load_config,
+    callback=load_config,
     is_eager=True,
     expose_value=False,
     envvar="MQTTPUSH_CONFIG",

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from mqttpush.config import ServerConfig
+from mqttpush.config import ServerConfig, load_toml
 from mqttpush.errors import MqttPushError
 
 if TYPE_CHECKING:
@@ -109,6 +109,16 @@ def _remember_store(ctx: click.Context, _param: click.Parameter, value: str | No
         with errors():
             check_store_url(value)
     ctx.meta["mqttpush.store_url"] = value
+    return value
+
+
+def load_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """``--config F.toml``: its keys become the command's defaults (flags and variables still win)."""
+    if value:
+        try:
+            ctx.default_map = {**(ctx.default_map or {}), **load_toml(value)}
+        except MqttPushError as exc:
+            raise click.BadParameter(exc.message, param_hint="--config") from None
     return value
 
 
