@@ -119,3 +119,22 @@ def test_backup_of_a_postgresql_store_points_to_pg_dump(tmp_path: Path, pg: PgSe
     assert proc.returncode == 2
     assert "--store" in proc.stderr and "pg_dump" in proc.stderr
     assert not (tmp_path / "b").exists()
+
+
+def test_doctor_reads_the_apps_of_the_postgresql_store(tmp_path: Path, pg: PgServer) -> None:
+    url = pg.fresh_url()
+    app = cli_json("app", "create", "shop", "--data-dir", str(tmp_path / "d"), "--store", url)
+    proc = cli(
+        "doctor",
+        "--data-dir",
+        str(tmp_path / "d"),
+        "--store",
+        url,
+        "--json",
+        "--http-port",
+        "0",
+        "--mqtt-port",
+        "0",
+    )
+    checks = {c["name"]: c for c in json.loads(proc.stdout)["checks"]}
+    assert checks[f"vendors {app['app_key']}"]["status"] == "ok"  # the app lives only in PostgreSQL

@@ -25,7 +25,7 @@ from typing import Any
 import click
 
 from mqttpush import __version__
-from mqttpush.cli.shell import data_dir_option, json_option, load_config
+from mqttpush.cli.shell import data_dir_option, json_option, load_config, store_url
 from mqttpush.config import ServerConfig
 from mqttpush.errors import MqttPushError
 
@@ -123,10 +123,34 @@ def check_data_dir(report: Report, data_dir: Path) -> bool:
     return True
 
 
+def check_postgres_store(report: Report, data_dir: Path, url: str) -> bool:
+    """``--store postgresql://…``: the database answers, and master.key opens it (the store
+    refuses a wrong or missing key itself). Opening it migrates an older schema, as any start of
+    a cluster process would. True if the store can be opened."""
+    from mqttpush.store import Store
+
+    try:
+        store = Store(data_dir, url=url)
+    except MqttPushError as exc:
+        report.add("store", "fail", f"{exc.message} [{exc.code}]")
+        return False
+    try:
+        report.add(
+            "schema", "ok", f"PostgreSQL store, schema {store.schema_version()}, opened with master.key"
+        )
+    finally:
+        store.close()
+    return True
+
+
 def check_store(report: Report, data_dir: Path) -> bool:
     """Schema version against this release, and master.key. True if the store can be opened."""
     from mqttpush.store.checkup import schema_status
+    from mqttpush.store.postgres import is_postgres_url
 
+    url = store_url()
+    if url is not None and is_postgres_url(url):
+        return check_postgres_store(report, data_dir, url)
     try:
         status = schema_status(data_dir)
     except FileNotFoundError:
@@ -276,7 +300,7 @@ def check_vendors(report: Report, data_dir: Path) -> None:
     CA certificates not expired. Secrets are hidden from every message."""
     from mqttpush.store import Store
 
-    store = Store(data_dir)
+    store = Store(data_dir, url=store_url())  # with --store postgresql://…, that database's apps
     try:
         apps = store.list_apps()
         if not apps:
