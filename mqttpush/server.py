@@ -457,13 +457,7 @@ class EmbeddedServer:
         self.config = config
         self.clock = clock or SystemClock()
         self.lock = DataDirLock(config.data_dir, ROLES)
-        try:
-            self.store = Store(
-                config.data_dir, self.clock, broker_hasher=mosquitto.password_hash, url=config.store
-            )
-        except BaseException:
-            self.lock.release()
-            raise
+        self.store = _open_store(config, self.lock, self.clock, mosquitto.password_hash)
         self.broker_node = BrokerNode(config, self.store, self.clock)
         self.broker = self.broker_node.broker
         self.bridge = BridgeNode(
@@ -529,11 +523,7 @@ class BrokerServer:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.lock = DataDirLock(config.data_dir, *broker_locks(config))
-        try:
-            self.store = Store(config.data_dir, url=config.store)
-        except BaseException:
-            self.lock.release()
-            raise
+        self.store = _open_store(config, self.lock)
         self.node = BrokerNode(config, self.store)
         self.link: NatsLink | None = None
         if config.cluster is not None:
@@ -562,6 +552,21 @@ class BrokerServer:
         self.lock.release()
 
 
+def _open_store(
+    config: ServerConfig,
+    lock: DataDirLock,
+    clock: Clock | None = None,
+    broker_hasher: Callable[[str], str] | None = None,
+) -> Store:
+    """The store of ``config`` (``--store``, or SQLite in the data dir), opened under the data dir's
+    ``lock``, which is released when opening fails (the refusal is the start-up error)."""
+    try:
+        return Store(config.data_dir, clock, broker_hasher=broker_hasher, url=config.store)
+    except BaseException:
+        lock.release()
+        raise
+
+
 def broker_locks(config: ServerConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """``(exclusive, shared)`` data dir locks of ``mqttpush broker``: the broker role alone, or in a
     cluster the role shared among nodes and the node's own id (docs/operations.md)."""
@@ -586,13 +591,7 @@ class BridgeServer:
         self.config = config
         self.clock = clock or SystemClock()
         self.lock = DataDirLock(config.data_dir, *bridge_locks(config))
-        try:
-            self.store = Store(
-                config.data_dir, self.clock, broker_hasher=mosquitto.password_hash, url=config.store
-            )
-        except BaseException:
-            self.lock.release()
-            raise
+        self.store = _open_store(config, self.lock, self.clock, mosquitto.password_hash)
         self.publisher: MqttPublisher | NatsPublisher
         if config.cluster is not None:
             link = NatsLink(parse_servers(config.cluster), f"mqttpush-bridge-{os.getpid()}")

@@ -25,7 +25,7 @@ from typing import Any
 import click
 
 from mqttpush import __version__
-from mqttpush.cli.shell import data_dir_option, json_option, load_config, store_url
+from mqttpush.cli.shell import config_option, data_dir_option, json_option, store_url
 from mqttpush.config import ServerConfig
 from mqttpush.errors import MqttPushError
 
@@ -401,15 +401,7 @@ def _print_table(report: Report) -> None:
 
 
 @click.command()
-@click.option(
-    "--config",
-    type=click.Path(dir_okay=False),
-    callback=load_config,
-    is_eager=True,
-    expose_value=False,
-    envvar="MQTTPUSH_CONFIG",
-    help="The server's TOML file: its data dir, host, ports and TLS certificate are checked.",
-)
+@config_option("The server's TOML file: its data dir, host, ports and TLS certificate are checked.")
 @data_dir_option
 @click.option("--host", default=ServerConfig.host, show_default=True, envvar="MQTTPUSH_HOST")
 @click.option(

@@ -21,19 +21,10 @@ import click
 
 from mqttpush import __version__
 from mqttpush.cli import logs
-from mqttpush.cli.shell import data_dir_option, emit, fail, json_option, load_config, store_url
+from mqttpush.cli.shell import config_option, data_dir_option, emit, fail, json_option, store_url
 from mqttpush.config import ServerConfig
 from mqttpush.errors import MqttPushError
 
-config_option = click.option(
-    "--config",
-    type=click.Path(dir_okay=False),
-    callback=load_config,
-    is_eager=True,
-    expose_value=False,
-    envvar="MQTTPUSH_CONFIG",
-    help="TOML file with the options below.",
-)
 host_option = click.option("--host", default=ServerConfig.host, show_default=True, envvar="MQTTPUSH_HOST")
 mqtt_port_option = click.option(
     "--mqtt-port",
@@ -421,7 +412,7 @@ def _run_until_signal(
 
 
 @click.command()
-@config_option
+@config_option()
 @data_dir_option
 @host_option
 @mqtt_port_option
@@ -458,7 +449,7 @@ def serve(as_json: bool, **options: Any) -> None:
 
 
 @click.command()
-@config_option
+@config_option()
 @data_dir_option
 @host_option
 @mqtt_port_option
@@ -505,7 +496,7 @@ def broker(as_json: bool, **options: Any) -> None:
 
 
 @click.command()
-@config_option
+@config_option()
 @click.option(
     "--broker",
     "broker_url",

@@ -122,6 +122,19 @@ def load_config(ctx: click.Context, _param: click.Parameter, value: str | None) 
     return value
 
 
+def config_option(help_text: str = "TOML file with the options below.") -> Callable[..., Any]:
+    """``--config F.toml`` (``MQTTPUSH_CONFIG``), read before the other options (:func:`load_config`)."""
+    return click.option(
+        "--config",
+        type=click.Path(dir_okay=False),
+        callback=load_config,
+        is_eager=True,
+        expose_value=False,
+        envvar="MQTTPUSH_CONFIG",
+        help=help_text,
+    )
+
+
 def store_url() -> str | None:
     """The command's ``--store`` (None: SQLite in ``--data-dir``)."""
     ctx = click.get_current_context(silent=True)
