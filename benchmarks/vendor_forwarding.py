@@ -96,7 +96,7 @@ def run(devices: int, connections: int = 1, max_in_flight: int = 1000) -> dict[s
             "connections": connections,
             "max_in_flight": max_in_flight,
         }
-        store.put_vendor_config(app.app_key, "apns", check_vendor_config("apns", obj, work, None))
+        store.vendors.put_vendor_config(app.app_key, "apns", check_vendor_config("apns", obj, work, None))
         store.close()
         server = subprocess.Popen(
             [

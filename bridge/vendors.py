@@ -150,7 +150,7 @@ class VendorGateway:
         now = self._clock.now()
         if app_key in self._configured and now - self._checked_at.get(app_key, now) < self._recheck:
             return self._configured[app_key]
-        version = tuple(await self._store.run(self._store.vendor_credentials_version, app_key))
+        version = tuple(await self._store.run(self._store.vendors.vendor_credentials_version, app_key))
         if app_key in self._configured and self._versions.get(app_key) != version:
             log.info(
                 "vendor credentials changed app=%s vendors=%s",
@@ -208,7 +208,7 @@ class VendorGateway:
     async def _channel(self, app_key: str, vendor: str) -> Channel | None:
         key = (app_key, vendor)
         if key not in self._channels:
-            config = await self._store.run(self._store.vendor_config, app_key, vendor)
+            config = await self._store.run(self._store.vendors.vendor_config, app_key, vendor)
             if config is None:
                 return None
             obj = config.get("obj") or {}
@@ -274,7 +274,7 @@ class VendorGateway:
                     retry.append(f)
                     wait = max(wait, outcome.after or 0.0)
             for reason in alarms:
-                await self._store.run(self._store.raise_alarm, app_key, vendor, reason)
+                await self._store.run(self._store.vendors.raise_alarm, app_key, vendor, reason)
             await self._record(app_key, vendor, outcomes, attempt, on_failure)
 
         async def worker() -> None:
@@ -321,7 +321,7 @@ class VendorGateway:
             VendorOutcome(f.message.msg_id, f.device_id, kind, detail, f.token, attempts, fallback)
             for f, kind, detail in outcomes
         ]
-        to_inbox = await self._store.run(self._store.record_vendor_outcomes, app_key, vendor, rows)
+        to_inbox = await self._store.run(self._store.vendors.record_vendor_outcomes, app_key, vendor, rows)
         if to_inbox and on_failure is not None:
             by_key = {(f.message.msg_id, f.device_id): f for f, _, _ in outcomes}
             await on_failure([(by_key[(o.msg_id, o.device_id)], f"{vendor}: {o.detail}") for o in to_inbox])
@@ -406,12 +406,12 @@ def check_vendor_config(
 
 def ensure_vapid(store: Store, app_key: str) -> str:
     """The app's VAPID public key, creating the key pair (and a default webpush entry) if missing."""
-    config = store.vendor_config(app_key, "webpush")
+    config = store.vendors.vendor_config(app_key, "webpush")
     if config and config.get("vapid_public_key"):
         return str(config["vapid_public_key"])
     obj = (config or {}).get("obj") or {"subject": "mailto:push@localhost"}
     config = check_vendor_config("webpush", obj, Path((config or {}).get("base_dir") or "."), config)
-    store.put_vendor_config(app_key, "webpush", config)
+    store.vendors.put_vendor_config(app_key, "webpush", config)
     return str(config["vapid_public_key"])
 
 

@@ -80,7 +80,9 @@ class Running:
     def configure_vendor(self, vendor: str, obj: dict[str, Any], base_dir: Path) -> None:
         """Store the app's settings for ``vendor`` (a VENDORS.json object; files relative to ``base_dir``)."""
         store = Store(self.data_dir)
-        store.put_vendor_config(self.app_key, vendor, check_vendor_config(vendor, obj, base_dir, None))
+        store.vendors.put_vendor_config(
+            self.app_key, vendor, check_vendor_config(vendor, obj, base_dir, None)
+        )
         store.close()
 
     def register(self, n: int = 1, platform: str = "android") -> list[tuple[str, str]]:

@@ -439,7 +439,7 @@ def create_api(ctx: ApiContext) -> FastAPI:
         """The app's VAPID public key, for a browser's ``pushManager.subscribe`` (X-MQTTPush-Key)."""
         guard.limit_ip(request)
         app = await guard.app_by_key(request)
-        config = await store.run(store.vendor_config, app.app_key, "webpush")
+        config = await store.run(store.vendors.vendor_config, app.app_key, "webpush")
         if not config or not config.get("vapid_public_key"):
             raise NotFound("this app has no VAPID key yet (mqttpush app vapid)", code="no_vapid_key")
         return {"public_key": config["vapid_public_key"]}
@@ -449,9 +449,9 @@ def create_api(ctx: ApiContext) -> FastAPI:
         """Configured vendor channels, their counters, and alarms (e.g. rejected credentials)."""
         app, _ = await guard.signed(request)
         return {
-            "configured": await store.run(store.vendors_configured, app.app_key),
-            "counters": await store.run(store.vendor_counters, app.app_key),
-            "alarms": await store.run(store.alarms, app.app_key),
+            "configured": await store.run(store.vendors.vendors_configured, app.app_key),
+            "counters": await store.run(store.vendors.vendor_counters, app.app_key),
+            "alarms": await store.run(store.vendors.alarms, app.app_key),
         }
 
     @api.get("/api/v1/settings", openapi_extra=spec(SIGNED))

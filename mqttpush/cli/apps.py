@@ -84,9 +84,9 @@ def app_vendor_set(app_key: str, data_dir: Path, config_file: Path, as_json: boo
         stored = []
         for vendor, obj in raw.items():
             config = check_vendor_config(
-                vendor, obj, config_file.parent.resolve(), store.vendor_config(app_key, vendor)
+                vendor, obj, config_file.parent.resolve(), store.vendors.vendor_config(app_key, vendor)
             )
-            store.put_vendor_config(app_key, vendor, config)
+            store.vendors.put_vendor_config(app_key, vendor, config)
             stored.append(vendor)
     emit(
         {"app_key": app_key, "vendors": stored},
@@ -109,11 +109,11 @@ def app_vapid(app_key: str, data_dir: Path, rotate: bool, as_json: bool) -> None
     from bridge.vendors import check_vendor_config, ensure_vapid
 
     with local_store(data_dir, app_key) as store:
-        config = store.vendor_config(app_key, "webpush")
+        config = store.vendors.vendor_config(app_key, "webpush")
         if rotate and config and config.get("vapid_private_pem"):
             kept = {k: v for k, v in config.items() if not k.startswith("vapid_")}
             fresh = check_vendor_config("webpush", config["obj"], Path(config["base_dir"]), kept)
-            store.put_vendor_config(app_key, "webpush", fresh)
+            store.vendors.put_vendor_config(app_key, "webpush", fresh)
         public_key = ensure_vapid(store, app_key)
     emit({"public_key": public_key}, as_json, lambda: click.echo(public_key))
 

@@ -307,11 +307,11 @@ def check_vendors(report: Report, data_dir: Path) -> None:
             report.add("vendors", "ok", "no apps yet")
         for app in apps:
             app_key = app["app_key"]
-            vendors = store.vendors_configured(app_key)
+            vendors = store.vendors.vendors_configured(app_key)
             if not vendors:
                 report.add(f"vendors {app_key}", "ok", "no vendor configured (MQTT only)")
             for vendor in vendors:
-                config = store.vendor_config(app_key, vendor) or {}
+                config = store.vendors.vendor_config(app_key, vendor) or {}
                 obj = config.get("obj") or {}
                 for key, value in config.items() if isinstance(config, dict) else ():
                     if key != "obj" and key != "base_dir":

@@ -94,6 +94,22 @@ class Repository:
             return ""
         return f" FOR UPDATE{' OF ' + of if of else ''} SKIP LOCKED"
 
+    def _record(
+        self, msg_id: str, device_id: str, state: DeliveryState, at: float, detail: str | None
+    ) -> None:
+        """Move one delivery to ``state`` and write its history row (no forward check)."""
+        self._store._record(msg_id, device_id, state, at, detail)
+
+    def _events(self, rows: list[Event]) -> None:
+        """Write delivery history rows and show them to the transition listeners."""
+        self._store._events(rows)
+
+    def _insert_deliveries(
+        self, msg_id: str, device_ids: list[str], now: float, *, new_message: bool = False
+    ) -> list[str]:
+        """Insert the ``accepted`` deliveries that do not exist yet; returns the device ids inserted."""
+        return self._store._insert_deliveries(msg_id, device_ids, now, new_message=new_message)
+
     def _seal(self, plain: str) -> bytes:
         return self._store._seal(plain)
 

@@ -56,7 +56,7 @@ from mqttpush.store.stats import StatsRepository
 from mqttpush.store.targeting import TargetingQueries
 from mqttpush.store.tokens import TokenRepository
 from mqttpush.store.tx import Connection, Transaction, split_statements
-from mqttpush.store.vendors import VendorQueries, vendor_token_hash
+from mqttpush.store.vendors import VendorQueries, VendorRepository, vendor_token_hash
 from mqttpush.store.webhooks import WebhookRepository
 from mqttpush.telemetry import CommitStats
 
@@ -440,6 +440,7 @@ class Store(TargetingQueries, PolicyQueries, VendorQueries):
         self.webhooks = WebhookRepository(self)
         self.stats = StatsRepository(self)
         self.console = ConsoleRepository(self)
+        self.vendors = VendorRepository(self)
         self._worker: _GroupCommitter | None = None
         self._health = _WriteHealth()
         self.commit_stats = CommitStats()

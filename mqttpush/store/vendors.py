@@ -1,4 +1,5 @@
-"""Store queries for vendor channels (issue 6): tokens, credentials, routing facts, alarms."""
+"""Vendor channels in the store (issue 6): an app's vendor credentials, alarms and counters, what
+vendors said of deliveries; and the vendor tokens of devices and their routing facts."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 
 from mqttpush.errors import NotFound
 from mqttpush.models import DeliveryState
-from mqttpush.store.core import StoreCore, chunks
+from mqttpush.store.core import Repository, StoreCore, chunks
 
 VENDORS = ("apns", "fcm", "hms", "mipush", "webpush")
 
@@ -143,6 +144,11 @@ class VendorQueries(StoreCore):
                 )
         return out
 
+
+class VendorRepository(Repository):
+    """``store.vendors``: each app's vendor credentials (sealed), the alarms raised when a vendor
+    refuses them, the per-vendor counters, and what vendors said of deliveries."""
+
     def put_vendor_config(self, app_key: str, vendor: str, config: dict[str, Any]) -> None:
         self._conn.execute(
             "INSERT INTO vendor_credentials (app_key, vendor, config_enc, updated_at) VALUES (?, ?, ?, ?)"
@@ -178,7 +184,7 @@ class VendorQueries(StoreCore):
         ]
 
     def raise_alarm(self, app_key: str, vendor: str, reason: str) -> None:
-        self.webhooks.alarm_raised(app_key, vendor, reason)
+        self._store.webhooks.alarm_raised(app_key, vendor, reason)
         self._conn.execute(
             "INSERT INTO vendor_alarms (app_key, vendor, reason, at) VALUES (?, ?, ?, ?)"
             " ON CONFLICT (app_key, vendor) DO UPDATE SET reason = excluded.reason, at = excluded.at,"
@@ -249,7 +255,7 @@ class VendorQueries(StoreCore):
                     continue
                 if o.kind == "dropped_token" and o.token is not None:
                     counts["dropped_tokens"] += 1
-                    self.webhooks.token_removed(app_key, device_id, vendor, o.token, o.detail)
+                    self._store.webhooks.token_removed(app_key, device_id, vendor, o.token, o.detail)
                     self._conn.execute(  # a tombstone: `device show` tells when and why it went
                         "UPDATE vendor_tokens SET removed_at = ?, removed_reason = ?"
                         " WHERE device_id = ? AND vendor = ? AND token_hash = ? AND removed_at IS NULL",

@@ -126,7 +126,9 @@ class Bridge:
     async def vendor(self, outcome: Outcome) -> FakeVendor:
         fake = FakeVendor(outcome)
         self.dispatcher.gateway = VendorGateway(self.store, self.clock, lambda _v, _c: fake)
-        await self.store.run(self.store.put_vendor_config, self.app_key, "apns", {"rate_per_second": 1000})
+        await self.store.run(
+            self.store.vendors.put_vendor_config, self.app_key, "apns", {"rate_per_second": 1000}
+        )
         return fake
 
 

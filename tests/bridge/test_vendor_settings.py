@@ -66,12 +66,12 @@ async def test_gateway_rechecks_credentials_changed_elsewhere(tmp_path: Path) ->
     gateway = VendorGateway(mine, clock, make_channel, recheck_seconds=2.0)
     try:
         assert await gateway.configured(app.app_key) == frozenset()
-        theirs.put_vendor_config(app.app_key, "fcm", {"project_id": "p"})
+        theirs.vendors.put_vendor_config(app.app_key, "fcm", {"project_id": "p"})
         assert await gateway.configured(app.app_key) == frozenset()  # cached within the interval
         clock.advance(2.0)
         assert await gateway.configured(app.app_key) == frozenset({"fcm"})
         clock.advance(0.5)
-        theirs.put_vendor_config(app.app_key, "apns", {"topic": "t"})
+        theirs.vendors.put_vendor_config(app.app_key, "apns", {"topic": "t"})
         clock.advance(2.0)
         assert await gateway.configured(app.app_key) == frozenset({"apns", "fcm"})
     finally:

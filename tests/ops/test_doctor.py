@@ -78,7 +78,9 @@ def _data_dir(tmp_path: Path) -> tuple[Path, dict[str, str]]:
             ("mipush", {"app_secret": MIPUSH_SECRET, "package_name": "com.example.app"}),
             ("hms", {"app_id": "10293847", "client_secret": HMS_SECRET}),
         ):
-            store.put_vendor_config(app["app_key"], vendor, check_vendor_config(vendor, obj, vendors, None))
+            store.vendors.put_vendor_config(
+                app["app_key"], vendor, check_vendor_config(vendor, obj, vendors, None)
+            )
     finally:
         store.close()
     return data, app

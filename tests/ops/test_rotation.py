@@ -103,7 +103,7 @@ def test_cli_rotates_the_vapid_keys(tmp_path: Path) -> None:
     assert cli_json("app", "vapid", key, "--data-dir", data)["public_key"] == rotated
     store = Store(tmp_path / "data")
     try:
-        config = store.vendor_config(key, "webpush")
+        config = store.vendors.vendor_config(key, "webpush")
         assert config is not None and config["vapid_public_key"] == rotated
         assert config["obj"] == {"subject": "mailto:push@localhost"}
     finally:

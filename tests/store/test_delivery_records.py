@@ -89,7 +89,7 @@ def test_vendor_failure_after_five_attempts_shows_the_vendor_and_the_attempts(st
     app = store.create_app("shop")
     accept(store, app.app_key, "m1", ["d1"])
     failed = VendorOutcome("m1", "d1", "failed", "gave up after 5 attempts: 503", "tok", attempts=5)
-    assert store.record_vendor_outcomes(app.app_key, "apns", [failed]) == []
+    assert store.vendors.record_vendor_outcomes(app.app_key, "apns", [failed]) == []
     d = delivery(store, app.app_key, "m1", "d1")
     assert (d["state"], d["channel"], d["attempts"]) == ("failed", "apns", 5)
     assert d["error"] == "apns: gave up after 5 attempts: 503"
@@ -98,7 +98,9 @@ def test_vendor_failure_after_five_attempts_shows_the_vendor_and_the_attempts(st
 def test_vendor_forwarded_after_a_retry_counts_both_attempts(store: Store) -> None:
     app = store.create_app("shop")
     accept(store, app.app_key, "m1", ["d1"])
-    store.record_vendor_outcomes(app.app_key, "fcm", [VendorOutcome("m1", "d1", "forwarded", "id", "t", 2)])
+    store.vendors.record_vendor_outcomes(
+        app.app_key, "fcm", [VendorOutcome("m1", "d1", "forwarded", "id", "t", 2)]
+    )
     d = delivery(store, app.app_key, "m1", "d1")
     assert (d["state"], d["channel"], d["attempts"]) == ("forwarded", "fcm", 2)
 
@@ -106,7 +108,9 @@ def test_vendor_forwarded_after_a_retry_counts_both_attempts(store: Store) -> No
 def test_vendor_copy_beside_mqtt_adds_to_channel_and_attempts(store: Store) -> None:
     app = store.create_app("shop")
     published(store, app.app_key)
-    store.record_vendor_outcomes(app.app_key, "fcm", [VendorOutcome("m1", "d1", "forwarded", "id", "t", 1)])
+    store.vendors.record_vendor_outcomes(
+        app.app_key, "fcm", [VendorOutcome("m1", "d1", "forwarded", "id", "t", 1)]
+    )
     d = delivery(store, app.app_key, "m1", "d1")
     assert (d["state"], d["channel"], d["attempts"]) == ("published", "fcm,mqtt", 2)
 
@@ -118,8 +122,12 @@ def test_vendor_failure_with_fallback_leaves_the_delivery_for_the_inbox(store: S
     accept(store, app.app_key, "m1", [reg.device_id])
     dead = VendorOutcome("m1", reg.device_id, "dropped_token", "BadDeviceToken", "dead", 1, fallback=True)
 
-    assert store.record_vendor_outcomes(app.app_key, "apns", [dead]) == [dead]
+    assert store.vendors.record_vendor_outcomes(app.app_key, "apns", [dead]) == [dead]
     d = delivery(store, app.app_key, "m1", reg.device_id)
     assert (d["state"], d["channel"], d["attempts"], d["error"]) == ("accepted", "apns,mqtt", 1, None)
     assert store.vendor_tokens(reg.device_id) == []  # a dead token still leaves the registry
-    assert store.vendor_counters(app.app_key)["apns"] == {"forwarded": 0, "dropped_tokens": 1, "failed": 1}
+    assert store.vendors.vendor_counters(app.app_key)["apns"] == {
+        "forwarded": 0,
+        "dropped_tokens": 1,
+        "failed": 1,
+    }

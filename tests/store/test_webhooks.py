@@ -112,8 +112,8 @@ def test_expiry_token_task_and_alarm_events(wstore: Store, clock: FakeClock) -> 
     wstore.set_vendor_token(app.app_key, device, "apns", token)
     accept(wstore, app.app_key, "m2", [device])
     dead = VendorOutcome("m2", device, "dropped_token", "Unregistered", token)
-    wstore.record_vendor_outcomes(app.app_key, "apns", [dead])
-    wstore.record_vendor_outcomes(app.app_key, "apns", [dead])  # tombstoned already: no second event
+    wstore.vendors.record_vendor_outcomes(app.app_key, "apns", [dead])
+    wstore.vendors.record_vendor_outcomes(app.app_key, "apns", [dead])  # tombstoned already: no second event
 
     wstore.accept_message(
         msg_id="m3",
@@ -129,8 +129,8 @@ def test_expiry_token_task_and_alarm_events(wstore: Store, clock: FakeClock) -> 
     wstore.finish_task("t1", "done")
     wstore.finish_task("t1", "failed", "late")  # already finished: nothing
 
-    wstore.raise_alarm(app.app_key, "apns", "InvalidProviderToken")
-    wstore.raise_alarm(app.app_key, "apns", "InvalidProviderToken")  # the same alarm again
+    wstore.vendors.raise_alarm(app.app_key, "apns", "InvalidProviderToken")
+    wstore.vendors.raise_alarm(app.app_key, "apns", "InvalidProviderToken")  # the same alarm again
 
     docs = [r["payload"] for r in outbox(wstore, hook["webhook_id"])]
     assert [d["type"] for d in docs] == ["delivery.expired", "token.removed", "task.done", "alarm"]
