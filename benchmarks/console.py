@@ -77,7 +77,7 @@ def seed(data_dir: Path, devices: int, big: int, small: int) -> dict[str, Any]:
             store.transition(keys[: cut // 4], DeliveryState.OPENED)
             store.transition(keys[cut:], DeliveryState.FAILED, "benchmark")
         if task:
-            store.finish_task("t" + msg_id, "done")
+            store.tasks.finish_task("t" + msg_id, "done")
         return msg_id
 
     big_ids = [message(device_ids, n, True) for n in range(big)]

@@ -174,7 +174,7 @@ class Intake:
         now = self._clock.now()
         production = req.policy.production
         if isinstance(target, FileTarget):
-            await store.run(store.file_info, app.app_key, target.file_id)  # 404 before accepting
+            await store.run(store.tasks.file_info, app.app_key, target.file_id)  # 404 before accepting
         device_ids: list[str] = []
         if not target.is_task and schedule is None:
             assert isinstance(target, DevicesTarget | AliasTarget)

@@ -101,7 +101,7 @@ class TaskRunner:
                 raise
             except Exception as exc:
                 log.exception("task failed task_id=%s", task_id, extra={"task_id": task_id})
-                await self._store.run(self._store.finish_task, task_id, "failed", repr(exc))
+                await self._store.run(self._store.tasks.finish_task, task_id, "failed", repr(exc))
             finally:
                 if not requeued:
                     self._queued.discard(task_id)
@@ -112,7 +112,7 @@ class TaskRunner:
         claim = await store.run(store.leases.claim_task, task_id, self.owner, self._lease)
         if claim is None:  # finished, or another bridge walks it
             return
-        rec = await store.run(store.task_record, task_id)
+        rec = await store.run(store.tasks.task_record, task_id)
         if rec is None or rec.state not in ("pending", "running"):
             return
         if policy is None:  # resumed after a restart
@@ -164,7 +164,7 @@ class TaskRunner:
             self._dispatcher.submit(
                 Outbound(rec.msg_id, rec.app_key, rec.payload, (), broadcast=True, policy=policy)
             )
-        await self._store.run(self._store.finish_task, task_id, "done")
+        await self._store.run(self._store.tasks.finish_task, task_id, "done")
         log.info(
             "task resolved task_id=%s kind=%s targeted=%d",
             task_id,
@@ -226,9 +226,9 @@ class TaskRunner:
         self, app_key: str, target: FileTarget, production: bool, after: int
     ) -> AsyncIterator[tuple[list[str], str]]:
         store = self._store
-        info = await store.run(store.file_info, app_key, target.file_id)
+        info = await store.run(store.tasks.file_info, app_key, target.file_id)
         while True:
-            lines = await store.run(store.file_values, target.file_id, after, self._batch)
+            lines = await store.run(store.tasks.file_values, target.file_id, after, self._batch)
             if not lines:
                 return
             after = lines[-1][0]

@@ -211,14 +211,14 @@ def create_api(ctx: ApiContext) -> FastAPI:
     @api.get("/api/v1/tasks/{task_id}", openapi_extra=spec(SIGNED))
     async def task_status(task_id: str, request: Request) -> dict[str, Any]:
         app, _ = await guard.signed(request)
-        return await store.run(store.task_status, app.app_key, task_id)
+        return await store.run(store.tasks.task_status, app.app_key, task_id)
 
     @api.delete("/api/v1/tasks/{task_id}", openapi_extra=spec(SIGNED, scope="push"))
     async def task_cancel(task_id: str, request: Request) -> dict[str, Any]:
         app, _ = await guard.signed(request)
-        await store.run(store.cancel_task, app.app_key, task_id)
+        await store.run(store.tasks.cancel_task, app.app_key, task_id)
         ctx.tasks.cancelled(task_id)
-        return await store.run(store.task_status, app.app_key, task_id)
+        return await store.run(store.tasks.task_status, app.app_key, task_id)
 
     @api.post("/api/v1/files", status_code=201, openapi_extra=spec(SIGNED, text_body=True, scope="push"))
     async def upload_file(request: Request, kind: str = "devices", alias_type: str = "user") -> JSONResponse:
@@ -229,15 +229,15 @@ def create_api(ctx: ApiContext) -> FastAPI:
         if not ALIAS_TYPE_RE.fullmatch(alias_type):
             raise InvalidContent("alias_type must be 1-32 of A-Z a-z 0-9 _ . -", code="invalid_request")
         file_id = await store.run(
-            store.create_file, app.app_key, kind, alias_type if kind == "aliases" else None
+            store.tasks.create_file, app.app_key, kind, alias_type if kind == "aliases" else None
         )
         try:
             lines = await _receive_lines(request, file_id, kind)
             await check_body(lines.digest)
         except BaseException:
-            await store.run(store.drop_file, file_id)
+            await store.run(store.tasks.drop_file, file_id)
             raise
-        await store.run(store.finish_file, file_id, lines.count)
+        await store.run(store.tasks.finish_file, file_id, lines.count)
         return JSONResponse({"file_id": file_id, "lines": lines.count}, status_code=201)
 
     async def _receive_lines(request: Request, file_id: str, kind: str) -> _Lines:
@@ -250,7 +250,7 @@ def create_api(ctx: ApiContext) -> FastAPI:
         async def flush() -> None:
             nonlocal count
             if pending:
-                await store.run(store.append_file_lines, file_id, count + 1, list(pending))
+                await store.run(store.tasks.append_file_lines, file_id, count + 1, list(pending))
                 count += len(pending)
                 pending.clear()
 

@@ -54,6 +54,7 @@ from mqttpush.store.lock import prepare_data_dir, unwritable
 from mqttpush.store.policy import PolicyQueries
 from mqttpush.store.stats import StatsRepository
 from mqttpush.store.targeting import TargetingQueries
+from mqttpush.store.tasks import TaskRepository
 from mqttpush.store.tokens import TokenRepository
 from mqttpush.store.tx import Connection, Transaction, split_statements
 from mqttpush.store.vendors import VendorQueries, VendorRepository, vendor_token_hash
@@ -441,6 +442,7 @@ class Store(TargetingQueries, PolicyQueries, VendorQueries):
         self.stats = StatsRepository(self)
         self.console = ConsoleRepository(self)
         self.vendors = VendorRepository(self)
+        self.tasks = TaskRepository(self)
         self._worker: _GroupCommitter | None = None
         self._health = _WriteHealth()
         self.commit_stats = CommitStats()

@@ -249,7 +249,7 @@ def test_cancel_before_the_first_batch_sends_nothing(fleet: Fleet) -> None:
             app,
             PushRequest.model_validate({"target": {"broadcast": True}, "notification": {"title": "oops"}}),
         )
-        await r.server.store.run(r.server.store.cancel_task, r.app_key, res["task_id"])
+        await r.server.store.run(r.server.store.tasks.cancel_task, r.app_key, res["task_id"])
         r.server.tasks.cancelled(res["task_id"])
         return res
 

@@ -210,9 +210,9 @@ def test_every_target_kind_previews_and_sends(running: Running, browser: Chrome)
     try:
         store.bind_alias(r.app_key, device, "user", "alice", replace=True)
         store.update_tags(r.app_key, device, ["beta"], [])
-        file_id = store.create_file(r.app_key, "devices", None)
-        store.append_file_lines(file_id, 1, [device])
-        store.finish_file(file_id, 1)
+        file_id = store.tasks.create_file(r.app_key, "devices", None)
+        store.tasks.append_file_lines(file_id, 1, [device])
+        store.tasks.finish_file(file_id, 1)
     finally:
         store.close()
     sign_in(browser, r)

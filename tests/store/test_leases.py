@@ -76,7 +76,7 @@ def test_a_task_is_walked_by_its_holder_and_resumed_from_its_progress(store: Sto
     # "b" repeats a batch "a" committed (idempotent) and walks on
     assert store.leases.add_task_batch(task_id, "b", LEASE, msg_id, devices[2:], devices[5]) == devices[3:]
     assert sorted(store.accepted_devices(msg_id)) == devices  # each device once
-    store.finish_task(task_id, "done")
+    store.tasks.finish_task(task_id, "done")
     assert store.leases.claim_task(task_id, "c", LEASE) is None
     assert store.leases.claim_tasks("c", LEASE) == []
 

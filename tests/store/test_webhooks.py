@@ -126,8 +126,8 @@ def test_expiry_token_task_and_alarm_events(wstore: Store, clock: FakeClock) -> 
         device_ids=[],
         task_id="t1",
     )
-    wstore.finish_task("t1", "done")
-    wstore.finish_task("t1", "failed", "late")  # already finished: nothing
+    wstore.tasks.finish_task("t1", "done")
+    wstore.tasks.finish_task("t1", "failed", "late")  # already finished: nothing
 
     wstore.vendors.raise_alarm(app.app_key, "apns", "InvalidProviderToken")
     wstore.vendors.raise_alarm(app.app_key, "apns", "InvalidProviderToken")  # the same alarm again
@@ -286,8 +286,8 @@ def test_every_way_a_task_ends_is_one_task_done(wstore: Store) -> None:
 
     for n in range(4):
         task(n)
-    wstore.finish_task("t0", "failed", "audience query failed")
-    wstore.cancel_task(app.app_key, "t1")
+    wstore.tasks.finish_task("t0", "failed", "audience query failed")
+    wstore.tasks.cancel_task(app.app_key, "t1")
     wstore.cancel_message(app.app_key, "m2")
     wstore.recall(app.app_key, "m3")
     wstore.recall(app.app_key, "m0")  # its task had ended already
