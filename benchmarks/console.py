@@ -51,7 +51,7 @@ def seed(data_dir: Path, devices: int, big: int, small: int) -> dict[str, Any]:
             }
             for i in range(first, min(first + 10_000, devices))
         ]
-        device_ids += [d["device_id"] for d in store.import_devices(app.app_key, rows)]
+        device_ids += [d["device_id"] for d in store.devices.import_devices(app.app_key, rows)]
     seeded_devices = time.perf_counter() - started
 
     def message(targets: list[str], n: int, task: bool) -> str:

@@ -98,7 +98,7 @@ def _pg_per_push(pushes: int) -> dict[str, Any]:
         url = server.fresh_url()
         store = Store(d, url=url)
         app = store.create_app("sizing")
-        reg = store.register_device(app.app_key, "i-1", "android")
+        reg = store.devices.register_device(app.app_key, "i-1", "android")
         device = reg.device_id
 
         def counters() -> tuple[int, int, int, int]:

@@ -88,7 +88,7 @@ def measure(devices: int, rounds: int, single: int) -> dict[str, Any]:
         try:
             app = store.create_app("bench")
             ids = [
-                store.register_device(
+                store.devices.register_device(
                     app.app_key, f"i{i}", ("android", "ios")[i % 2], app_version=f"1.{i % 3}"
                 ).device_id
                 for i in range(devices)

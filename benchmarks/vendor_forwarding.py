@@ -82,10 +82,10 @@ def run(devices: int, connections: int = 1, max_in_flight: int = 1000) -> dict[s
         data = work / "data"
         store = Store(data)
         app = store.create_app("bench")
-        rows = store.import_devices(
+        rows = store.devices.import_devices(
             app.app_key, [{"install_id": f"i{i}", "platform": "ios", "tags": ["all"]} for i in range(devices)]
         )
-        store.set_vendor_tokens([(r["device_id"], "apns", f"{i:064x}") for i, r in enumerate(rows)])
+        store.devices.set_vendor_tokens([(r["device_id"], "apns", f"{i:064x}") for i, r in enumerate(rows)])
         obj = {
             "team_id": "TEAM123456",
             "key_id": "KEY1234567",

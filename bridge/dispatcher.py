@@ -252,7 +252,7 @@ class Dispatcher:
         holds: dict[str, tuple[float, str]] = {}
         drops: list[str] = []
         if sp.gated:
-            zones = await store.run(store.device_zones, devices)
+            zones = await store.run(store.devices.device_zones, devices)
             sent: dict[str, int] = {}
             if sp.daily_cap is not None:
                 sent = await store.run(
@@ -307,7 +307,7 @@ class Dispatcher:
         if not routed:
             return
         wanted = list(dict.fromkeys(d for send, _ in routed for d in send.devices))
-        facts = await self._store.run(self._store.route_facts, wanted)
+        facts = await self._store.run(self._store.devices.route_facts, wanted)
         now = self._clock.now()
         for send, configured in routed:
             out, mqtt, impossible = send.out, [], []

@@ -80,7 +80,7 @@ class Distributor:
         now = self._clock.now()
         msg_id = ids.new_msg_id(now)
         if up.ttl == 0:
-            device = await store.run(store.get_device, end.device_id)
+            device = await store.run(store.devices.get_device, end.device_id)
             if device is None:
                 raise NotFound("the endpoint's device is gone", code="unknown_endpoint")
             if not device.online:

@@ -132,10 +132,10 @@ class Intake:
         if isinstance(target, DevicesTarget):
             device_ids = list(target.device_ids)
             if not production:
-                await store.run(store.require_known, app.app_key, device_ids)
+                await store.run(store.devices.require_known, app.app_key, device_ids)
         else:
             bound = await store.run(
-                store.devices_for_aliases, app.app_key, target.alias_type, list(target.aliases)
+                store.devices.devices_for_aliases, app.app_key, target.alias_type, list(target.aliases)
             )
             if not bound:
                 raise NotFound(
@@ -144,7 +144,7 @@ class Intake:
                 )
             device_ids = list(dict.fromkeys(d for a in target.aliases for d in bound.get(a, [])))
         if not production:
-            test = await store.run(store.test_devices, app.app_key, device_ids)
+            test = await store.run(store.devices.test_devices, app.app_key, device_ids)
             device_ids = [d for d in device_ids if d in test]
             if not device_ids:
                 raise InvalidContent(

@@ -191,7 +191,7 @@ class TaskRunner:
         platforms = sorted(flt.platforms) if flt is not None and flt.platforms is not None else None
         while True:
             rows = await store.run(
-                store.audience_batch,
+                store.devices.audience_batch,
                 app_key,
                 after,
                 self._batch,
@@ -218,7 +218,7 @@ class TaskRunner:
                     )
                 ]
             if tags is not None and rows:
-                device_tags = await store.run(store.tags_for, [r.device_id for r in rows])
+                device_tags = await store.run(store.devices.tags_for, [r.device_id for r in rows])
                 rows = [r for r in rows if tagexpr.evaluate(tags, device_tags[r.device_id])]
             yield [r.device_id for r in rows], after
 
@@ -235,13 +235,13 @@ class TaskRunner:
             values = [v for _, v in lines]
             if info["kind"] == "aliases":
                 bound = await store.run(
-                    store.devices_for_aliases, app_key, info["alias_type"] or "user", values
+                    store.devices.devices_for_aliases, app_key, info["alias_type"] or "user", values
                 )
                 device_ids = list(dict.fromkeys(d for ds in bound.values() for d in ds))
             else:
-                known = await store.run(store.known_devices, app_key, values)
+                known = await store.run(store.devices.known_devices, app_key, values)
                 device_ids = [v for v in dict.fromkeys(values) if v in known]
             if not production and device_ids:
-                test = await store.run(store.test_devices, app_key, device_ids)
+                test = await store.run(store.devices.test_devices, app_key, device_ids)
                 device_ids = [d for d in device_ids if d in test]
             yield device_ids, str(after)

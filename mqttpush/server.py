@@ -125,7 +125,7 @@ class _Presence:
         while True:
             change, self._retry = self._retry or await self._queue.get(), None
             try:
-                await self._store.run(self._store.set_presence, *change)
+                await self._store.run(self._store.devices.set_presence, *change)
             except BaseException:
                 self._retry = change  # kept, in order, for the supervisor's restart
                 raise
@@ -199,7 +199,7 @@ class BrokerNode:
             ok = await store.run(store.authenticate_service, username, password)
             return ServiceIdentity(username) if ok else None
         if client_id == username:
-            app_key = await store.run(store.authenticate_device, username, password)
+            app_key = await store.run(store.devices.authenticate_device, username, password)
             if app_key:
                 return DeviceIdentity(app_key, username)
         if await store.run(store.authenticate_app, username, password):
@@ -217,7 +217,7 @@ class BrokerNode:
     async def start(self) -> None:
         raise_fd_limit()
         if self.cluster is None:  # other nodes of a cluster hold devices that are online
-            await self.store.run(self.store.reset_presence)
+            await self.store.run(self.store.devices.reset_presence)
         await self.broker.start()
         self.loops.start("presence", self.presence.run)
 

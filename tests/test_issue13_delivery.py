@@ -158,7 +158,7 @@ def _committed_before_a_crash(data_dir: Path, clock: ManualClock, policy: dict[s
     """What the intake commits before answering 202, left unpublished by a process that died."""
     store = Store(data_dir, clock)
     app = store.create_app("crashed")
-    reg = store.register_device(app.app_key, "phone", "android")
+    reg = store.devices.register_device(app.app_key, "phone", "android")
     now = clock.now()
     msg_id = ids.new_msg_id(now)
     envelope = Envelope(msg_id, app.app_key, "notification", "Hi", None, {}, now, now + policy["ttl"])

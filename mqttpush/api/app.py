@@ -171,7 +171,7 @@ def create_api(ctx: ApiContext) -> FastAPI:
         if req.timezone is not None:
             zone(req.timezone)
         reg = await store.run(
-            store.register_device,
+            store.devices.register_device,
             app.app_key,
             req.install_id,
             req.platform.value,
@@ -307,8 +307,8 @@ def create_api(ctx: ApiContext) -> FastAPI:
     @api.get("/api/v1/devices/{device_id}", openapi_extra=spec(SIGNED, BEARER))
     async def show_device(device_id: str, request: Request) -> dict[str, Any]:
         app_key, _, _ = await guard.app_or_device(request, device_id)
-        doc = await store.run(store.device_doc, app_key, device_id)
-        return doc | {"vendor_tokens": await store.run(store.masked_vendor_tokens, device_id)}
+        doc = await store.run(store.devices.device_doc, app_key, device_id)
+        return doc | {"vendor_tokens": await store.run(store.devices.masked_vendor_tokens, device_id)}
 
     @api.patch("/api/v1/devices/{device_id}", openapi_extra=spec(SIGNED, BEARER, body=DeviceUpdateRequest))
     async def update_device(device_id: str, request: Request) -> dict[str, Any]:
@@ -318,8 +318,8 @@ def create_api(ctx: ApiContext) -> FastAPI:
             zone(changes["timezone"])
         if "test" in changes and not by_app:
             raise Forbidden("only the app marks test devices", code="not_your_device")
-        await store.run(store.update_device, app_key, device_id, **changes)
-        return await store.run(store.device_doc, app_key, device_id)
+        await store.run(store.devices.update_device, app_key, device_id, **changes)
+        return await store.run(store.devices.device_doc, app_key, device_id)
 
     @api.post("/api/v1/devices/{device_id}/tags", openapi_extra=spec(SIGNED, BEARER, body=TagsRequest))
     async def update_tags(device_id: str, request: Request) -> dict[str, Any]:
@@ -328,7 +328,7 @@ def create_api(ctx: ApiContext) -> FastAPI:
         bad = [t for t in (*req.add, *req.remove) if not TAG_RE.fullmatch(t)]
         if bad:
             raise InvalidContent(f"not a tag: {bad[0]!r} (1-64 printable characters)", code="bad_tag")
-        tags = await store.run(store.update_tags, app_key, device_id, req.add, req.remove)
+        tags = await store.run(store.devices.update_tags, app_key, device_id, req.add, req.remove)
         return {"device_id": device_id, "tags": tags}
 
     @api.post("/api/v1/devices/{device_id}/aliases", openapi_extra=spec(SIGNED, BEARER, body=AliasRequest))
@@ -338,9 +338,9 @@ def create_api(ctx: ApiContext) -> FastAPI:
         if not ALIAS_RE.fullmatch(req.alias):
             raise InvalidContent(f"not an alias: {req.alias!r}", code="bad_alias")
         await store.run(
-            store.bind_alias, app_key, device_id, req.alias_type, req.alias, replace=req.mode == "set"
+            store.devices.bind_alias, app_key, device_id, req.alias_type, req.alias, replace=req.mode == "set"
         )
-        doc = await store.run(store.device_doc, app_key, device_id)
+        doc = await store.run(store.devices.device_doc, app_key, device_id)
         return {"device_id": device_id, "aliases": doc["aliases"]}
 
     @api.delete(
@@ -348,8 +348,8 @@ def create_api(ctx: ApiContext) -> FastAPI:
     )
     async def unbind_alias(device_id: str, alias_type: str, alias: str, request: Request) -> dict[str, Any]:
         app_key, _, _ = await guard.app_or_device(request, device_id)
-        await store.run(store.unbind_alias, app_key, device_id, alias_type, alias)
-        doc = await store.run(store.device_doc, app_key, device_id)
+        await store.run(store.devices.unbind_alias, app_key, device_id, alias_type, alias)
+        doc = await store.run(store.devices.device_doc, app_key, device_id)
         return {"device_id": device_id, "aliases": doc["aliases"]}
 
     async def _status_doc(app: App, msg_id: str) -> dict[str, Any]:
@@ -420,8 +420,8 @@ def create_api(ctx: ApiContext) -> FastAPI:
             raise InvalidContent(f"{req.vendor} needs a token", code="bad_vendor_token")
         else:
             token = validate_vendor_token(req.vendor, req.token)
-        await store.run(store.set_vendor_token, app_key, device_id, req.vendor, token)
-        tokens = await store.run(store.vendor_tokens, device_id)
+        await store.run(store.devices.set_vendor_token, app_key, device_id, req.vendor, token)
+        tokens = await store.run(store.devices.vendor_tokens, device_id)
         return {
             "device_id": device_id,
             "tokens": [{"vendor": t["vendor"], "updated_at": t["updated_at"]} for t in tokens],
@@ -430,8 +430,8 @@ def create_api(ctx: ApiContext) -> FastAPI:
     @api.delete("/api/v1/devices/{device_id}/tokens/{vendor}", openapi_extra=spec(SIGNED, BEARER))
     async def remove_vendor_token(device_id: str, vendor: str, request: Request) -> dict[str, Any]:
         app_key, _, _ = await guard.app_or_device(request, device_id)
-        await store.run(store.device_doc, app_key, device_id)  # 404 for another app's device
-        removed = await store.run(store.remove_vendor_token, device_id, vendor)
+        await store.run(store.devices.device_doc, app_key, device_id)  # 404 for another app's device
+        removed = await store.run(store.devices.remove_vendor_token, device_id, vendor)
         return {"device_id": device_id, "removed": removed}
 
     @api.get("/api/v1/webpush/key", openapi_extra=spec(KEY_ONLY))

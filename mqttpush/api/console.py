@@ -312,7 +312,7 @@ def install(api: FastAPI, ctx: ApiContext, guard: Guard) -> None:
     @api.get("/console/api/devices/{device_id}", include_in_schema=False)
     async def console_device(device_id: str, request: Request) -> dict[str, Any]:
         app, _, _ = await session_of(request, changes=False)
-        doc = await store.run(store.device_doc, app.app_key, device_id)
-        doc["vendor_tokens"] = await store.run(store.masked_vendor_tokens, device_id)
+        doc = await store.run(store.devices.device_doc, app.app_key, device_id)
+        doc["vendor_tokens"] = await store.run(store.devices.masked_vendor_tokens, device_id)
         doc["recent"] = await store.run(store.console.recent_deliveries, device_id)
         return doc

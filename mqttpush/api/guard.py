@@ -213,8 +213,8 @@ class Guard:
         if scheme.lower() != "bearer" or not token:
             raise AuthError("missing Authorization: Bearer <device_token>", code="missing_token")
         device_id = token.partition(".")[0]
-        app_key = await self.store.run(self.store.authenticate_device, device_id, token.strip())
-        device = await self.store.run(self.store.get_device, device_id) if app_key else None
+        app_key = await self.store.run(self.store.devices.authenticate_device, device_id, token.strip())
+        device = await self.store.run(self.store.devices.get_device, device_id) if app_key else None
         if device is None:
             raise AuthError("unknown or revoked device token", code="bad_token")
         self.limit_app(device.app_key)

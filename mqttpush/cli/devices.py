@@ -225,7 +225,7 @@ def device_import(file: Path, data_dir: Path, app_key: str, as_json: bool) -> No
     with local_store(data_dir, app_key, broker_hasher=password_hash) as store:
         devices = []
         for i in range(0, len(rows), 5000):
-            devices += store.import_devices(app_key, rows[i : i + 5000])
+            devices += store.devices.import_devices(app_key, rows[i : i + 5000])
     emit(
         {"imported": len(devices), "devices": devices},
         as_json,
@@ -241,7 +241,7 @@ def device_import(file: Path, data_dir: Path, app_key: str, as_json: bool) -> No
 def device_list(data_dir: Path, app_key: str, limit: int, as_json: bool) -> None:
     """List an app's devices (local admin)."""
     with local_store(data_dir) as store:
-        devices = store.list_devices(app_key, limit)
+        devices = store.devices.list_devices(app_key, limit)
     docs = [
         {
             "device_id": d.device_id,

@@ -282,19 +282,6 @@ class PolicyQueries(StoreCore):
 
     # --- holds, caps, re-push, inbox bound ----------------------------------------------------
 
-    def device_zones(self, device_ids: list[str]) -> dict[str, str | None]:
-        out: dict[str, str | None] = {}
-        for chunk, marks in chunks(device_ids):
-            out.update(
-                {
-                    r[0]: r[1]
-                    for r in self._conn.execute(
-                        f"SELECT device_id, timezone FROM devices WHERE device_id IN ({marks})", chunk
-                    )
-                }
-            )
-        return out
-
     def sent_since(self, since: dict[str, float]) -> dict[str, int]:
         """How many messages each device was sent (``published``) since the given time."""
         return {

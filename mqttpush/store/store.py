@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import functools
-import hashlib
 import hmac
 import json
 import logging
@@ -37,16 +36,15 @@ from mqttpush.models import (
     PENDING_STATES,
     App,
     DeliveryState,
-    Device,
     MessageStatus,
     PendingDelivery,
     ReceiptEvent,
-    Registration,
     advances,
 )
 from mqttpush.store import postgres as pg
 from mqttpush.store.console import ConsoleRepository
 from mqttpush.store.core import Event, Repository, TransitionListener, chunks
+from mqttpush.store.devices import DeviceRepository
 from mqttpush.store.endpoints import EndpointRepository
 from mqttpush.store.inbox import InboxRepository
 from mqttpush.store.leases import LeaseRepository
@@ -57,7 +55,7 @@ from mqttpush.store.targeting import TargetingQueries
 from mqttpush.store.tasks import TaskRepository
 from mqttpush.store.tokens import TokenRepository
 from mqttpush.store.tx import Connection, Transaction, split_statements
-from mqttpush.store.vendors import VendorQueries, VendorRepository, vendor_token_hash
+from mqttpush.store.vendors import VendorRepository, vendor_token_hash
 from mqttpush.store.webhooks import WebhookRepository
 from mqttpush.telemetry import CommitStats
 
@@ -102,12 +100,6 @@ def check_store_url(url: str) -> None:
         raise BadRequest(
             f"the SQLite store is a file named {DB_FILE}, not {path.name!r}", code="bad_store_url"
         )
-
-
-def hash_token(salt: bytes, token: str) -> bytes:
-    # Tokens are 256-bit random values, so a salted SHA-256 is enough (nothing to brute-force)
-    # and keeps CONNECT cheap when thousands of devices reconnect at once.
-    return hashlib.sha256(salt + token.encode()).digest()
 
 
 class _Sealer:
@@ -406,7 +398,7 @@ def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
         future.set_exception(value)
 
 
-class Store(TargetingQueries, PolicyQueries, VendorQueries):
+class Store(TargetingQueries, PolicyQueries):
     """The source of truth: apps, devices, messages, deliveries and their history."""
 
     def __init__(
@@ -443,6 +435,7 @@ class Store(TargetingQueries, PolicyQueries, VendorQueries):
         self.console = ConsoleRepository(self)
         self.vendors = VendorRepository(self)
         self.tasks = TaskRepository(self)
+        self.devices = DeviceRepository(self)
         self._worker: _GroupCommitter | None = None
         self._health = _WriteHealth()
         self.commit_stats = CommitStats()
@@ -798,126 +791,6 @@ class Store(TargetingQueries, PolicyQueries, VendorQueries):
             )
         return True
 
-    # --- devices ----------------------------------------------------------------------------
-
-    def register_device(
-        self,
-        app_key: str,
-        install_id: str,
-        platform: str,
-        app_version: str | None = None,
-        locale: str | None = None,
-        channel: str | None = None,
-        timezone: str | None = None,
-    ) -> Registration:
-        """Register (or re-register) the device of one install; re-registering keeps the id, rotates the token."""
-        now = self.clock.now()
-        with self._tx():
-            row = self._conn.execute(
-                "SELECT device_id FROM devices WHERE app_key = ? AND install_id = ?", (app_key, install_id)
-            ).fetchone()
-            device_id = row[0] if row else ids.new_device_id()
-            token = f"{device_id}.{ids.new_secret()}"
-            salt = secrets.token_bytes(16)
-            broker_hash = self.broker_hasher(token) if self.broker_hasher else None
-            if row is None:
-                self._conn.execute(
-                    "INSERT INTO devices (device_id, app_key, install_id, platform, app_version, locale, channel,"
-                    " token_salt, token_hash, broker_hash, created_at, updated_at, timezone)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (
-                        device_id,
-                        app_key,
-                        install_id,
-                        platform,
-                        app_version,
-                        locale,
-                        channel,
-                        salt,
-                        hash_token(salt, token),
-                        broker_hash,
-                        now,
-                        now,
-                        timezone,
-                    ),
-                )
-            else:
-                self._conn.execute(
-                    "UPDATE devices SET platform = ?, app_version = coalesce(?, app_version),"
-                    " locale = coalesce(?, locale), channel = coalesce(?, channel), token_salt = ?,"
-                    " token_hash = ?, broker_hash = ?, updated_at = ?, timezone = coalesce(?, timezone) WHERE device_id = ?",
-                    (
-                        platform,
-                        app_version,
-                        locale,
-                        channel,
-                        salt,
-                        hash_token(salt, token),
-                        broker_hash,
-                        now,
-                        timezone,
-                        device_id,
-                    ),
-                )
-        return Registration(device_id=device_id, device_token=token, created=row is None)
-
-    def authenticate_device(self, device_id: str, token: str) -> str | None:
-        """The device's app key if ``token`` is its current token, else None."""
-        row = self._conn.execute(
-            "SELECT app_key, token_salt, token_hash FROM devices WHERE device_id = ?", (device_id,)
-        ).fetchone()
-        if row is None or not hmac.compare_digest(hash_token(row[1], token), row[2]):
-            return None
-        return str(row[0])
-
-    def get_device(self, device_id: str) -> Device | None:
-        row = self._conn.execute(
-            "SELECT device_id, app_key, install_id, platform, app_version, locale, online, last_seen, created_at"
-            " FROM devices WHERE device_id = ?",
-            (device_id,),
-        ).fetchone()
-        if row is None:
-            return None
-        return Device(row[0], row[1], row[2], row[3], row[4], row[5], bool(row[6]), row[7], row[8])
-
-    def list_devices(self, app_key: str, limit: int = 1000) -> list[Device]:
-        rows = self._conn.execute(
-            "SELECT device_id, app_key, install_id, platform, app_version, locale, online, last_seen, created_at"
-            " FROM devices WHERE app_key = ? ORDER BY created_at LIMIT ?",
-            (app_key, limit),
-        )
-        return [Device(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6]), r[7], r[8]) for r in rows]
-
-    def require_known(self, app_key: str, device_ids: list[str]) -> None:
-        """Raise :class:`NotFound` (``unknown_device``) unless every id is a device of ``app_key``."""
-        known = self.known_devices(app_key, device_ids)
-        unknown = [d for d in device_ids if d not in known]
-        if unknown:
-            shown = ", ".join(unknown[:5]) + (" …" if len(unknown) > 5 else "")
-            raise NotFound(f"{len(unknown)} unknown device(s): {shown}", code="unknown_device")
-
-    def known_devices(self, app_key: str, device_ids: Iterable[str]) -> set[str]:
-        """The subset of ``device_ids`` registered to ``app_key``."""
-        wanted = list(dict.fromkeys(device_ids))
-        found: set[str] = set()
-        for chunk, marks in chunks(wanted):
-            rows = self._conn.execute(
-                f"SELECT device_id FROM devices WHERE app_key = ? AND device_id IN ({marks})",
-                (app_key, *chunk),
-            )
-            found.update(r[0] for r in rows)
-        return found
-
-    def set_presence(self, device_id: str, online: bool) -> None:
-        self._conn.execute(
-            "UPDATE devices SET online = ?, last_seen = ? WHERE device_id = ?",
-            (int(online), self.clock.now(), device_id),
-        )
-
-    def reset_presence(self) -> None:
-        """At start nobody is connected yet, whatever the last run left behind."""
-        self._conn.execute("UPDATE devices SET online = 0 WHERE online = 1")
-
     # --- service account --------------------------------------------------------------------
 
     def service_credentials(self) -> tuple[str, str]:
@@ -1005,7 +878,7 @@ class Store(TargetingQueries, PolicyQueries, VendorQueries):
         now = self.clock.now()
         with self._tx():
             if check_devices:
-                self.require_known(app_key, device_ids)
+                self.devices.require_known(app_key, device_ids)
             try:
                 self._conn.execute(
                     "INSERT INTO messages (msg_id, app_key, kind, target, envelope, policy, biz_id, created_at,"

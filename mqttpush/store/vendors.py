@@ -1,5 +1,6 @@
 """Vendor channels in the store (issue 6): an app's vendor credentials, alarms and counters, what
-vendors said of deliveries; and the vendor tokens of devices and their routing facts."""
+vendors said of deliveries; how a vendor token is found (hashed) and shown (masked). The tokens
+themselves belong to devices (:mod:`mqttpush.store.devices`)."""
 
 from __future__ import annotations
 
@@ -10,18 +11,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from mqttpush.errors import NotFound
 from mqttpush.models import DeliveryState
-from mqttpush.store.core import Repository, StoreCore, chunks
+from mqttpush.store.core import Repository
 
 VENDORS = ("apns", "fcm", "hms", "mipush", "webpush")
-
-# Registering a token again revives it if a vendor had declared it dead.
-_ADD_TOKEN = (
-    "INSERT INTO vendor_tokens (device_id, vendor, token_hash, token_enc, updated_at) VALUES (?, ?, ?, ?, ?)"
-    " ON CONFLICT (device_id, vendor, token_hash) DO UPDATE SET updated_at = excluded.updated_at,"
-    " removed_at = NULL, removed_reason = NULL"
-)
 
 
 def vendor_token_hash(token: str) -> str:
@@ -45,18 +38,6 @@ def mask_token(vendor: str, token: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class DeviceRouting:
-    """One device's routing facts (what ``bridge.router.route`` decides on)."""
-
-    device_id: str
-    platform: str
-    channel: str | None
-    online: bool
-    last_seen: float | None
-    tokens: tuple[tuple[str, str], ...]  # (vendor, token), newest first
-
-
-@dataclass(frozen=True, slots=True)
 class VendorOutcome:
     """What a vendor said about one delivery, after ``attempts`` sends."""
 
@@ -69,80 +50,6 @@ class VendorOutcome:
     attempts: int = 1
     fallback: bool = False
     """On failure the MQTT inbox takes over (``mqtt_else_vendor``): the delivery does not fail."""
-
-
-class VendorQueries(StoreCore):
-    def set_vendor_token(self, app_key: str, device_id: str, vendor: str, token: str) -> None:
-        row = self._conn.execute("SELECT app_key FROM devices WHERE device_id = ?", (device_id,)).fetchone()
-        if row is None or row[0] != app_key:
-            raise NotFound(f"no device {device_id!r} in this app", code="unknown_device")
-        self._conn.execute(_ADD_TOKEN, self._token_row(device_id, vendor, token, self.clock.now()))
-
-    def set_vendor_tokens(self, rows: list[tuple[str, str, str]]) -> None:
-        """Many ``(device_id, vendor, token)`` at once (a fleet migrating in, benchmarks)."""
-        now = self.clock.now()
-        with self._tx():
-            self._conn.executemany(_ADD_TOKEN, [self._token_row(d, v, t, now) for d, v, t in rows])
-
-    def _token_row(
-        self, device_id: str, vendor: str, token: str, now: float
-    ) -> tuple[str, str, str, bytes, float]:
-        return (device_id, vendor, vendor_token_hash(token), self._seal(token), now)
-
-    def remove_vendor_token(self, device_id: str, vendor: str, token: str | None = None) -> int:
-        if token is None:
-            cur = self._conn.execute(
-                "DELETE FROM vendor_tokens WHERE device_id = ? AND vendor = ?", (device_id, vendor)
-            )
-        else:
-            cur = self._conn.execute(
-                "DELETE FROM vendor_tokens WHERE device_id = ? AND vendor = ? AND token_hash = ?",
-                (device_id, vendor, vendor_token_hash(token)),
-            )
-        return cur.rowcount
-
-    def vendor_tokens(self, device_id: str) -> list[dict[str, Any]]:
-        """A device's live tokens (the ones forwards use), newest first."""
-        return [
-            {"vendor": r[0], "token": self._unseal(r[1]), "updated_at": r[2]}
-            for r in self._conn.execute(
-                "SELECT vendor, token_enc, updated_at FROM vendor_tokens"
-                " WHERE device_id = ? AND removed_at IS NULL ORDER BY updated_at DESC",
-                (device_id,),
-            )
-        ]
-
-    def masked_vendor_tokens(self, device_id: str) -> list[dict[str, Any]]:
-        """A device's tokens as ``device show`` tells them: masked, when added and last used, and
-        when and why a vendor declared one dead; live ones first, then newest first."""
-        keys = ("vendor", "token", "added_at", "last_used_at", "removed_at", "removed_reason")
-        rows = self._conn.execute(
-            "SELECT vendor, token_enc, updated_at, last_used_at, removed_at, removed_reason FROM vendor_tokens"
-            " WHERE device_id = ? ORDER BY removed_at IS NOT NULL, updated_at DESC",
-            (device_id,),
-        )
-        return [
-            dict(zip(keys, (r[0], mask_token(r[0], self._unseal(r[1])), *r[2:]), strict=True)) for r in rows
-        ]
-
-    def route_facts(self, device_ids: list[str]) -> dict[str, DeviceRouting]:
-        out: dict[str, DeviceRouting] = {}
-        tokens: dict[str, list[tuple[str, str]]] = {}
-        for chunk, marks in chunks(device_ids):
-            for device_id, vendor, sealed in self._conn.execute(
-                "SELECT device_id, vendor, token_enc FROM vendor_tokens"
-                f" WHERE removed_at IS NULL AND device_id IN ({marks}) ORDER BY updated_at DESC",
-                chunk,
-            ):
-                tokens.setdefault(device_id, []).append((vendor, self._unseal(sealed)))
-            for device_id, platform, channel, online, last_seen in self._conn.execute(
-                f"SELECT device_id, platform, channel, online, last_seen FROM devices WHERE device_id IN ({marks})",
-                chunk,
-            ):
-                out[device_id] = DeviceRouting(
-                    device_id, platform, channel, bool(online), last_seen, tuple(tokens.get(device_id, ()))
-                )
-        return out
 
 
 class VendorRepository(Repository):

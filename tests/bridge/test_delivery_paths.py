@@ -85,7 +85,7 @@ class Bridge:
 
     async def device(self, platform: str = "android", timezone: str | None = None) -> str:
         reg = await self.store.run(
-            self.store.register_device,
+            self.store.devices.register_device,
             self.app_key,
             ids.new_msg_id(),
             platform,
@@ -248,7 +248,7 @@ async def test_recover_publishes_an_unsent_delivery_the_policy_lets_through(brid
 
 async def _ios_with_token(b: Bridge) -> str:
     device = await b.device(platform="ios")
-    await b.store.run(b.store.set_vendor_token, b.app_key, device, "apns", "a" * 64)
+    await b.store.run(b.store.devices.set_vendor_token, b.app_key, device, "apns", "a" * 64)
     return device
 
 
@@ -266,7 +266,7 @@ async def test_dead_token_under_mqtt_else_vendor_leaves_the_message_in_the_inbox
     assert (d["state"], d["channel"], d["attempts"]) == ("published", "apns,mqtt", 2)
     assert [h["state"] for h in d["history"]] == ["accepted", "published"]
     assert d["history"][-1]["detail"] == "apns: BadDeviceToken; waiting in the MQTT inbox"
-    assert await b.store.run(b.store.vendor_tokens, device) == []
+    assert await b.store.run(b.store.devices.vendor_tokens, device) == []
 
 
 async def test_vendor_failure_after_the_ttl_does_not_reach_the_inbox(bridge: Bridge) -> None:

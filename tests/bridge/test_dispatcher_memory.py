@@ -75,7 +75,9 @@ class Rig:
 
     async def device(self, name: str = "phone", timezone: str | None = None) -> str:
         store = self.store
-        reg = await store.run(store.register_device, self.app.app_key, name, "android", timezone=timezone)
+        reg = await store.run(
+            store.devices.register_device, self.app.app_key, name, "android", timezone=timezone
+        )
         return reg.device_id
 
     async def push(self, devices: list[str], **policy: Any) -> str:

@@ -21,7 +21,7 @@ def test_100k_device_tag_task_runs_in_the_background(running: Running) -> None:
         for i in range(N)
     ]
     for i in range(0, N, 20_000):
-        store.import_devices(r.app_key, rows[i : i + 20_000])
+        store.devices.import_devices(r.app_key, rows[i : i + 20_000])
     store.close()
 
     with r.client() as c:

@@ -179,7 +179,7 @@ async def test_the_dispatcher_survives_a_store_error_mid_batch_and_delivers_the_
     publisher = dispatcher._publisher
     assert isinstance(publisher, MemoryPublisher)
     devices = [
-        (await store.run(store.register_device, app.app_key, f"install-{i}", "android")).device_id
+        (await store.run(store.devices.register_device, app.app_key, f"install-{i}", "android")).device_id
         for i in range(2)
     ]
 

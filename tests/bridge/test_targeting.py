@@ -78,7 +78,7 @@ def fleet(running: Running) -> Fleet:
             }
         )
     store = Store(running.data_dir)
-    imported = store.import_devices(running.app_key, rows)
+    imported = store.devices.import_devices(running.app_key, rows)
     now = time.time()
     devices = []
     seen_at: list[tuple[float | None, str]] = []

@@ -82,7 +82,7 @@ def test_every_arrival_of_a_1000_device_push_reaches_an_endpoint_that_was_down_f
         receiver.secret = hook["secret"]
         wid = hook["webhook_id"]
         store = Store(r.data_dir)
-        devices = store.import_devices(
+        devices = store.devices.import_devices(
             r.app_key, [{"install_id": f"i{i}", "platform": "iot"} for i in range(DEVICES)]
         )
         store.close()

@@ -133,7 +133,7 @@ async def test_presence_follows_connection_and_will(running: Running) -> None:
     )
     await c.subscribe(f"mqttpush/{r.app_key}/d/{device}/m/+")  # a round trip: CONNECT fully handled
     await asyncio.to_thread(r.call, r.server.presence_idle())
-    seen = store.get_device(device)
+    seen = store.devices.get_device(device)
     assert seen is not None and seen.online and seen.last_seen is not None
     await c.close()  # no DISCONNECT: abnormal end, the Will is published
     svc_user, svc_pw = store.service_credentials()
@@ -142,6 +142,6 @@ async def test_presence_follows_connection_and_will(running: Running) -> None:
     will = await svc.next_publish(10)
     assert will is not None and (will.payload, will.retain) == (b"offline", True)
     await asyncio.to_thread(r.call, r.server.presence_idle())
-    gone = store.get_device(device)
+    gone = store.devices.get_device(device)
     assert gone is not None and not gone.online
     await svc.disconnect()

@@ -16,10 +16,10 @@ N = 10_000
 async def test_10000_device_task_over_one_http2_connection(running: Running, tmp_path: Path) -> None:
     r = running
     store = Store(r.data_dir)
-    devices = store.import_devices(
+    devices = store.devices.import_devices(
         r.app_key, [{"install_id": f"i{i}", "platform": "ios", "tags": ["all"]} for i in range(N)]
     )
-    store.set_vendor_tokens([(d["device_id"], "apns", f"{i:064x}") for i, d in enumerate(devices)])
+    store.devices.set_vendor_tokens([(d["device_id"], "apns", f"{i:064x}") for i, d in enumerate(devices)])
     store.close()
     async with serving_apns(r, tmp_path) as fake:
 

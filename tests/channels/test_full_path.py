@@ -85,7 +85,7 @@ async def test_apns_full_path_payload_and_dead_token(running: Running, tmp_path:
         # mqtt_else_vendor: the vendor refused, so the message waits in the device's MQTT inbox.
         assert (d["state"], d["channel"]) == ("published", "apns,mqtt")
         assert "BadDeviceToken" in d["history"][-1]["detail"] or "Unregistered" in d["history"][-1]["detail"]
-        assert Store(r.data_dir).vendor_tokens(device) == []  # the dead token left the registry
+        assert Store(r.data_dir).devices.vendor_tokens(device) == []  # the dead token left the registry
         with r.client() as c:
             assert c.vendors()["counters"]["apns"]["dropped_tokens"] == 1
 
@@ -269,5 +269,5 @@ async def test_fcm_retry_then_delivered_and_auth_failure_alarm(running: Running,
         with r.client() as c:
             (alarm,) = c.vendors()["alarms"]
         assert alarm["vendor"] == "fcm"
-        assert Store(r.data_dir).vendor_tokens(denied) != []  # a credentials problem keeps the token
+        assert Store(r.data_dir).devices.vendor_tokens(denied) != []  # a credentials problem keeps the token
         await _hang_up(r)

@@ -70,7 +70,7 @@ async def test_device_show_masks_tokens_and_keeps_a_tombstone_of_a_dead_one(
         (dead,) = (await asyncio.to_thread(_show, r, device))["vendor_tokens"]
         assert dead["token"] == "…c0ffee" and dead["removed_at"] >= used["last_used_at"]
         assert "Unregistered" in dead["removed_reason"]
-        assert Store(r.data_dir).vendor_tokens(device) == []  # forwards no longer use it
+        assert Store(r.data_dir).devices.vendor_tokens(device) == []  # forwards no longer use it
 
         tried = fake.requests
         await _push_and_settle(r, device)  # a dead token is not tried again

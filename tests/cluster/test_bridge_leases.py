@@ -49,7 +49,7 @@ def test_a_task_of_a_killed_bridge_is_finished_by_the_other_with_exact_progress(
     app = store.create_app("fleet")
     rows = [{"install_id": f"i{i}", "platform": "android", "tags": ["all"]} for i in range(DEVICES)]
     for i in range(0, DEVICES, 20_000):
-        store.import_devices(app.app_key, rows[i : i + 20_000])
+        store.devices.import_devices(app.app_key, rows[i : i + 20_000])
     secret = store.get_app(app.app_key)
     store.close()
     assert secret is not None

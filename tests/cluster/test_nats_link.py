@@ -186,7 +186,8 @@ class Cluster:
         store = Store(self.data_dir)
         try:
             return [
-                store.register_device(self.app_key, f"i-{os.urandom(6).hex()}", "android") for _ in range(n)
+                store.devices.register_device(self.app_key, f"i-{os.urandom(6).hex()}", "android")
+                for _ in range(n)
             ]
         finally:
             store.close()

@@ -208,8 +208,8 @@ def test_every_target_kind_previews_and_sends(running: Running, browser: Chrome)
     ((device, _),) = r.register()
     store = Store(r.data_dir)
     try:
-        store.bind_alias(r.app_key, device, "user", "alice", replace=True)
-        store.update_tags(r.app_key, device, ["beta"], [])
+        store.devices.bind_alias(r.app_key, device, "user", "alice", replace=True)
+        store.devices.update_tags(r.app_key, device, ["beta"], [])
         file_id = store.tasks.create_file(r.app_key, "devices", None)
         store.tasks.append_file_lines(file_id, 1, [device])
         store.tasks.finish_file(file_id, 1)
@@ -247,7 +247,7 @@ def test_approval_queue_and_task_progress(running: Running, browser: Chrome, sho
     store = Store(r.data_dir)
     try:
         for tagged in (device, offline):
-            store.update_tags(r.app_key, tagged, ["beta"], [])
+            store.devices.update_tags(r.app_key, tagged, ["beta"], [])
     finally:
         store.close()
     client = DeviceClient.from_server(r.url, device, token)

@@ -30,7 +30,7 @@ def _seeded(data: Path) -> tuple[str, str, str]:
     store = Store(data)
     try:
         app = store.create_app("shop")
-        device = store.import_devices(app.app_key, [{"install_id": "i1", "platform": "iot"}])[0]
+        device = store.devices.import_devices(app.app_key, [{"install_id": "i1", "platform": "iot"}])[0]
     finally:
         store.close()
     return app.app_key, app.secret, device["device_id"]

@@ -44,7 +44,7 @@ def test_app_secret_is_not_stored_in_plaintext_but_readable(sqlite_store: Store,
 
 def test_device_tokens_and_service_password_are_not_stored_in_plaintext(store: Store, data_dir: Path) -> None:
     app = store.create_app("shop")
-    reg = store.register_device(app.app_key, "install-1", "android")
+    reg = store.devices.register_device(app.app_key, "install-1", "android")
     _, password = store.service_credentials()
     raw = raw_db_bytes(data_dir)
     assert reg.device_token.encode() not in raw
@@ -86,9 +86,9 @@ def test_list_apps_counts_devices(store: Store, clock: FakeClock) -> None:
     clock.advance(1)
     empty = store.create_app("empty")
     for i in range(3):
-        store.register_device(shop.app_key, f"install-{i}", "android")
-    store.register_device(shop.app_key, "install-0", "android")  # re-registration is not a new device
-    store.register_device(news.app_key, "install-0", "ios")
+        store.devices.register_device(shop.app_key, f"install-{i}", "android")
+    store.devices.register_device(shop.app_key, "install-0", "android")  # re-registration is not a new device
+    store.devices.register_device(news.app_key, "install-0", "ios")
 
     listed = store.list_apps()
     assert [a["app_key"] for a in listed] == [shop.app_key, news.app_key, empty.app_key]

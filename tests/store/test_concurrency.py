@@ -21,7 +21,7 @@ def test_two_stores_on_one_dir_can_both_write_interleaved(data_dir: Path, clock:
         for i in range(5):
             made.append(server.create_app(f"server-{i}").app_key)
             made.append(cli.create_app(f"cli-{i}").app_key)
-            server.register_device(made[-1], "install-1", "android")
+            server.devices.register_device(made[-1], "install-1", "android")
         assert {a["app_key"] for a in server.list_apps()} == set(made)
         assert {a["app_key"] for a in cli.list_apps()} == set(made)
         for key in made:
@@ -45,7 +45,7 @@ def test_two_stores_on_one_dir_can_write_at_the_same_time(data_dir: Path, clock:
             barrier.wait()
             for i in range(N):
                 keys[name].append(store.create_app(f"{name}-{i}").app_key)
-                store.register_device(shared_app, f"{name}-install-{i}", "android")
+                store.devices.register_device(shared_app, f"{name}-install-{i}", "android")
                 store.use_nonce(shared_app, f"{name}-nonce-{i:08d}", 300)
         except BaseException as e:  # collected and asserted below
             errors.append(e)
@@ -132,9 +132,9 @@ async def test_run_executes_on_one_store_thread(store: Store) -> None:
 
 async def test_run_passes_arguments_and_returns_results(store: Store) -> None:
     app = await store.run(store.create_app, "shop")
-    reg = await store.run(store.register_device, app.app_key, "install-1", "ios", locale="fr")
+    reg = await store.run(store.devices.register_device, app.app_key, "install-1", "ios", locale="fr")
     assert reg.created is True
-    device = await store.run(store.get_device, reg.device_id)
+    device = await store.run(store.devices.get_device, reg.device_id)
     assert device is not None
     assert device.locale == "fr"
     assert await store.run(store.get_app, app.app_key) == app

@@ -117,15 +117,15 @@ def test_vendor_copy_beside_mqtt_adds_to_channel_and_attempts(store: Store) -> N
 
 def test_vendor_failure_with_fallback_leaves_the_delivery_for_the_inbox(store: Store) -> None:
     app = store.create_app("shop")
-    reg = store.register_device(app.app_key, "phone", "ios")
-    store.set_vendor_token(app.app_key, reg.device_id, "apns", "dead")
+    reg = store.devices.register_device(app.app_key, "phone", "ios")
+    store.devices.set_vendor_token(app.app_key, reg.device_id, "apns", "dead")
     accept(store, app.app_key, "m1", [reg.device_id])
     dead = VendorOutcome("m1", reg.device_id, "dropped_token", "BadDeviceToken", "dead", 1, fallback=True)
 
     assert store.vendors.record_vendor_outcomes(app.app_key, "apns", [dead]) == [dead]
     d = delivery(store, app.app_key, "m1", reg.device_id)
     assert (d["state"], d["channel"], d["attempts"], d["error"]) == ("accepted", "apns,mqtt", 1, None)
-    assert store.vendor_tokens(reg.device_id) == []  # a dead token still leaves the registry
+    assert store.devices.vendor_tokens(reg.device_id) == []  # a dead token still leaves the registry
     assert store.vendors.vendor_counters(app.app_key)["apns"] == {
         "forwarded": 0,
         "dropped_tokens": 1,

@@ -15,7 +15,7 @@ LEASE = 10.0
 
 def _app_with_devices(store: Store, n: int) -> tuple[str, list[str]]:
     app = store.create_app("shop")
-    rows = store.import_devices(
+    rows = store.devices.import_devices(
         app.app_key, [{"install_id": f"i{i}", "platform": "android"} for i in range(n)]
     )
     return app.app_key, sorted(r["device_id"] for r in rows)

@@ -15,7 +15,7 @@ from tests.store.fake_clock import FakeClock
 def test_flush_rolls_up_and_retention_keeps_each_granularity(store: Store, clock: FakeClock) -> None:
     store.stats.enable(Retention(minute_days=1, hour_days=3, day_days=0))
     app = store.create_app("a")
-    device = store.register_device(app.app_key, "i-1", "android", app_version="9")
+    device = store.devices.register_device(app.app_key, "i-1", "android", app_version="9")
     start = clock.now()
     envelopes = [  # as mqttpush/envelope.py lays them out, and in another order (read in full)
         {"id": "m", "app": app.app_key, "type": "notification", "title": "t"},
@@ -65,7 +65,8 @@ def test_a_query_adds_what_is_not_flushed_and_a_flush_counts_nothing_twice(
     store.stats.enable()
     app = store.create_app("a")
     devices = [
-        store.register_device(app.app_key, f"i-{i}", ("ios", "web")[i % 2]).device_id for i in range(5)
+        store.devices.register_device(app.app_key, f"i-{i}", ("ios", "web")[i % 2]).device_id
+        for i in range(5)
     ]
     envelope = json.dumps({"id": "m", "app": app.app_key, "type": "message"}, separators=(",", ":")).encode()
     store.accept_message(

@@ -32,15 +32,15 @@ def test_mask_token_shows_only_the_last_six(vendor: str, token: str, masked: str
 
 def test_masked_tokens_are_live_first_then_newest(store: Store, clock: FakeClock) -> None:
     app = store.create_app("shop")
-    device = store.register_device(app.app_key, "i1", "android").device_id
-    store.set_vendor_token(app.app_key, device, "fcm", "old-token-111111")
+    device = store.devices.register_device(app.app_key, "i1", "android").device_id
+    store.devices.set_vendor_token(app.app_key, device, "fcm", "old-token-111111")
     clock.advance(10)
-    store.set_vendor_token(app.app_key, device, "fcm", "new-token-222222")
-    assert [(t["token"], t["added_at"]) for t in store.masked_vendor_tokens(device)] == [
+    store.devices.set_vendor_token(app.app_key, device, "fcm", "new-token-222222")
+    assert [(t["token"], t["added_at"]) for t in store.devices.masked_vendor_tokens(device)] == [
         ("…222222", START + 10),
         ("…111111", START),
     ]
-    assert store.vendor_tokens(device)[0]["token"] == "new-token-222222"
+    assert store.devices.vendor_tokens(device)[0]["token"] == "new-token-222222"
 
 
 def _as_released(data_dir: Path, version: int, tokens: list[tuple[str, str, str, dict[str, object]]]) -> None:
@@ -104,15 +104,15 @@ def _shows(rows: list[tuple[object, ...]], text: str) -> bool:
 def test_migration_0005_keeps_existing_tokens_live(data_dir: Path, clock: FakeClock) -> None:
     store = Store(data_dir, clock=clock)
     app = store.create_app("shop")
-    device = store.register_device(app.app_key, "i1", "ios").device_id
+    device = store.devices.register_device(app.app_key, "i1", "ios").device_id
     store.close()
     _as_released(data_dir, 4, [(device, "apns", "a" * 64, {})])
 
     again = Store(data_dir, clock=clock)
     try:
         assert again.schema_version() >= 5
-        assert [t["token"] for t in again.vendor_tokens(device)] == ["a" * 64]
-        assert again.masked_vendor_tokens(device) == [
+        assert [t["token"] for t in again.devices.vendor_tokens(device)] == ["a" * 64]
+        assert again.devices.masked_vendor_tokens(device) == [
             {
                 "vendor": "apns",
                 "token": "…aaaaaa",
@@ -122,7 +122,7 @@ def test_migration_0005_keeps_existing_tokens_live(data_dir: Path, clock: FakeCl
                 "removed_reason": None,
             }
         ]
-        assert again.route_facts([device])[device].tokens == (("apns", "a" * 64),)
+        assert again.devices.route_facts([device])[device].tokens == (("apns", "a" * 64),)
     finally:
         again.close()
 
@@ -138,12 +138,12 @@ SECRETS = {"apns": TOKENS["apns"], "fcm": TOKENS["fcm"], "webpush": "sub-7f3a9c1
 def test_registered_tokens_are_sealed_on_disk(data_dir: Path, clock: FakeClock) -> None:
     store = Store(data_dir, clock=clock)
     app = store.create_app("shop")
-    device = store.register_device(app.app_key, "i1", "android").device_id
-    store.set_vendor_token(app.app_key, device, "apns", TOKENS["apns"])
-    store.set_vendor_tokens([(device, "fcm", TOKENS["fcm"]), (device, "webpush", TOKENS["webpush"])])
+    device = store.devices.register_device(app.app_key, "i1", "android").device_id
+    store.devices.set_vendor_token(app.app_key, device, "apns", TOKENS["apns"])
+    store.devices.set_vendor_tokens([(device, "fcm", TOKENS["fcm"]), (device, "webpush", TOKENS["webpush"])])
     stored = _stored_bytes(data_dir)
     rows = _raw_rows(data_dir)
-    assert {t["vendor"]: t["token"] for t in store.vendor_tokens(device)} == TOKENS
+    assert {t["vendor"]: t["token"] for t in store.devices.vendor_tokens(device)} == TOKENS
     store.close()
 
     assert len(rows) == 3
@@ -156,8 +156,8 @@ def test_registered_tokens_are_sealed_on_disk(data_dir: Path, clock: FakeClock) 
 def test_schema_6_store_with_clear_tokens_ends_sealed(data_dir: Path, clock: FakeClock) -> None:
     store = Store(data_dir, clock=clock)
     app = store.create_app("shop")
-    phone = store.register_device(app.app_key, "i1", "android").device_id
-    browser = store.register_device(app.app_key, "i2", "web").device_id
+    phone = store.devices.register_device(app.app_key, "i1", "android").device_id
+    browser = store.devices.register_device(app.app_key, "i2", "web").device_id
     store.close()
     dead = "fcm-dead-token-Kd83hQ"
     _as_released(
@@ -175,10 +175,10 @@ def test_schema_6_store_with_clear_tokens_ends_sealed(data_dir: Path, clock: Fak
     again = Store(data_dir, clock=clock)
     try:
         assert again.schema_version() >= 7
-        facts = again.route_facts([phone, browser])
+        facts = again.devices.route_facts([phone, browser])
         assert facts[phone].tokens == (("fcm", TOKENS["fcm"]), ("apns", TOKENS["apns"]))
         assert facts[browser].tokens == (("webpush", TOKENS["webpush"]),)
-        assert again.masked_vendor_tokens(phone) == [
+        assert again.devices.masked_vendor_tokens(phone) == [
             {
                 "vendor": "fcm",
                 "token": "…9_Qm4x",
@@ -204,7 +204,7 @@ def test_schema_6_store_with_clear_tokens_ends_sealed(data_dir: Path, clock: Fak
                 "removed_reason": "Unregistered",
             },
         ]
-        assert [t["token"] for t in again.masked_vendor_tokens(browser)] == ["…9c1e5b"]
+        assert [t["token"] for t in again.devices.masked_vendor_tokens(browser)] == ["…9c1e5b"]
         rows = _raw_rows(data_dir)
     finally:
         again.close()
@@ -218,23 +218,28 @@ def test_schema_6_store_with_clear_tokens_ends_sealed(data_dir: Path, clock: Fak
 
 def test_a_dead_token_is_removed_by_its_value(store: Store) -> None:
     app = store.create_app("shop")
-    device = store.register_device(app.app_key, "i1", "android").device_id
-    store.set_vendor_token(app.app_key, device, "fcm", "fcm-token-one")
-    store.set_vendor_token(app.app_key, device, "fcm", "fcm-token-two")
-    store.set_vendor_token(app.app_key, device, "fcm", "fcm-token-one")  # again: still one row
-    assert sorted(t["token"] for t in store.vendor_tokens(device)) == ["fcm-token-one", "fcm-token-two"]
+    device = store.devices.register_device(app.app_key, "i1", "android").device_id
+    store.devices.set_vendor_token(app.app_key, device, "fcm", "fcm-token-one")
+    store.devices.set_vendor_token(app.app_key, device, "fcm", "fcm-token-two")
+    store.devices.set_vendor_token(app.app_key, device, "fcm", "fcm-token-one")  # again: still one row
+    assert sorted(t["token"] for t in store.devices.vendor_tokens(device)) == [
+        "fcm-token-one",
+        "fcm-token-two",
+    ]
 
-    assert store.remove_vendor_token(device, "fcm", "fcm-token-one") == 1
-    assert [t["token"] for t in store.vendor_tokens(device)] == ["fcm-token-two"]
-    assert store.remove_vendor_token(device, "fcm", "fcm-token-one") == 0
-    assert store.remove_vendor_token(device, "apns", "fcm-token-two") == 0  # the vendor is part of the key
+    assert store.devices.remove_vendor_token(device, "fcm", "fcm-token-one") == 1
+    assert [t["token"] for t in store.devices.vendor_tokens(device)] == ["fcm-token-two"]
+    assert store.devices.remove_vendor_token(device, "fcm", "fcm-token-one") == 0
+    assert (
+        store.devices.remove_vendor_token(device, "apns", "fcm-token-two") == 0
+    )  # the vendor is part of the key
 
 
 def test_sealed_tokens_alone_still_refuse_the_wrong_master_key(data_dir: Path, clock: FakeClock) -> None:
     store = Store(data_dir, clock=clock)
     app = store.create_app("shop")
-    device = store.register_device(app.app_key, "i1", "ios").device_id
-    store.set_vendor_token(app.app_key, device, "apns", TOKENS["apns"])
+    device = store.devices.register_device(app.app_key, "i1", "ios").device_id
+    store.devices.set_vendor_token(app.app_key, device, "apns", TOKENS["apns"])
     store.close()
     conn = sqlite3.connect(data_dir / DB_FILE)  # leave the tokens as the store's only sealed secrets
     conn.execute("DELETE FROM apps")

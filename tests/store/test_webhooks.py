@@ -107,9 +107,9 @@ def test_expiry_token_task_and_alarm_events(wstore: Store, clock: FakeClock) -> 
     clock.advance(10)
     wstore.expire_due()
 
-    device = wstore.register_device(app.app_key, "i1", "ios").device_id
+    device = wstore.devices.register_device(app.app_key, "i1", "ios").device_id
     token = "a" * 64
-    wstore.set_vendor_token(app.app_key, device, "apns", token)
+    wstore.devices.set_vendor_token(app.app_key, device, "apns", token)
     accept(wstore, app.app_key, "m2", [device])
     dead = VendorOutcome("m2", device, "dropped_token", "Unregistered", token)
     wstore.vendors.record_vendor_outcomes(app.app_key, "apns", [dead])
