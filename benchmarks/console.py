@@ -37,7 +37,7 @@ PLATFORMS = ("android", "ios", "web", "iot")
 
 def seed(data_dir: Path, devices: int, big: int, small: int) -> dict[str, Any]:
     store = Store(data_dir)
-    app = store.create_app("bench")
+    app = store.apps.create_app("bench")
     started = time.perf_counter()
     device_ids: list[str] = []
     for first in range(0, devices, 10_000):

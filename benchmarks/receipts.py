@@ -28,7 +28,7 @@ from mqttpush.store import Store
 def _published_store(data: Path, receipts: int, per_message: int) -> tuple[Store, list[tuple[str, str, str]]]:
     """A store holding ``receipts`` published deliveries, ``per_message`` devices to a message."""
     store = Store(data)
-    app = store.create_app("bench")
+    app = store.apps.create_app("bench")
     keys: list[tuple[str, str]] = []
     devices = [f"dev{i:07d}" for i in range(receipts)]
     for start in range(0, receipts, per_message):

@@ -97,7 +97,7 @@ def _pg_per_push(pushes: int) -> dict[str, Any]:
     with pg_server() as server, tempfile.TemporaryDirectory() as d:
         url = server.fresh_url()
         store = Store(d, url=url)
-        app = store.create_app("sizing")
+        app = store.apps.create_app("sizing")
         reg = store.devices.register_device(app.app_key, "i-1", "android")
         device = reg.device_id
 
@@ -129,7 +129,7 @@ def _pg_per_push(pushes: int) -> dict[str, Any]:
                 expires_at=time.time() + 3600,
                 device_ids=[device],
             )
-            store.use_nonce(app.app_key, f"nonce-{i:012d}", 600)
+            store.apps.use_nonce(app.app_key, f"nonce-{i:012d}", 600)
             store.transition([(msg_id, device)], DeliveryState.PUBLISHED)
             store.apply_receipts([(app.app_key, device, msg_id, ReceiptEvent.ARRIVED)])
         seconds = time.perf_counter() - started

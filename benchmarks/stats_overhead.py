@@ -86,7 +86,7 @@ def measure(devices: int, rounds: int, single: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         store = Store(Path(tmp) / "data")
         try:
-            app = store.create_app("bench")
+            app = store.apps.create_app("bench")
             ids = [
                 store.devices.register_device(
                     app.app_key, f"i{i}", ("android", "ios")[i % 2], app_version=f"1.{i % 3}"

@@ -81,7 +81,7 @@ def run(devices: int, connections: int = 1, max_in_flight: int = 1000) -> dict[s
         base_url, ca_file = parent.recv()
         data = work / "data"
         store = Store(data)
-        app = store.create_app("bench")
+        app = store.apps.create_app("bench")
         rows = store.devices.import_devices(
             app.app_key, [{"install_id": f"i{i}", "platform": "ios", "tags": ["all"]} for i in range(devices)]
         )

@@ -74,7 +74,7 @@ class Intake:
             raise InvalidContent(
                 "give either a template or notification/data, not both", code="invalid_request"
             )
-        return await self._store.run(self._store.get_template, app.app_key, content.template)
+        return await self._store.run(self._store.apps.get_template, app.app_key, content.template)
 
     def _body(self, content: Content, template: dict[str, Any] | None, variables: dict[str, Any]) -> _Body:
         if template is not None:
@@ -317,7 +317,7 @@ class Intake:
 
     async def _occurrence(self, rec: MessageRecord, now: float, ttl: int, send: SendPolicy) -> None:
         store = self._store
-        app = await store.run(store.get_app, rec.app_key)
+        app = await store.run(store.apps.get_app, rec.app_key)
         assert app is not None
         target = parse_target(rec.target)
         production = bool(rec.policy.get("production", True))

@@ -331,8 +331,8 @@ class MosquittoSync:
     def write(self) -> int:
         """Rewrite both files from the store (blocking: call on the store thread); returns the device count."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        self._version = self._store.accounts_version()
-        devices, apps, (service_user, service_password) = self._store.broker_accounts()
+        self._version = self._store.accounts.accounts_version()
+        devices, apps, (service_user, service_password) = self._store.accounts.broker_accounts()
         device_entries = [DeviceEntry(app, device, hashed) for app, device, hashed in devices]
         app_entries = [AppEntry(key, password_hash(secret)) for key, secret in apps]
         write_atomically(
@@ -352,5 +352,5 @@ class MosquittoSync:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), self._poll)
             self._changed.clear()
-            if await self._store.run(self._store.accounts_version) != self._version:
+            if await self._store.run(self._store.accounts.accounts_version) != self._version:
                 await self.sync()

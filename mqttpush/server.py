@@ -49,9 +49,9 @@ from mqttpush.cluster.wire import parse_servers
 from mqttpush.config import ServerConfig
 from mqttpush.errors import MqttPushError
 from mqttpush.store import Store
+from mqttpush.store.accounts import SERVICE_USERNAME
 from mqttpush.store.lock import ROLES, DataDirLock
 from mqttpush.store.stats import Retention
-from mqttpush.store.store import SERVICE_USERNAME
 from mqttpush.topics import (
     API_PUSH_FILTER,
     PRESENCE_FILTER,
@@ -196,13 +196,13 @@ class BrokerNode:
         if not username or password is None:
             return None
         if username == SERVICE_USERNAME:
-            ok = await store.run(store.authenticate_service, username, password)
+            ok = await store.run(store.accounts.authenticate_service, username, password)
             return ServiceIdentity(username) if ok else None
         if client_id == username:
             app_key = await store.run(store.devices.authenticate_device, username, password)
             if app_key:
                 return DeviceIdentity(app_key, username)
-        if await store.run(store.authenticate_app, username, password):
+        if await store.run(store.apps.authenticate_app, username, password):
             return AppIdentity(username)
         return None
 
@@ -599,7 +599,7 @@ class BridgeServer:
             mqtt_port: Callable[[], int] = lambda: config.mqtt_port  # noqa: E731 (no broker of its own)
         else:
             assert config.broker_url is not None
-            username, password = self.store.service_credentials()
+            username, password = self.store.accounts.service_credentials()
             mqtt = self.publisher = MqttPublisher(
                 config.broker_url,
                 username,

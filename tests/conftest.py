@@ -155,7 +155,7 @@ def _serve(data_dir: Path, clock: Clock | None = None, **config_fields: Any) -> 
 
     server = asyncio.run_coroutine_threadsafe(make(), loop).result(30)
     r = Running(server, loop, data_dir)
-    app = Store(data_dir, url=config.store).create_app("test")
+    app = Store(data_dir, url=config.store).apps.create_app("test")
     r.app_key, r.app_secret = app.app_key, app.secret
     try:
         yield r

@@ -98,7 +98,7 @@ async def _receive(
 def test_kill_9_during_10000_pushes_loses_nothing(tmp_path: Path) -> None:
     data = tmp_path / "data"
     store = Store(data)
-    app = store.create_app("crash")
+    app = store.apps.create_app("crash")
     devices = store.devices.import_devices(
         app.app_key, [{"install_id": f"i{i}", "platform": "iot"} for i in range(DEVICES)]
     )

@@ -157,7 +157,7 @@ def test_listen_opened_history_reads_forward(running: Running) -> None:
 def _committed_before_a_crash(data_dir: Path, clock: ManualClock, policy: dict[str, Any]) -> tuple[Any, ...]:
     """What the intake commits before answering 202, left unpublished by a process that died."""
     store = Store(data_dir, clock)
-    app = store.create_app("crashed")
+    app = store.apps.create_app("crashed")
     reg = store.devices.register_device(app.app_key, "phone", "android")
     now = clock.now()
     msg_id = ids.new_msg_id(now)

@@ -43,7 +43,7 @@ def _drain(q: Queue[dict[str, Any]], until: set[str], timeout: float = 20) -> li
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "sigterm"])
 def test_accepted_push_survives_server_death(data_dir: Path, sig: int) -> None:
-    app = Store(data_dir).create_app("restart")
+    app = Store(data_dir).apps.create_app("restart")
     server = ServeProcess(data_dir)
     with PushClient(server.url, app.app_key, app.secret) as c:
         reg = c.register_device("phone", "android")
@@ -70,7 +70,7 @@ def test_accepted_push_survives_server_death(data_dir: Path, sig: int) -> None:
 
 
 def test_sigterm_shuts_down_cleanly_and_port_is_reusable(data_dir: Path) -> None:
-    Store(data_dir).create_app("x")
+    Store(data_dir).apps.create_app("x")
     first = ServeProcess(data_dir)
     ports = (first.mqtt_port, first.http_port)
     assert first.stop(signal.SIGTERM) == 0
@@ -108,7 +108,7 @@ def test_serve_refuses_a_busy_port_with_a_clear_error(data_dir: Path) -> None:
 
 
 def test_biz_id_survives_a_restart(data_dir: Path) -> None:
-    app = Store(data_dir).create_app("idem")
+    app = Store(data_dir).apps.create_app("idem")
     server = ServeProcess(data_dir)
     request = {"notification": {"title": "once"}, "policy": {"biz_id": "invoice-7-paid"}}
     with PushClient(server.url, app.app_key, app.secret) as c:

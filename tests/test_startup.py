@@ -53,7 +53,7 @@ def store_dir(tmp_path: Path) -> Path:
     """A data dir with a store that holds sealed secrets (an app)."""
     data_dir = tmp_path / "data"
     store = Store(data_dir)
-    store.create_app("shop")
+    store.apps.create_app("shop")
     store.close()
     return data_dir
 

@@ -296,13 +296,13 @@ def create_api(ctx: ApiContext) -> FastAPI:
         template = parse(TemplateRequest, body).model_dump(exclude_none=True)
         if not template.get("notification") and template.get("data") is None:
             raise InvalidContent("a template needs a notification or data", code="empty_template")
-        created = await store.run(store.put_template, app.app_key, name, template)
+        created = await store.run(store.apps.put_template, app.app_key, name, template)
         return JSONResponse({"name": name, **template}, status_code=201 if created else 200)
 
     @api.get("/api/v1/templates", openapi_extra=spec(SIGNED))
     async def list_templates(request: Request) -> dict[str, Any]:
         app, _ = await guard.signed(request)
-        return {"templates": await store.run(store.list_templates, app.app_key)}
+        return {"templates": await store.run(store.apps.list_templates, app.app_key)}
 
     @api.get("/api/v1/devices/{device_id}", openapi_extra=spec(SIGNED, BEARER))
     async def show_device(device_id: str, request: Request) -> dict[str, Any]:
@@ -465,7 +465,7 @@ def create_api(ctx: ApiContext) -> FastAPI:
         settings = parse(AppSettings, body)
         doc = settings.model_dump()
         SendPolicy.of({}, doc)  # 422 on nonsense (quiet hours) before it is stored
-        await store.run(store.put_app_settings, app.app_key, doc)
+        await store.run(store.apps.put_app_settings, app.app_key, doc)
         return doc
 
     # Route modules (mqttpush/api/<name>.py): each adds its routes with install(api, ctx, guard).

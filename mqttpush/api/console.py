@@ -171,7 +171,7 @@ def install(api: FastAPI, ctx: ApiContext, guard: Guard) -> None:
                     )
                 app, token_id = await store.app(found.app_key), found.token_id
         elif req.app_key and req.app_secret:
-            if await store.run(store.authenticate_app, req.app_key, req.app_secret):
+            if await store.run(store.apps.authenticate_app, req.app_key, req.app_secret):
                 app = await store.app(req.app_key)
         else:
             raise InvalidContent("give app_key and app_secret, or an access token", code="invalid_request")

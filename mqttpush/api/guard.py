@@ -100,7 +100,9 @@ class Guard:
         # Every signed request passes here once its signature holds; limited before the nonce is
         # used up, so a refused request may be sent again as it was.
         self.limit_app(app.app_key)
-        if not await self.store.run(self.store.use_nonce, app.app_key, nonce, 2 * signing.WINDOW_SECONDS):
+        if not await self.store.run(
+            self.store.apps.use_nonce, app.app_key, nonce, 2 * signing.WINDOW_SECONDS
+        ):
             raise AuthError("nonce already used", code="replayed_nonce")
 
     def check_signature(self, app: App, request: Request, ts: str, nonce: str, sig: str, digest: str) -> None:

@@ -37,7 +37,7 @@ def app() -> None:
 def app_create(name: str, data_dir: Path, as_json: bool) -> None:
     """Create an app; prints its key and secret (the secret is shown here only)."""
     with local_store(data_dir) as store:
-        created = store.create_app(name)
+        created = store.apps.create_app(name)
     doc = {"app_key": created.app_key, "app_secret": created.secret}
     emit(doc, as_json, lambda: click.echo(f"app_key:    {created.app_key}\napp_secret: {created.secret}"))
 
@@ -48,7 +48,7 @@ def app_create(name: str, data_dir: Path, as_json: bool) -> None:
 def app_list(data_dir: Path, as_json: bool) -> None:
     """List apps with their device counts."""
     with local_store(data_dir) as store:
-        apps = store.list_apps()
+        apps = store.apps.list_apps()
 
     def human() -> None:
         for a in apps:
@@ -148,7 +148,7 @@ def app_secret_rotate(app_key: str, data_dir: Path, overlap: str, as_json: bool)
     """Give the app a new secret (shown here only); the old one works until the overlap ends."""
     seconds = _seconds(overlap)
     with local_store(data_dir, app_key) as store, errors():
-        rotated = store.rotate_app_secret(app_key, seconds)
+        rotated = store.apps.rotate_app_secret(app_key, seconds)
     doc = {"app_key": app_key, "app_secret": rotated.secret, "previous_valid_until": rotated.previous_until}
     emit(doc, as_json, lambda: click.echo(f"app_key:    {app_key}\napp_secret: {rotated.secret}"))
 
@@ -208,7 +208,9 @@ def app_settings(
 def service_credentials(data_dir: Path, rotate: bool, as_json: bool) -> None:
     """The bridge's privileged MQTT identity (publish/subscribe under mqttpush/#)."""
     with local_store(data_dir) as store:
-        username, password = store.rotate_service_credentials() if rotate else store.service_credentials()
+        username, password = (
+            store.accounts.rotate_service_credentials() if rotate else store.accounts.service_credentials()
+        )
     emit(
         {"username": username, "password": password},
         as_json,

@@ -302,7 +302,7 @@ def check_vendors(report: Report, data_dir: Path) -> None:
 
     store = Store(data_dir, url=store_url())  # with --store postgresql://…, that database's apps
     try:
-        apps = store.list_apps()
+        apps = store.apps.list_apps()
         if not apps:
             report.add("vendors", "ok", "no apps yet")
         for app in apps:

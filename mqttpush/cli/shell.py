@@ -49,7 +49,7 @@ def local_store(data_dir: Path, app_key: str | None = None, **options: Any) -> I
     with errors():
         store = Store(data_dir, url=store_url(), **options)
         try:
-            if app_key is not None and store.get_app(app_key) is None:
+            if app_key is not None and store.apps.get_app(app_key) is None:
                 fail(f"unknown app key {app_key} [unknown_app]")
             yield store
         finally:

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from mqttpush.clock import Clock
-from mqttpush.models import DeliveryState
+from mqttpush.models import App, DeliveryState
 from mqttpush.store.tx import Connection, Transaction
 
 if TYPE_CHECKING:
@@ -30,6 +30,7 @@ def chunks(items: Sequence[str], size: int = 500) -> Iterator[tuple[list[str], s
 
 class StoreCore:
     _conn: Connection
+    _apps: dict[str, tuple[float, App]]
     _settings: dict[str, tuple[float, dict[str, Any]]]
     _settings_changes: int
     clock: Clock

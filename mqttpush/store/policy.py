@@ -46,22 +46,6 @@ class DueDelivery:
 
 
 class PolicyQueries(StoreCore):
-    # --- app settings -------------------------------------------------------------------------
-
-    def app_settings(self, app_key: str) -> dict[str, Any]:
-        row = self._conn.execute("SELECT settings FROM app_settings WHERE app_key = ?", (app_key,)).fetchone()
-        result: dict[str, Any] = json.loads(row[0]) if row else {}
-        return result
-
-    def put_app_settings(self, app_key: str, settings: dict[str, Any]) -> None:
-        self._settings_changes += 1  # a read in flight must not cache what this replaces
-        self._settings.pop(app_key, None)  # the next read sees the change, not the cache
-        self._conn.execute(
-            "INSERT INTO app_settings (app_key, settings, updated_at) VALUES (?, ?, ?)"
-            " ON CONFLICT (app_key) DO UPDATE SET settings = excluded.settings, updated_at = excluded.updated_at",
-            (app_key, json.dumps(settings), self.clock.now()),
-        )
-
     # --- messages -----------------------------------------------------------------------------
 
     def find_biz_id(self, app_key: str, biz_id: str) -> dict[str, str] | None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import functools
-import hmac
 import json
 import logging
 import os
@@ -29,9 +28,8 @@ from typing import Any, ParamSpec, TypeVar
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from mqttpush import ids
 from mqttpush.clock import Clock, SystemClock
-from mqttpush.errors import BadRequest, Conflict, NotFound, StoreError, StoreUnavailable
+from mqttpush.errors import BadRequest, Conflict, StoreError, StoreUnavailable
 from mqttpush.models import (
     PENDING_STATES,
     App,
@@ -42,6 +40,8 @@ from mqttpush.models import (
     advances,
 )
 from mqttpush.store import postgres as pg
+from mqttpush.store.accounts import AccountRepository
+from mqttpush.store.apps import AppRepository
 from mqttpush.store.console import ConsoleRepository
 from mqttpush.store.core import Event, Repository, TransitionListener, chunks
 from mqttpush.store.devices import DeviceRepository
@@ -64,7 +64,6 @@ T = TypeVar("T")
 
 DB_FILE = "mqttpush.db"
 KEY_FILE = "master.key"
-SERVICE_USERNAME = "mqttpush-service"
 _PENDING = tuple(s.value for s in PENDING_STATES)
 
 
@@ -436,6 +435,8 @@ class Store(TargetingQueries, PolicyQueries):
         self.vendors = VendorRepository(self)
         self.tasks = TaskRepository(self)
         self.devices = DeviceRepository(self)
+        self.apps = AppRepository(self)
+        self.accounts = AccountRepository(self)
         self._worker: _GroupCommitter | None = None
         self._health = _WriteHealth()
         self.commit_stats = CommitStats()
@@ -499,7 +500,7 @@ class Store(TargetingQueries, PolicyQueries):
         find nothing sealed and would make a key of their own; the first to seal wins, the others
         are refused here (copy the winner's master.key) instead of failing every signed call later."""
         try:
-            self.service_credentials()  # sealed now, or opened if another process sealed it first
+            self.accounts.service_credentials()  # sealed now, or opened if another process sealed it first
         except InvalidTag:
             raise StoreError(
                 f"another process created this store's master key first: copy its master.key into"
@@ -635,23 +636,23 @@ class Store(TargetingQueries, PolicyQueries):
         self._health.failure = None
 
     async def app(self, app_key: str) -> App | None:
-        """:meth:`get_app`, cached in memory for the hot path (every signed request names its app).
+        """``apps.get_app``, cached in memory for the hot path (every signed request names its app).
         Apps only change by another process (``app create``), which a miss finds at once."""
         hit = self._apps.get(app_key)
         if hit is not None and _fresh(hit[0], self.clock.now()):
             return hit[1]
-        app = await self.run(self.get_app, app_key)
+        app = await self.run(self.apps.get_app, app_key)
         if app is not None:
             self._apps[app_key] = (self.clock.now(), app)
         return app
 
     async def settings(self, app_key: str) -> dict[str, Any]:
-        """:meth:`app_settings`, cached in memory: a change through this store is seen at once,
+        """``apps.app_settings``, cached in memory: a change through this store is seen at once,
         one made by another process within ``CACHE_SECONDS``."""
         hit = self._settings.get(app_key)
         if hit is None or not _fresh(hit[0], self.clock.now()):
             changes = self._settings_changes
-            hit = (self.clock.now(), await self.run(self.app_settings, app_key))
+            hit = (self.clock.now(), await self.run(self.apps.app_settings, app_key))
             if changes == self._settings_changes:  # no write overtook the read: safe to keep
                 self._settings[app_key] = hit
         return dict(hit[1])
@@ -714,139 +715,6 @@ class Store(TargetingQueries, PolicyQueries):
 
     def _unseal(self, sealed: bytes) -> str:
         return self._sealer.open(sealed)
-
-    # --- apps -------------------------------------------------------------------------------
-
-    def create_app(self, name: str) -> App:
-        app = App(app_key=ids.new_app_key(), name=name, secret=ids.new_secret())
-        with self._tx():  # one transaction (a savepoint inside a group commit)
-            self._conn.execute(
-                "INSERT INTO apps (app_key, name, secret_enc, created_at) VALUES (?, ?, ?, ?)",
-                (app.app_key, name, self._sealer.seal(app.secret), self.clock.now()),
-            )
-        return app
-
-    def get_app(self, app_key: str) -> App | None:
-        row = self._conn.execute(
-            "SELECT name, secret_enc, previous_secret_enc, previous_until FROM apps WHERE app_key = ?",
-            (app_key,),
-        ).fetchone()
-        if row is None:
-            return None
-        return App(
-            app_key=app_key,
-            name=row[0],
-            secret=self._sealer.open(row[1]),
-            previous_secret=self._sealer.open(row[2]) if row[2] is not None else None,
-            previous_until=float(row[3] or 0.0),
-        )
-
-    def rotate_app_secret(self, app_key: str, overlap: float) -> App:
-        """Give the app a new secret; the old one keeps verifying for ``overlap`` seconds
-        (docs/operations.md, "Rotating secrets"). A rotation within an overlap drops the oldest."""
-        secret = ids.new_secret()
-        now = self.clock.now()
-        with self._tx():
-            row = self._conn.execute("SELECT secret_enc FROM apps WHERE app_key = ?", (app_key,)).fetchone()
-            if row is None:
-                raise NotFound(f"unknown app key {app_key}", code="unknown_app")
-            self._conn.execute(
-                "UPDATE apps SET secret_enc = ?, previous_secret_enc = ?, previous_until = ? WHERE app_key = ?",
-                (self._sealer.seal(secret), row[0], now + max(0.0, overlap), app_key),
-            )
-        self._apps.pop(app_key, None)
-        app = self.get_app(app_key)
-        assert app is not None
-        return app
-
-    def authenticate_app(self, app_key: str, secret: str) -> bool:
-        """True if ``secret`` is one of the app's secrets now (MQTT publish API login)."""
-        app = self.get_app(app_key)
-        return app is not None and any(
-            hmac.compare_digest(s.encode(), secret.encode()) for s in app.secrets_at(self.clock.now())
-        )
-
-    def list_apps(self) -> list[dict[str, Any]]:
-        rows = self._conn.execute(
-            "SELECT a.app_key, a.name, a.created_at, (SELECT count(*) FROM devices d WHERE d.app_key = a.app_key)"
-            " FROM apps a ORDER BY a.created_at"
-        )
-        return [{"app_key": r[0], "name": r[1], "created_at": r[2], "devices": r[3]} for r in rows]
-
-    def use_nonce(self, app_key: str, nonce: str, window: float) -> bool:
-        """Record a request nonce; False if it was already used within the window (a replay)."""
-        now = self.clock.now()
-        with self._tx():
-            if secrets.randbelow(64) == 0:
-                self._conn.execute("DELETE FROM nonces WHERE expires_at < ?", (now,))
-            row = self._conn.execute(
-                "SELECT expires_at FROM nonces WHERE app_key = ? AND nonce = ?", (app_key, nonce)
-            ).fetchone()
-            if row is not None and row[0] >= now:
-                return False
-            self._conn.execute(
-                "INSERT INTO nonces (app_key, nonce, expires_at) VALUES (?, ?, ?)"
-                " ON CONFLICT (app_key, nonce) DO UPDATE SET expires_at = excluded.expires_at",
-                (app_key, nonce, now + window),
-            )
-        return True
-
-    # --- service account --------------------------------------------------------------------
-
-    def service_credentials(self) -> tuple[str, str]:
-        """The bridge's privileged MQTT identity, created on first use."""
-        row = self._conn.execute(
-            "SELECT password_enc FROM service_accounts WHERE username = ?", (SERVICE_USERNAME,)
-        ).fetchone()
-        if row is not None:
-            return SERVICE_USERNAME, self._sealer.open(row[0])
-        password = ids.new_secret()
-        self._conn.execute(
-            "INSERT INTO service_accounts (username, password_enc, created_at) VALUES (?, ?, ?)"
-            " ON CONFLICT (username) DO NOTHING",
-            (SERVICE_USERNAME, self._sealer.seal(password), self.clock.now()),
-        )
-        return self.service_credentials()
-
-    def rotate_service_credentials(self) -> tuple[str, str]:
-        """Replace the service password; whatever logs in with the old one (a split bridge, a
-        mosquitto password file) needs the new one (docs/operations.md, "Rotating secrets")."""
-        password = ids.new_secret()
-        with self._tx():
-            self._conn.execute(
-                "INSERT INTO service_accounts (username, password_enc, created_at) VALUES (?, ?, ?)"
-                " ON CONFLICT (username) DO UPDATE SET password_enc = excluded.password_enc,"
-                " created_at = excluded.created_at",
-                (SERVICE_USERNAME, self._sealer.seal(password), self.clock.now()),
-            )
-        return SERVICE_USERNAME, password
-
-    def broker_accounts(self) -> tuple[list[tuple[str, str, str]], list[tuple[str, str]], tuple[str, str]]:
-        """What a foreign broker needs to check logins: ``(app, device_id, broker_hash)`` per device,
-        ``(app_key, app_secret)`` per app, and the service ``(username, password)``."""
-        devices = [
-            (r[0], r[1], r[2])
-            for r in self._conn.execute(
-                "SELECT app_key, device_id, broker_hash FROM devices WHERE broker_hash IS NOT NULL ORDER BY device_id"
-            )
-        ]
-        apps = [
-            (key, self._sealer.open(sealed))
-            for key, sealed in self._conn.execute("SELECT app_key, secret_enc FROM apps ORDER BY app_key")
-        ]
-        return devices, apps, self.service_credentials()
-
-    def accounts_version(self) -> tuple[int, int, float]:
-        """Changes whenever a device or app is added or re-registered (cheap to poll)."""
-        d = self._conn.execute("SELECT count(*), max(updated_at) FROM devices").fetchone()
-        a = self._conn.execute("SELECT count(*) FROM apps").fetchone()
-        return int(d[0]), int(a[0]), float(d[1] or 0)
-
-    def authenticate_service(self, username: str, password: str) -> bool:
-        row = self._conn.execute(
-            "SELECT password_enc FROM service_accounts WHERE username = ?", (username,)
-        ).fetchone()
-        return row is not None and hmac.compare_digest(self._sealer.open(row[0]), password)
 
     # --- messages and deliveries ------------------------------------------------------------
 

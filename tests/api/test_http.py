@@ -199,7 +199,7 @@ def test_other_apps_message_is_not_found(running: Running) -> None:
     r = running
     ((device, _),) = r.register()
     msg_id = r.push([device])
-    other = Store(r.data_dir).create_app("other")
+    other = Store(r.data_dir).apps.create_app("other")
     path = f"/api/v1/messages/{msg_id}"
     headers = signing.signed_headers(other.app_key, other.secret, "GET", path, b"", time.time())
     assert _error(httpx.get(r.url + path, headers=headers)) == (404, "unknown_message")

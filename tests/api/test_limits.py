@@ -123,7 +123,7 @@ def rate_limited(tmp_path: Path) -> Iterator[Running]:
 
 def test_an_app_over_its_rate_gets_429_while_another_app_is_served(rate_limited: Running) -> None:
     r = rate_limited
-    other = Store(r.data_dir).create_app("other")
+    other = Store(r.data_dir).apps.create_app("other")
     assert [_signed(r.url, r.app_key, r.app_secret).status_code for _ in range(3)] == [200] * 3
     assert _limited(_signed(r.url, r.app_key, r.app_secret)) >= 99  # one token per 100 s
     assert [_signed(r.url, other.app_key, other.secret).status_code for _ in range(3)] == [200] * 3

@@ -91,7 +91,7 @@ def test_cli_creates_lists_and_revokes_and_never_shows_or_stores_the_token(runni
 )
 def test_cli_refuses_bad_flags_naming_them(tmp_path: Path, args: list[str], flag: str) -> None:
     store = Store(tmp_path / "data")
-    app_key = store.create_app("x").app_key
+    app_key = store.apps.create_app("x").app_key
     store.close()
     proc = cli("app", "token", "create", app_key, "--data-dir", str(tmp_path / "data"), *args, "--json")
     assert proc.returncode == 2 and flag in proc.stderr and "Traceback" not in proc.stderr
@@ -104,7 +104,7 @@ def test_cli_refuses_unknown_apps_and_tokens(running: Running) -> None:
     unknown = cli("app", "token", "revoke", r.app_key, "tok_0000", "--data-dir", str(r.data_dir), "--json")
     assert unknown.returncode == 2 and "[unknown_token]" in unknown.stderr
     # another app's token is not this app's to revoke
-    other = Store(r.data_dir).create_app("other")
+    other = Store(r.data_dir).apps.create_app("other")
     theirs = cli_json("app", "token", "create", other.app_key, "--data-dir", str(r.data_dir))
     crossed = cli("app", "token", "revoke", r.app_key, theirs["token_id"], "--data-dir", str(r.data_dir))
     assert crossed.returncode == 2 and "[unknown_token]" in crossed.stderr

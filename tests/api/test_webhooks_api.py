@@ -91,7 +91,7 @@ def test_registration_limit_removal_and_isolation(running: Running) -> None:
         "too_many_webhooks",
     )
 
-    other = Store(r.data_dir).create_app("other")
+    other = Store(r.data_dir).apps.create_app("other")
     auth = {"key": other.app_key, "secret": other.secret}
     assert _signed(r, "GET", "/api/v1/webhooks", **auth).json() == {"webhooks": []}
     path = f"/api/v1/webhooks/{first['webhook_id']}"

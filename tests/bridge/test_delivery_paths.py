@@ -138,7 +138,7 @@ async def bridge(tmp_path: Path) -> AsyncIterator[Bridge]:
     store = Store(tmp_path / "data", clock)
     publisher = MemoryPublisher()
     dispatcher = Dispatcher(store, publisher, clock)
-    app = store.create_app("paths")
+    app = store.apps.create_app("paths")
     running = asyncio.create_task(dispatcher.run())
     try:
         yield Bridge(store, clock, publisher, dispatcher, app.app_key)

@@ -122,7 +122,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     scheduler = Scheduler(store, publisher, dispatcher, intake, clock)
     running = asyncio.create_task(dispatcher.run())
     try:
-        yield Rig(store, clock, publisher, dispatcher, intake, scheduler, store.create_app("shop"))
+        yield Rig(store, clock, publisher, dispatcher, intake, scheduler, store.apps.create_app("shop"))
     finally:
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)

@@ -58,7 +58,7 @@ async def test_app_credentials_are_checked_and_apps_stay_apart(running: Running)
     c, code, _ = await RawClient.connect(r.mqtt_port, "x", r.app_key, r.app_secret + "x")
     assert code == 5
     await c.close()
-    other = Store(r.data_dir).create_app("other")
+    other = Store(r.data_dir).apps.create_app("other")
     with PushClient(r.url, other.app_key) as api:
         theirs = api.register_device("their-phone", "ios")["device_id"]
     mine, _, _ = await RawClient.connect(r.mqtt_port, "mine", r.app_key, r.app_secret)

@@ -167,7 +167,7 @@ async def wired(tmp_path: Path) -> AsyncIterator[tuple[FullDiskStore, Dispatcher
     dispatcher = Dispatcher(store, MemoryPublisher(), clock)
     intake = Intake(store, dispatcher, TaskRunner(store, dispatcher, clock), clock)
     try:
-        yield store, dispatcher, intake, store.create_app("shop")
+        yield store, dispatcher, intake, store.apps.create_app("shop")
     finally:
         store.close()
 

@@ -239,7 +239,7 @@ def test_test_mode_reaches_only_test_devices(fleet: Fleet) -> None:
 
 def test_cancel_before_the_first_batch_sends_nothing(fleet: Fleet) -> None:
     r = fleet.r
-    app = Store(r.data_dir).get_app(r.app_key)
+    app = Store(r.data_dir).apps.get_app(r.app_key)
     assert app is not None
     from mqttpush.models import PushRequest
 
@@ -266,7 +266,7 @@ def test_cancel_before_the_first_batch_sends_nothing(fleet: Fleet) -> None:
 
 async def test_templates_and_batch_render_per_target(fleet: Fleet) -> None:
     r = fleet.r
-    user, password = Store(r.data_dir).service_credentials()
+    user, password = Store(r.data_dir).accounts.service_credentials()
     watcher, _, _ = await RawClient.connect(r.mqtt_port, "watcher", user, password)
     await watcher.subscribe(f"mqttpush/{r.app_key}/d/+/m/+")
     targets = fleet.devices[:3]

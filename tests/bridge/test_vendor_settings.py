@@ -62,7 +62,7 @@ def test_vendor_set_on_a_running_server_takes_effect(clocked: Running, tmp_path:
 async def test_gateway_rechecks_credentials_changed_elsewhere(tmp_path: Path) -> None:
     clock = ManualClock()
     mine, theirs = Store(tmp_path, clock=clock), Store(tmp_path, clock=clock)
-    app = mine.create_app("shop")
+    app = mine.apps.create_app("shop")
     gateway = VendorGateway(mine, clock, make_channel, recheck_seconds=2.0)
     try:
         assert await gateway.configured(app.app_key) == frozenset()

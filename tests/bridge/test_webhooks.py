@@ -212,7 +212,7 @@ def test_webhook_cli_names_the_bad_flag(running: Running) -> None:
 
 def test_pending_events_are_sent_after_a_kill_9_and_restart(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
-    app = Store(data_dir).create_app("restart")
+    app = Store(data_dir).apps.create_app("restart")
     with Receiver(status=503) as receiver:
         server = ServeProcess(data_dir)
         try:

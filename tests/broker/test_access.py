@@ -98,7 +98,7 @@ async def test_device_publishes_only_its_own_receipt_and_presence(running: Runni
 
 async def test_devices_of_another_app_are_strangers(running: Running) -> None:
     r = running
-    other = Store(r.data_dir).create_app("other")
+    other = Store(r.data_dir).apps.create_app("other")
     ((device, _),) = r.register()
     with PushClient(r.url, other.app_key, other.secret) as c:
         try:
@@ -111,7 +111,7 @@ async def test_devices_of_another_app_are_strangers(running: Running) -> None:
 
 async def test_service_credentials_reach_everything_under_mqttpush(running: Running) -> None:
     r = running
-    user, password = Store(r.data_dir).service_credentials()
+    user, password = Store(r.data_dir).accounts.service_credentials()
     ((device, token),) = r.register()
     svc, code, _ = await RawClient.connect(r.mqtt_port, "bridge-1", user, password)
     assert code == 0
@@ -136,7 +136,7 @@ async def test_presence_follows_connection_and_will(running: Running) -> None:
     seen = store.devices.get_device(device)
     assert seen is not None and seen.online and seen.last_seen is not None
     await c.close()  # no DISCONNECT: abnormal end, the Will is published
-    svc_user, svc_pw = store.service_credentials()
+    svc_user, svc_pw = store.accounts.service_credentials()
     svc, _, _ = await RawClient.connect(r.mqtt_port, "watcher", svc_user, svc_pw)
     await svc.subscribe(f"mqttpush/{r.app_key}/d/{device}/s")
     will = await svc.next_publish(10)

@@ -161,7 +161,7 @@ async def test_queued_messages_are_delivered_with_retain_0(running: Running) -> 
     r = running
     ((device, token),) = r.register()
     topic = f"mqttpush/{r.app_key}/d/{device}/m/queued1"
-    user, password = Store(r.data_dir).service_credentials()
+    user, password = Store(r.data_dir).accounts.service_credentials()
     probe, _, _ = await RawClient.connect(r.mqtt_port, "probe", user, password)
 
     async def publish() -> None:
@@ -187,7 +187,7 @@ async def test_silent_device_is_dropped_after_one_and_a_half_keepalives_and_its_
 ) -> None:
     r = running
     ((device, token),) = r.register()
-    user, password = Store(r.data_dir).service_credentials()
+    user, password = Store(r.data_dir).accounts.service_credentials()
     watcher, _, _ = await RawClient.connect(r.mqtt_port, "watcher", user, password)
     await watcher.subscribe(f"mqttpush/{r.app_key}/d/{device}/s")
     loop = asyncio.get_running_loop()

@@ -50,7 +50,7 @@ async def test_witness_plain_amqtt_forgets_unacknowledged_qos1_messages(plain: P
 
 
 async def _service_publish(r: Running, topic: str) -> None:
-    user, password = Store(r.data_dir).service_credentials()
+    user, password = Store(r.data_dir).accounts.service_credentials()
     svc, _, _ = await RawClient.connect(r.mqtt_port, "svc", user, password)
     svc.publish(topic, json.dumps({"id": "q1"}).encode(), qos=1)
     await svc.disconnect()
@@ -79,7 +79,7 @@ async def test_session_takeover_keeps_messages_in_flight(running: Running) -> No
 async def test_queued_while_offline_arrive_in_order(running: Running) -> None:
     r = running
     ((device, token),) = r.register()
-    user, password = Store(r.data_dir).service_credentials()
+    user, password = Store(r.data_dir).accounts.service_credentials()
     c, _, _ = await RawClient.connect(r.mqtt_port, device, device, token, clean=False)
     await c.subscribe(f"mqttpush/{r.app_key}/d/{device}/m/+")
     await c.disconnect()
@@ -100,7 +100,7 @@ async def test_queued_while_offline_arrive_in_order(running: Running) -> None:
 async def test_inflight_window_bounds_unacknowledged_messages(running: Running) -> None:
     r = running
     ((device, token),) = r.register()
-    user, password = Store(r.data_dir).service_credentials()
+    user, password = Store(r.data_dir).accounts.service_credentials()
     c, _, _ = await RawClient.connect(r.mqtt_port, device, device, token)
     await c.subscribe(f"mqttpush/{r.app_key}/d/{device}/m/+")
     c.auto_ack = False
@@ -149,7 +149,7 @@ async def test_witness_plain_amqtt_upgrades_qos(plain: PlainAmqtt) -> None:  # n
 async def test_delivered_qos_is_the_minimum_of_published_and_granted(running: Running) -> None:
     r = running
     ((device, token),) = r.register()
-    user, password = Store(r.data_dir).service_credentials()
+    user, password = Store(r.data_dir).accounts.service_credentials()
     dev, _, _ = await RawClient.connect(r.mqtt_port, device, device, token)
     assert await dev.subscribe(f"mqttpush/{r.app_key}/d/{device}/m/+", qos=1) == [1]
     svc, _, _ = await RawClient.connect(r.mqtt_port, "svc", user, password)

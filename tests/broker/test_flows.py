@@ -24,7 +24,7 @@ async def _read(c: RawClient, kind: int) -> bytes:
 
 
 async def _service(r: Running) -> RawClient:
-    user, password = Store(r.data_dir).service_credentials()
+    user, password = Store(r.data_dir).accounts.service_credentials()
     svc, code, _ = await RawClient.connect(r.mqtt_port, "svc", user, password)
     assert code == 0
     return svc

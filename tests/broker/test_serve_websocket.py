@@ -43,7 +43,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     base = tmp_path_factory.mktemp("serve-ws")
     ca, cert, key = make_ca(base / "certs")
     data = base / "data"
-    app = Store(data).create_app("browsers")
+    app = Store(data).apps.create_app("browsers")
     process = ServeProcess(
         data, 0, 0, "--ws-port", "0", "--wss-port", "0", "--tls-cert", cert, "--tls-key", key
     )

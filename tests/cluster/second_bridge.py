@@ -27,7 +27,7 @@ async def main(data_dir: Path, broker_url: str, lease: float) -> None:
     store = Store(data_dir, clock)
     from bridge.publisher import MqttPublisher
 
-    username, password = store.service_credentials()
+    username, password = store.accounts.service_credentials()
     publisher = MqttPublisher(
         broker_url,
         username,

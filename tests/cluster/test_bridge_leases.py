@@ -46,11 +46,11 @@ def _wait_task(
 def test_a_task_of_a_killed_bridge_is_finished_by_the_other_with_exact_progress(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     store = Store(data_dir)
-    app = store.create_app("fleet")
+    app = store.apps.create_app("fleet")
     rows = [{"install_id": f"i{i}", "platform": "android", "tags": ["all"]} for i in range(DEVICES)]
     for i in range(0, DEVICES, 20_000):
         store.devices.import_devices(app.app_key, rows[i : i + 20_000])
-    secret = store.get_app(app.app_key)
+    secret = store.apps.get_app(app.app_key)
     store.close()
     assert secret is not None
 

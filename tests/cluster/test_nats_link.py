@@ -213,7 +213,7 @@ class Cluster:
 async def cluster(tmp_path: Path, n_nats: int = 1) -> AsyncIterator[Cluster]:
     data_dir = tmp_path / "data"
     store = Store(data_dir)
-    app = store.create_app("cluster")
+    app = store.apps.create_app("cluster")
     store.close()
     with nats_cluster(tmp_path, n_nats) as servers:
         c = Cluster(data_dir, tmp_path, servers, app.app_key, app.secret, [])

@@ -53,7 +53,7 @@ def _survives_broker_crash(
 ) -> None:
     """With the bridge running on ``data``: push, crash and restart the broker, receive."""
     store = Store(data)
-    shop, news = store.create_app("shop"), store.create_app("news")
+    shop, news = store.apps.create_app("shop"), store.apps.create_app("news")
     store.close()
     bridge = _bridge(data, *bridge_args)
     url = bridge.ready["http_url"]
@@ -127,7 +127,7 @@ def test_generated_mosquitto_config_starts_as_documented(tmp_path: Path) -> None
     """Started by root (CI), mosquitto used to drop to user ``mosquitto``, which can neither write
     the pid file nor read the owner-only password file: ``Unable to write pid file.``"""
     data, out, port = tmp_path / "data", tmp_path / "mosquitto", _free_port()
-    app = Store(data).create_app("docs")
+    app = Store(data).apps.create_app("docs")
     pid_file = tmp_path / "run" / "mosquitto-mqttpush.pid"
     pid_file.parent.mkdir(mode=0o755)
     broker = _Mosquitto(_mosquitto_config(data, out, port, pid_file), port, pid_file)

@@ -116,7 +116,7 @@ def _device_round_trip(url: str, app_key: str, app_secret: str) -> None:
 
 def test_bridge_against_our_own_broker(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    app = Store(data).create_app("split")
+    app = Store(data).apps.create_app("split")
     broker = Proc("broker", "--data-dir", str(data), "--mqtt-port", "0")
     try:
         bridge = _bridge(data, "--broker", f"mqtt://127.0.0.1:{broker.ready['mqtt_port']}")
@@ -210,7 +210,7 @@ def mosquitto_dir(tmp_path: Path) -> Iterator[tuple[Path, int]]:
 def test_bridge_against_mosquitto_keeps_auth_and_acl(tmp_path: Path, mosquitto_dir: tuple[Path, int]) -> None:
     folder, port = mosquitto_dir
     data = tmp_path / "data"
-    app = Store(data).create_app("split")
+    app = Store(data).apps.create_app("split")
     pid_file = folder / "mosquitto.pid"
     user = pwd.getpwuid(os.getuid()).pw_name
     mosq = _Mosquitto(_mosquitto_config(data, folder, port, pid_file, "--user", user), port, pid_file)

@@ -29,7 +29,7 @@ def _seeded(data: Path) -> tuple[str, str, str]:
     """A store with one app and one device: (app_key, app_secret, device_id)."""
     store = Store(data)
     try:
-        app = store.create_app("shop")
+        app = store.apps.create_app("shop")
         device = store.devices.import_devices(app.app_key, [{"install_id": "i1", "platform": "iot"}])[0]
     finally:
         store.close()
@@ -55,7 +55,7 @@ def test_backup_then_restore_round_trip(tmp_path: Path) -> None:
     assert _mode(again) == 0o700 and _mode(again / DB_FILE) == 0o600 and _mode(again / KEY_FILE) == 0o600
     store = Store(again)
     try:
-        app = store.get_app(app_key)
+        app = store.apps.get_app(app_key)
         assert app is not None and app.secret == secret  # the key came along: sealed secrets open
     finally:
         store.close()
@@ -102,7 +102,7 @@ def test_restore_refuses_a_non_empty_data_dir_unless_forced(tmp_path: Path) -> N
     assert not (other / f"{DB_FILE}-wal").exists()
     store = Store(other)
     try:
-        assert [a["app_key"] for a in store.list_apps()] == [app_key]
+        assert [a["app_key"] for a in store.apps.list_apps()] == [app_key]
     finally:
         store.close()
 

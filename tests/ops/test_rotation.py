@@ -29,7 +29,7 @@ def test_old_secret_verifies_within_the_overlap_and_not_after(
     old = r.app_secret
     store = Store(r.data_dir, clock=manual_clock)
     try:
-        new = store.rotate_app_secret(r.app_key, 3600).secret
+        new = store.apps.rotate_app_secret(r.app_key, 3600).secret
     finally:
         store.close()
     assert new != old
@@ -47,16 +47,16 @@ def test_rotation_without_overlap_cuts_the_old_secret_at_once(tmp_path: Path) ->
     clock = ManualClock()
     store = Store(tmp_path, clock=clock)
     try:
-        app = store.create_app("shop")
-        rotated = store.rotate_app_secret(app.app_key, 0)
-        assert not store.authenticate_app(app.app_key, app.secret)
-        assert store.authenticate_app(app.app_key, rotated.secret)
-        again = store.rotate_app_secret(app.app_key, 60)
-        assert store.authenticate_app(app.app_key, rotated.secret)
-        assert not store.authenticate_app(app.app_key, app.secret)  # only one previous secret
+        app = store.apps.create_app("shop")
+        rotated = store.apps.rotate_app_secret(app.app_key, 0)
+        assert not store.apps.authenticate_app(app.app_key, app.secret)
+        assert store.apps.authenticate_app(app.app_key, rotated.secret)
+        again = store.apps.rotate_app_secret(app.app_key, 60)
+        assert store.apps.authenticate_app(app.app_key, rotated.secret)
+        assert not store.apps.authenticate_app(app.app_key, app.secret)  # only one previous secret
         clock.advance(60)
-        assert not store.authenticate_app(app.app_key, rotated.secret)
-        assert store.authenticate_app(app.app_key, again.secret)
+        assert not store.apps.authenticate_app(app.app_key, rotated.secret)
+        assert store.apps.authenticate_app(app.app_key, again.secret)
     finally:
         store.close()
 
@@ -68,8 +68,8 @@ def test_cli_rotates_the_app_secret(tmp_path: Path) -> None:
     assert doc["app_key"] == created["app_key"] and doc["app_secret"] != created["app_secret"]
     store = Store(tmp_path / "data")
     try:
-        assert store.authenticate_app(created["app_key"], doc["app_secret"])
-        assert store.authenticate_app(created["app_key"], created["app_secret"])
+        assert store.apps.authenticate_app(created["app_key"], doc["app_secret"])
+        assert store.apps.authenticate_app(created["app_key"], created["app_secret"])
         assert 5300 < doc["previous_valid_until"] - store.clock.now() <= 5400
     finally:
         store.close()
@@ -87,8 +87,8 @@ def test_cli_rotates_the_service_password(tmp_path: Path) -> None:
     assert rotated["username"] == first["username"] and rotated["password"] != first["password"]
     store = Store(tmp_path / "data")
     try:
-        assert store.authenticate_service(rotated["username"], rotated["password"])
-        assert not store.authenticate_service(first["username"], first["password"])
+        assert store.accounts.authenticate_service(rotated["username"], rotated["password"])
+        assert not store.accounts.authenticate_service(first["username"], first["password"])
     finally:
         store.close()
 

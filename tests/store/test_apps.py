@@ -31,11 +31,11 @@ def test_master_key_is_kept_on_reopen(data_dir: Path, clock: FakeClock) -> None:
 
 def test_app_secret_is_not_stored_in_plaintext_but_readable(sqlite_store: Store, data_dir: Path) -> None:
     store = sqlite_store
-    app = store.create_app("shop")
+    app = store.apps.create_app("shop")
     assert app.secret
     assert app.app_key.encode() in raw_db_bytes(data_dir)  # the row is in the bytes read (WAL included)
     assert app.secret.encode() not in raw_db_bytes(data_dir)
-    assert store.get_app(app.app_key) == app
+    assert store.apps.get_app(app.app_key) == app
     store.close()
     # After close the WAL is checkpointed into the main file; still no plaintext there.
     assert app.secret.encode() not in raw_db_bytes(data_dir)
@@ -43,9 +43,9 @@ def test_app_secret_is_not_stored_in_plaintext_but_readable(sqlite_store: Store,
 
 
 def test_device_tokens_and_service_password_are_not_stored_in_plaintext(store: Store, data_dir: Path) -> None:
-    app = store.create_app("shop")
+    app = store.apps.create_app("shop")
     reg = store.devices.register_device(app.app_key, "install-1", "android")
-    _, password = store.service_credentials()
+    _, password = store.accounts.service_credentials()
     raw = raw_db_bytes(data_dir)
     assert reg.device_token.encode() not in raw
     assert reg.device_token.split(".", 1)[1].encode() not in raw
@@ -54,11 +54,11 @@ def test_device_tokens_and_service_password_are_not_stored_in_plaintext(store: S
 
 def test_get_app_returns_secret_after_reopen(data_dir: Path, clock: FakeClock, store_url: str | None) -> None:
     first = Store(data_dir, clock=clock, url=store_url)
-    app = first.create_app("shop")
+    app = first.apps.create_app("shop")
     first.close()
     again = Store(data_dir, clock=clock, url=store_url)
     try:
-        got = again.get_app(app.app_key)
+        got = again.apps.get_app(app.app_key)
         assert got is not None
         assert got.secret == app.secret
         assert got.name == "shop"
@@ -67,30 +67,30 @@ def test_get_app_returns_secret_after_reopen(data_dir: Path, clock: FakeClock, s
 
 
 def test_get_app_of_unknown_key_is_none(store: Store) -> None:
-    store.create_app("shop")
-    assert store.get_app("anonexistentkey0") is None
+    store.apps.create_app("shop")
+    assert store.apps.get_app("anonexistentkey0") is None
 
 
 def test_create_app_gives_distinct_keys_and_secrets(store: Store) -> None:
-    a = store.create_app("one")
-    b = store.create_app("two")
+    a = store.apps.create_app("one")
+    b = store.apps.create_app("two")
     assert a.app_key != b.app_key
     assert a.secret != b.secret
     assert a.name == "one"
 
 
 def test_list_apps_counts_devices(store: Store, clock: FakeClock) -> None:
-    shop = store.create_app("shop")
+    shop = store.apps.create_app("shop")
     clock.advance(1)
-    news = store.create_app("news")
+    news = store.apps.create_app("news")
     clock.advance(1)
-    empty = store.create_app("empty")
+    empty = store.apps.create_app("empty")
     for i in range(3):
         store.devices.register_device(shop.app_key, f"install-{i}", "android")
     store.devices.register_device(shop.app_key, "install-0", "android")  # re-registration is not a new device
     store.devices.register_device(news.app_key, "install-0", "ios")
 
-    listed = store.list_apps()
+    listed = store.apps.list_apps()
     assert [a["app_key"] for a in listed] == [shop.app_key, news.app_key, empty.app_key]
     counts = {a["app_key"]: a["devices"] for a in listed}
     assert counts == {shop.app_key: 3, news.app_key: 1, empty.app_key: 0}
@@ -102,24 +102,24 @@ def test_list_apps_counts_devices(store: Store, clock: FakeClock) -> None:
 
 
 def test_nonce_replay_within_window_is_refused(store: Store, clock: FakeClock) -> None:
-    app = store.create_app("shop")
-    assert store.use_nonce(app.app_key, "nonce-aaaaaaaaaaaa", 300) is True
-    assert store.use_nonce(app.app_key, "nonce-aaaaaaaaaaaa", 300) is False
+    app = store.apps.create_app("shop")
+    assert store.apps.use_nonce(app.app_key, "nonce-aaaaaaaaaaaa", 300) is True
+    assert store.apps.use_nonce(app.app_key, "nonce-aaaaaaaaaaaa", 300) is False
     clock.advance(299)
-    assert store.use_nonce(app.app_key, "nonce-aaaaaaaaaaaa", 300) is False
+    assert store.apps.use_nonce(app.app_key, "nonce-aaaaaaaaaaaa", 300) is False
     # Another nonce, or the same nonce for another app, is not a replay.
-    assert store.use_nonce(app.app_key, "nonce-bbbbbbbbbbbb", 300) is True
-    assert store.use_nonce("another-app-key", "nonce-aaaaaaaaaaaa", 300) is True
+    assert store.apps.use_nonce(app.app_key, "nonce-bbbbbbbbbbbb", 300) is True
+    assert store.apps.use_nonce("another-app-key", "nonce-aaaaaaaaaaaa", 300) is True
 
 
 def test_nonce_is_usable_again_after_the_window(store: Store, clock: FakeClock) -> None:
-    app = store.create_app("shop")
-    assert store.use_nonce(app.app_key, "nonce-aaaaaaaaaaaa", 300) is True
+    app = store.apps.create_app("shop")
+    assert store.apps.use_nonce(app.app_key, "nonce-aaaaaaaaaaaa", 300) is True
     clock.advance(301)
-    assert store.use_nonce(app.app_key, "nonce-aaaaaaaaaaaa", 300) is True
+    assert store.apps.use_nonce(app.app_key, "nonce-aaaaaaaaaaaa", 300) is True
     # Using it again starts a new window.
     clock.advance(1)
-    assert store.use_nonce(app.app_key, "nonce-aaaaaaaaaaaa", 300) is False
+    assert store.apps.use_nonce(app.app_key, "nonce-aaaaaaaaaaaa", 300) is False
 
 
 # --- service account --------------------------------------------------------------------------
@@ -128,33 +128,33 @@ def test_nonce_is_usable_again_after_the_window(store: Store, clock: FakeClock) 
 def test_service_credentials_are_stable(
     store: Store, data_dir: Path, clock: FakeClock, store_url: str | None
 ) -> None:
-    username, password = store.service_credentials()
+    username, password = store.accounts.service_credentials()
     assert username
     assert len(password) >= 32
-    assert store.service_credentials() == (username, password)
+    assert store.accounts.service_credentials() == (username, password)
 
     other = Store(data_dir, clock=clock, url=store_url)  # e.g. the CLI while the server runs
     try:
-        assert other.service_credentials() == (username, password)
+        assert other.accounts.service_credentials() == (username, password)
     finally:
         other.close()
     store.close()
 
     reopened = Store(data_dir, clock=clock, url=store_url)
     try:
-        assert reopened.service_credentials() == (username, password)
-        assert reopened.authenticate_service(username, password) is True
+        assert reopened.accounts.service_credentials() == (username, password)
+        assert reopened.accounts.authenticate_service(username, password) is True
     finally:
         reopened.close()
 
 
 def test_authenticate_service(store: Store) -> None:
-    username, password = store.service_credentials()
-    assert store.authenticate_service(username, password) is True
-    assert store.authenticate_service(username, password + "x") is False
-    assert store.authenticate_service(username, "") is False
-    assert store.authenticate_service("someone-else", password) is False
+    username, password = store.accounts.service_credentials()
+    assert store.accounts.authenticate_service(username, password) is True
+    assert store.accounts.authenticate_service(username, password + "x") is False
+    assert store.accounts.authenticate_service(username, "") is False
+    assert store.accounts.authenticate_service("someone-else", password) is False
 
 
 def test_authenticate_service_before_credentials_exist_is_false(store: Store) -> None:
-    assert store.authenticate_service("mqttpush-service", "anything") is False
+    assert store.accounts.authenticate_service("mqttpush-service", "anything") is False

@@ -19,14 +19,14 @@ def test_two_stores_on_one_dir_can_both_write_interleaved(data_dir: Path, clock:
     try:
         made = []
         for i in range(5):
-            made.append(server.create_app(f"server-{i}").app_key)
-            made.append(cli.create_app(f"cli-{i}").app_key)
+            made.append(server.apps.create_app(f"server-{i}").app_key)
+            made.append(cli.apps.create_app(f"cli-{i}").app_key)
             server.devices.register_device(made[-1], "install-1", "android")
-        assert {a["app_key"] for a in server.list_apps()} == set(made)
-        assert {a["app_key"] for a in cli.list_apps()} == set(made)
+        assert {a["app_key"] for a in server.apps.list_apps()} == set(made)
+        assert {a["app_key"] for a in cli.apps.list_apps()} == set(made)
         for key in made:
-            assert server.get_app(key) is not None
-            assert cli.get_app(key) is not None
+            assert server.apps.get_app(key) is not None
+            assert cli.apps.get_app(key) is not None
     finally:
         cli.close()
         server.close()
@@ -35,7 +35,7 @@ def test_two_stores_on_one_dir_can_both_write_interleaved(data_dir: Path, clock:
 def test_two_stores_on_one_dir_can_write_at_the_same_time(data_dir: Path, clock: FakeClock) -> None:
     server = Store(data_dir, clock=clock)
     cli = Store(data_dir, clock=clock)
-    shared_app = server.create_app("shared").app_key
+    shared_app = server.apps.create_app("shared").app_key
     barrier = threading.Barrier(2, timeout=10)
     errors: list[BaseException] = []
     keys: dict[str, list[str]] = {"server": [], "cli": []}
@@ -44,9 +44,9 @@ def test_two_stores_on_one_dir_can_write_at_the_same_time(data_dir: Path, clock:
         try:
             barrier.wait()
             for i in range(N):
-                keys[name].append(store.create_app(f"{name}-{i}").app_key)
+                keys[name].append(store.apps.create_app(f"{name}-{i}").app_key)
                 store.devices.register_device(shared_app, f"{name}-install-{i}", "android")
-                store.use_nonce(shared_app, f"{name}-nonce-{i:08d}", 300)
+                store.apps.use_nonce(shared_app, f"{name}-nonce-{i:08d}", 300)
         except BaseException as e:  # collected and asserted below
             errors.append(e)
 
@@ -58,7 +58,7 @@ def test_two_stores_on_one_dir_can_write_at_the_same_time(data_dir: Path, clock:
             t.join(timeout=15)
         assert not any(t.is_alive() for t in threads)
         assert errors == []
-        listed = {a["app_key"]: a for a in cli.list_apps()}
+        listed = {a["app_key"]: a for a in cli.apps.list_apps()}
         assert set(listed) == {shared_app, *keys["server"], *keys["cli"]}
         assert len(listed) == 2 * N + 1
         assert listed[shared_app]["devices"] == 2 * N
@@ -78,7 +78,7 @@ def open_fresh_dir_together(data_dir: Path, n: int) -> tuple[list[str], list[tup
             barrier.wait()
             store = Store(data_dir, clock=FakeClock())
             try:
-                app = store.create_app("shop")
+                app = store.apps.create_app("shop")
                 created.append((app.app_key, app.secret))
             finally:
                 store.close()
@@ -105,7 +105,7 @@ def test_stores_opening_a_new_dir_at_the_same_time(tmp_path: Path) -> None:
         check = Store(data_dir, clock=FakeClock())
         try:
             for app_key, secret in created:
-                app = check.get_app(app_key)
+                app = check.apps.get_app(app_key)
                 assert app is not None
                 assert app.secret == secret
         finally:
@@ -131,10 +131,10 @@ async def test_run_executes_on_one_store_thread(store: Store) -> None:
 
 
 async def test_run_passes_arguments_and_returns_results(store: Store) -> None:
-    app = await store.run(store.create_app, "shop")
+    app = await store.run(store.apps.create_app, "shop")
     reg = await store.run(store.devices.register_device, app.app_key, "install-1", "ios", locale="fr")
     assert reg.created is True
     device = await store.run(store.devices.get_device, reg.device_id)
     assert device is not None
     assert device.locale == "fr"
-    assert await store.run(store.get_app, app.app_key) == app
+    assert await store.run(store.apps.get_app, app.app_key) == app

@@ -15,7 +15,7 @@ from tests.store.fake_clock import FakeClock
 
 
 def _app_with_devices(store: Store, n: int) -> tuple[str, list[str]]:
-    app = store.create_app("console")
+    app = store.apps.create_app("console")
     rows = [{"install_id": f"i{k}", "platform": "android", "alias": f"user{k % 2}"} for k in range(n)]
     return app.app_key, [d["device_id"] for d in store.devices.import_devices(app.app_key, rows)]
 

@@ -11,7 +11,7 @@ from tests.store.test_messages import accept, delivery, published, receipts_a_se
 
 
 def test_pending_deliveries_marks_expired_ones_expired(store: Store, clock: FakeClock) -> None:
-    app = store.create_app("shop")
+    app = store.apps.create_app("shop")
     accept(store, app.app_key, "m1", ["d1"], expires_at=START + 2)
     accept(store, app.app_key, "m2", ["d1"], expires_at=START + 2)
     accept(store, app.app_key, "m3", ["d1"])
@@ -26,7 +26,7 @@ def test_pending_deliveries_marks_expired_ones_expired(store: Store, clock: Fake
 
 
 def test_receipt_after_ttl_before_the_sweep_keeps_it_expired(store: Store, clock: FakeClock) -> None:
-    app = store.create_app("shop")
+    app = store.apps.create_app("shop")
     published(store, app.app_key, expires_at=START + 2)
     clock.advance(4)
 
@@ -39,14 +39,14 @@ def test_receipt_after_ttl_before_the_sweep_keeps_it_expired(store: Store, clock
 
 
 def test_receipt_in_time_still_arrives(store: Store, clock: FakeClock) -> None:
-    app = store.create_app("shop")
+    app = store.apps.create_app("shop")
     published(store, app.app_key, expires_at=START + 2)
     receipts_a_second_apart(store, clock, app.app_key, ReceiptEvent.ARRIVED)
     assert delivery(store, app.app_key, "m1", "d1")["state"] == "arrived"
 
 
 def test_expired_broadcast_is_not_joined_by_a_late_receipt(store: Store, clock: FakeClock) -> None:
-    app = store.create_app("shop")
+    app = store.apps.create_app("shop")
     store.accept_message(
         msg_id="b1",
         app_key=app.app_key,
@@ -66,7 +66,7 @@ def test_expired_broadcast_is_not_joined_by_a_late_receipt(store: Store, clock: 
 
 def test_a_receipt_that_moves_nothing_is_not_in_the_history(store: Store, clock: FakeClock) -> None:
     """``device listen --opened``: "opened" goes out before the automatic "arrived"."""
-    app = store.create_app("shop")
+    app = store.apps.create_app("shop")
     published(store, app.app_key)
     receipts_a_second_apart(store, clock, app.app_key, ReceiptEvent.OPENED, ReceiptEvent.ARRIVED)
     store.apply_receipt(app.app_key, "d1", "m1", ReceiptEvent.OPENED)  # at the same moment
@@ -78,7 +78,7 @@ def test_a_receipt_that_moves_nothing_is_not_in_the_history(store: Store, clock:
 
 
 def test_an_mqtt_publish_counts_one_attempt(store: Store) -> None:
-    app = store.create_app("shop")
+    app = store.apps.create_app("shop")
     published(store, app.app_key)
     store.transition([("m1", "d1")], DeliveryState.PUBLISHED)  # not a move: not an attempt
     d = delivery(store, app.app_key, "m1", "d1")
@@ -86,7 +86,7 @@ def test_an_mqtt_publish_counts_one_attempt(store: Store) -> None:
 
 
 def test_vendor_failure_after_five_attempts_shows_the_vendor_and_the_attempts(store: Store) -> None:
-    app = store.create_app("shop")
+    app = store.apps.create_app("shop")
     accept(store, app.app_key, "m1", ["d1"])
     failed = VendorOutcome("m1", "d1", "failed", "gave up after 5 attempts: 503", "tok", attempts=5)
     assert store.vendors.record_vendor_outcomes(app.app_key, "apns", [failed]) == []
@@ -96,7 +96,7 @@ def test_vendor_failure_after_five_attempts_shows_the_vendor_and_the_attempts(st
 
 
 def test_vendor_forwarded_after_a_retry_counts_both_attempts(store: Store) -> None:
-    app = store.create_app("shop")
+    app = store.apps.create_app("shop")
     accept(store, app.app_key, "m1", ["d1"])
     store.vendors.record_vendor_outcomes(
         app.app_key, "fcm", [VendorOutcome("m1", "d1", "forwarded", "id", "t", 2)]
@@ -106,7 +106,7 @@ def test_vendor_forwarded_after_a_retry_counts_both_attempts(store: Store) -> No
 
 
 def test_vendor_copy_beside_mqtt_adds_to_channel_and_attempts(store: Store) -> None:
-    app = store.create_app("shop")
+    app = store.apps.create_app("shop")
     published(store, app.app_key)
     store.vendors.record_vendor_outcomes(
         app.app_key, "fcm", [VendorOutcome("m1", "d1", "forwarded", "id", "t", 1)]
@@ -116,7 +116,7 @@ def test_vendor_copy_beside_mqtt_adds_to_channel_and_attempts(store: Store) -> N
 
 
 def test_vendor_failure_with_fallback_leaves_the_delivery_for_the_inbox(store: Store) -> None:
-    app = store.create_app("shop")
+    app = store.apps.create_app("shop")
     reg = store.devices.register_device(app.app_key, "phone", "ios")
     store.devices.set_vendor_token(app.app_key, reg.device_id, "apns", "dead")
     accept(store, app.app_key, "m1", [reg.device_id])

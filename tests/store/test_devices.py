@@ -8,7 +8,7 @@ from tests.store.fake_clock import START, FakeClock
 
 
 def test_first_registration_creates_a_device(store: Store) -> None:
-    app = store.create_app("shop")
+    app = store.apps.create_app("shop")
     reg = store.devices.register_device(
         app.app_key, "install-1", "android", app_version="1.2", locale="de-DE"
     )
@@ -26,7 +26,7 @@ def test_first_registration_creates_a_device(store: Store) -> None:
 
 
 def test_reregistration_keeps_the_id_and_rotates_the_token(store: Store, clock: FakeClock) -> None:
-    app = store.create_app("shop")
+    app = store.apps.create_app("shop")
     first = store.devices.register_device(app.app_key, "install-1", "android", app_version="1.0", locale="en")
     clock.advance(10)
     second = store.devices.register_device(app.app_key, "install-1", "android", app_version="2.0")
@@ -48,7 +48,7 @@ def test_reregistration_keeps_the_id_and_rotates_the_token(store: Store, clock: 
 
 
 def test_token_authenticates_only_its_own_device(store: Store) -> None:
-    app = store.create_app("shop")
+    app = store.apps.create_app("shop")
     a = store.devices.register_device(app.app_key, "install-a", "android")
     b = store.devices.register_device(app.app_key, "install-b", "ios")
     assert a.device_id != b.device_id
@@ -62,7 +62,7 @@ def test_token_authenticates_only_its_own_device(store: Store) -> None:
 
 
 def test_authenticate_unknown_device_or_bad_token(store: Store) -> None:
-    app = store.create_app("shop")
+    app = store.apps.create_app("shop")
     reg = store.devices.register_device(app.app_key, "install-1", "android")
     assert store.devices.authenticate_device("dunknowndevice000000", reg.device_token) is None
     assert store.devices.authenticate_device(reg.device_id, "") is None
@@ -71,8 +71,8 @@ def test_authenticate_unknown_device_or_bad_token(store: Store) -> None:
 
 
 def test_same_install_id_in_two_apps_gives_two_devices(store: Store) -> None:
-    shop = store.create_app("shop")
-    news = store.create_app("news")
+    shop = store.apps.create_app("shop")
+    news = store.apps.create_app("news")
     a = store.devices.register_device(shop.app_key, "install-1", "android")
     b = store.devices.register_device(news.app_key, "install-1", "android")
     assert a.created is True
@@ -85,8 +85,8 @@ def test_same_install_id_in_two_apps_gives_two_devices(store: Store) -> None:
 
 
 def test_known_devices_only_returns_ids_of_that_app(store: Store) -> None:
-    shop = store.create_app("shop")
-    news = store.create_app("news")
+    shop = store.apps.create_app("shop")
+    news = store.apps.create_app("news")
     mine = [store.devices.register_device(shop.app_key, f"i-{i}", "android").device_id for i in range(530)]
     theirs = [store.devices.register_device(news.app_key, f"i-{i}", "android").device_id for i in range(5)]
     unknown = [f"dunknown{i:012d}" for i in range(5)]
@@ -103,7 +103,7 @@ def test_known_devices_only_returns_ids_of_that_app(store: Store) -> None:
 
 
 def test_set_presence_updates_online_and_last_seen(store: Store, clock: FakeClock) -> None:
-    app = store.create_app("shop")
+    app = store.apps.create_app("shop")
     a = store.devices.register_device(app.app_key, "install-a", "android").device_id
     b = store.devices.register_device(app.app_key, "install-b", "android").device_id
 
@@ -124,7 +124,7 @@ def test_set_presence_updates_online_and_last_seen(store: Store, clock: FakeCloc
 
 
 def test_reset_presence_sets_everyone_offline_and_keeps_last_seen(store: Store, clock: FakeClock) -> None:
-    app = store.create_app("shop")
+    app = store.apps.create_app("shop")
     a = store.devices.register_device(app.app_key, "install-a", "android").device_id
     b = store.devices.register_device(app.app_key, "install-b", "android").device_id
     t1 = clock.advance(5)
@@ -145,7 +145,7 @@ def test_reset_presence_sets_everyone_offline_and_keeps_last_seen(store: Store, 
 def test_import_is_one_device_per_install_id_and_the_last_line_wins(store: Store) -> None:
     """``device import``: an install id known before keeps its device, one given twice in the
     same import is one device whose last token and fields count; tags and aliases of every line."""
-    app = store.create_app("shop")
+    app = store.apps.create_app("shop")
     before = store.devices.register_device(app.app_key, "known", "android")
     out = store.devices.import_devices(
         app.app_key,

@@ -46,8 +46,8 @@ def test_reopening_and_a_second_store_on_one_database_migrate_once(
     first = Store(data_dir, clock=clock, url=url)
     second = Store(data_dir, clock=clock, url=url)  # e.g. a second bridge, or the CLI
     try:
-        app = first.create_app("shop")
-        got = second.get_app(app.app_key)
+        app = first.apps.create_app("shop")
+        got = second.apps.get_app(app.app_key)
         assert got is not None and got.secret == app.secret
         assert second.schema_version() == first.schema_version() == _migrations()[-1][0]
     finally:
@@ -77,13 +77,13 @@ def test_a_restart_of_postgresql_is_unavailable_meanwhile_then_works(
     with pg_server() as server:
         store = Store(data_dir, clock=clock, url=server.fresh_url())
         try:
-            app = store.create_app("shop")
+            app = store.apps.create_app("shop")
             server.stop()
             with pytest.raises(StoreUnavailable):
-                store.create_app("during the outage")
+                store.apps.create_app("during the outage")
             server.start()
-            assert store.get_app(app.app_key) is not None  # connects again by itself
-            assert store.create_app("after").name == "after"
+            assert store.apps.get_app(app.app_key) is not None  # connects again by itself
+            assert store.apps.create_app("after").name == "after"
         finally:
             store.close()
 
@@ -106,7 +106,7 @@ def test_two_processes_making_a_new_postgresql_store_need_one_key(tmp_path: Path
         (tmp_path / "three" / "master.key").chmod(0o600)
         third = Store(tmp_path / "three", url=url)  # the same key copied: fine
         try:
-            assert third.service_credentials() == first.service_credentials()
+            assert third.accounts.service_credentials() == first.accounts.service_credentials()
         finally:
             third.close()
     finally:

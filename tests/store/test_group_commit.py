@@ -82,7 +82,7 @@ def _in_transaction(store: Store) -> bool:
 
 async def test_only_the_stores_own_methods_share_a_transaction(tstore: _TestStore) -> None:
     s = tstore
-    results = await _queued(s, [(s.get_app, "nope"), (_in_transaction, s), (s.insert, "z")])
+    results = await _queued(s, [(s.apps.get_app, "nope"), (_in_transaction, s), (s.insert, "z")])
     assert results == [None, False, False]  # the plain function, and what follows it, run alone
 
 
@@ -100,3 +100,11 @@ async def test_many_concurrent_calls_all_answer(tstore: _TestStore) -> None:
     results = await asyncio.gather(*(s.run(s.insert, f"m{i}") for i in range(200)))
     assert len(results) == 200
     assert s._conn.execute("SELECT count(*) FROM apps WHERE name LIKE 'm%'").fetchone()[0] == 200
+
+
+async def test_repository_methods_share_the_group_transaction(tstore: _TestStore, data_dir: Path) -> None:
+    s = tstore  # store.apps.create_app is an AppRepository method, grouped as the store's own
+    results = await _queued(s, [(s.insert, "a"), (s.apps.create_app, "b"), (s.insert, "c")])
+    assert results[0] is True and results[2] is True  # one group transaction, not three
+    assert results[1].name == "b"
+    assert {"a", "c"} <= _names(data_dir) and "b" in _names(data_dir)

@@ -14,7 +14,7 @@ LEASE = 10.0
 
 
 def _app_with_devices(store: Store, n: int) -> tuple[str, list[str]]:
-    app = store.create_app("shop")
+    app = store.apps.create_app("shop")
     rows = store.devices.import_devices(
         app.app_key, [{"install_id": f"i{i}", "platform": "android"} for i in range(n)]
     )

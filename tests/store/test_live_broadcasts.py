@@ -18,7 +18,7 @@ def _broadcast(store: Store, app_key: str, msg_id: str, devices: list[str]) -> b
 def test_a_live_broadcast_with_nothing_pending_comes_once_without_a_device(
     store: Store, clock: FakeClock
 ) -> None:
-    app = store.create_app("news")
+    app = store.apps.create_app("news")
     everyone = _broadcast(store, app.app_key, "b1", ["d1"])
     _broadcast(store, app.app_key, "b2", [])  # no device yet
     _broadcast(store, app.app_key, "b3", ["d1", "d2"])
@@ -36,6 +36,6 @@ def test_a_live_broadcast_with_nothing_pending_comes_once_without_a_device(
 
 
 def test_a_broadcast_with_pending_deliveries_comes_only_as_those(store: Store) -> None:
-    app = store.create_app("news")
+    app = store.apps.create_app("news")
     _broadcast(store, app.app_key, "b1", ["d1", "d2"])
     assert {(p.msg_id, p.device_id) for p in store.pending_deliveries()} == {("b1", "d1"), ("b1", "d2")}

@@ -74,7 +74,7 @@ def states(d: dict[str, Any]) -> list[str]:
 
 
 def test_accept_message_records_accepted(store: Store) -> None:
-    app = store.create_app("shop")
+    app = store.apps.create_app("shop")
     accept(store, app.app_key, "m1", ["d1", "d2"])
 
     status = store.message_status(app.app_key, "m1")
@@ -91,8 +91,8 @@ def test_accept_message_records_accepted(store: Store) -> None:
 
 
 def test_message_status_of_unknown_or_other_apps_message_is_none(store: Store) -> None:
-    shop = store.create_app("shop")
-    news = store.create_app("news")
+    shop = store.apps.create_app("shop")
+    news = store.apps.create_app("news")
     accept(store, shop.app_key, "m1", ["d1"])
     assert store.message_status(news.app_key, "m1") is None
     assert store.message_status(shop.app_key, "nope") is None
@@ -100,7 +100,7 @@ def test_message_status_of_unknown_or_other_apps_message_is_none(store: Store) -
 
 
 def test_transition_forward_moves_and_returns_moved_keys(store: Store, clock: FakeClock) -> None:
-    app = store.create_app("shop")
+    app = store.apps.create_app("shop")
     accept(store, app.app_key, "m1", ["d1", "d2"])
     t1 = clock.advance(2)
 
@@ -117,7 +117,7 @@ def test_transition_forward_moves_and_returns_moved_keys(store: Store, clock: Fa
 
 
 def test_transition_to_same_or_earlier_state_does_not_move(store: Store, clock: FakeClock) -> None:
-    app = store.create_app("shop")
+    app = store.apps.create_app("shop")
     published(store, app.app_key)
     assert store.transition([("m1", "d1")], DeliveryState.PUBLISHED) == []
     assert store.transition([("m1", "d1")], DeliveryState.FORWARDED) == []
@@ -136,7 +136,7 @@ def test_transition_to_same_or_earlier_state_does_not_move(store: Store, clock: 
 
 def test_transition_to_failed_records_the_reason_and_is_terminal(store: Store, clock: FakeClock) -> None:
     # docs/delivery.md: a delivery can end in failed(reason); transition() is the store's only way there.
-    app = store.create_app("shop")
+    app = store.apps.create_app("shop")
     published(store, app.app_key)
     t = clock.advance(1)
 
@@ -152,7 +152,7 @@ def test_transition_to_failed_records_the_reason_and_is_terminal(store: Store, c
 
 
 def test_transition_to_cancelled_takes_pending_deliveries_out_of_pending(store: Store) -> None:
-    app = store.create_app("shop")
+    app = store.apps.create_app("shop")
     accept(store, app.app_key, "m1", ["d1", "d2"])
 
     assert store.transition([("m1", "d1")], DeliveryState.CANCELLED) == [("m1", "d1")]
@@ -162,7 +162,7 @@ def test_transition_to_cancelled_takes_pending_deliveries_out_of_pending(store: 
 
 
 def test_receipt_arrived_records_history_with_clock_times(store: Store, clock: FakeClock) -> None:
-    app = store.create_app("shop")
+    app = store.apps.create_app("shop")
     accept(store, app.app_key, "m1", ["d1", "d2"])
     t1 = clock.advance(1)
     store.transition([("m1", "d1"), ("m1", "d2")], DeliveryState.PUBLISHED)
@@ -182,7 +182,7 @@ def test_receipt_arrived_records_history_with_clock_times(store: Store, clock: F
 
 
 def test_receipt_opened_from_published_implies_arrived(store: Store, clock: FakeClock) -> None:
-    app = store.create_app("shop")
+    app = store.apps.create_app("shop")
     accept(store, app.app_key, "m1", ["d1"])
     t1 = clock.advance(1)
     store.transition([("m1", "d1")], DeliveryState.PUBLISHED)
@@ -197,7 +197,7 @@ def test_receipt_opened_from_published_implies_arrived(store: Store, clock: Fake
 
 
 def test_receipt_opened_after_arrived_adds_no_second_arrival(store: Store, clock: FakeClock) -> None:
-    app = store.create_app("shop")
+    app = store.apps.create_app("shop")
     published(store, app.app_key)
     receipts_a_second_apart(store, clock, app.app_key, ReceiptEvent.ARRIVED, ReceiptEvent.DISMISSED)
     d = delivery(store, app.app_key, "m1", "d1")
@@ -206,7 +206,7 @@ def test_receipt_opened_after_arrived_adds_no_second_arrival(store: Store, clock
 
 
 def test_duplicate_receipt_does_not_move_backwards(store: Store, clock: FakeClock) -> None:
-    app = store.create_app("shop")
+    app = store.apps.create_app("shop")
     accept(store, app.app_key, "m1", ["d1"])
     store.apply_receipt(app.app_key, "d1", "m1", ReceiptEvent.OPENED)
     clock.advance(1)
@@ -215,8 +215,8 @@ def test_duplicate_receipt_does_not_move_backwards(store: Store, clock: FakeCloc
 
 
 def test_receipt_for_another_apps_message_is_refused(store: Store) -> None:
-    shop = store.create_app("shop")
-    news = store.create_app("news")
+    shop = store.apps.create_app("shop")
+    news = store.apps.create_app("news")
     published(store, shop.app_key)
     before = delivery(store, shop.app_key, "m1", "d1")
 
@@ -228,7 +228,7 @@ def test_receipt_for_another_apps_message_is_refused(store: Store) -> None:
 
 
 def test_pending_deliveries_are_accepted_or_published_and_unexpired(store: Store, clock: FakeClock) -> None:
-    app = store.create_app("shop")
+    app = store.apps.create_app("shop")
     env1 = accept(store, app.app_key, "m1", ["d1"])  # stays accepted
     env2 = accept(store, app.app_key, "m2", ["d1", "d2"])  # published / arrived
     accept(store, app.app_key, "m3", ["d1"], expires_at=START + 10)  # expires soon
@@ -256,8 +256,8 @@ def test_pending_deliveries_are_accepted_or_published_and_unexpired(store: Store
 
 
 def test_expire_due_marks_expired_and_returns_what_to_clear(store: Store, clock: FakeClock) -> None:
-    shop = store.create_app("shop")
-    news = store.create_app("news")
+    shop = store.apps.create_app("shop")
+    news = store.apps.create_app("news")
     accept(store, shop.app_key, "m1", ["d1", "d2", "d3"], expires_at=START + 100)
     accept(store, news.app_key, "m2", ["e1"], expires_at=START + 100)
     accept(store, shop.app_key, "m3", ["d1"], expires_at=START + 1000)
@@ -287,7 +287,7 @@ def test_expire_due_marks_expired_and_returns_what_to_clear(store: Store, clock:
 
 
 def test_receipt_after_expiry_keeps_expired(store: Store, clock: FakeClock) -> None:
-    app = store.create_app("shop")
+    app = store.apps.create_app("shop")
     accept(store, app.app_key, "m1", ["d1"], expires_at=START + 5)
     clock.advance(5)
     store.expire_due()

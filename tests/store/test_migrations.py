@@ -44,14 +44,14 @@ def test_new_store_has_the_tables_of_the_schema(store: Store) -> None:
 
 def test_reopening_the_same_dir_is_idempotent(data_dir: Path, clock: FakeClock) -> None:
     first = Store(data_dir, clock=clock)
-    app = first.create_app("shop")
+    app = first.apps.create_app("shop")
     first.close()
 
     again = Store(data_dir, clock=clock)
     try:
         assert again.schema_version() == highest_migration()
-        assert again.get_app(app.app_key) == app
-        assert [a["app_key"] for a in again.list_apps()] == [app.app_key]
+        assert again.apps.get_app(app.app_key) == app
+        assert [a["app_key"] for a in again.apps.list_apps()] == [app.app_key]
     finally:
         again.close()
 

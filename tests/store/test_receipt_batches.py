@@ -86,7 +86,7 @@ def world(specs: list[MessageSpec]) -> Iterator[tuple[Store, list[str]]]:
         clock = ManualClock(START)
         store = Store(Path(tmp), clock=clock)
         try:
-            apps = [store.create_app("a").app_key, store.create_app("b").app_key]
+            apps = [store.apps.create_app("a").app_key, store.apps.create_app("b").app_key]
             for spec in specs:
                 devices = [d for d, s in zip(DEVICES, spec.deliveries, strict=True) if s is not None]
                 ttl = 10 if spec.expired else 3600
@@ -193,7 +193,7 @@ def test_a_batch_is_the_receipts_one_at_a_time(
 
 def test_a_large_batch_of_single_device_pushes_is_read_in_chunks(store: Store, clock: FakeClock) -> None:
     # more messages than one IN (...) chunk, more deliveries than one key chunk, and repeats
-    app = store.create_app("a").app_key
+    app = store.apps.create_app("a").app_key
     for i in range(1100):
         accept(store, app, f"m{i}", ["d1"])
     store.transition([(f"m{i}", "d1") for i in range(1100)], DeliveryState.PUBLISHED)
@@ -209,7 +209,7 @@ def test_a_large_batch_of_single_device_pushes_is_read_in_chunks(store: Store, c
 
 
 def test_one_broadcast_joined_twice_in_a_batch_is_one_delivery(store: Store) -> None:
-    app = store.create_app("a").app_key
+    app = store.apps.create_app("a").app_key
     accept(store, app, "b1", [], broadcast=True)
     assert store.apply_receipts(
         [(app, "late", "b1", ReceiptEvent.ARRIVED), (app, "late", "b1", ReceiptEvent.OPENED)]

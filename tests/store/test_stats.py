@@ -14,7 +14,7 @@ from tests.store.fake_clock import FakeClock
 
 def test_flush_rolls_up_and_retention_keeps_each_granularity(store: Store, clock: FakeClock) -> None:
     store.stats.enable(Retention(minute_days=1, hour_days=3, day_days=0))
-    app = store.create_app("a")
+    app = store.apps.create_app("a")
     device = store.devices.register_device(app.app_key, "i-1", "android", app_version="9")
     start = clock.now()
     envelopes = [  # as mqttpush/envelope.py lays them out, and in another order (read in full)
@@ -63,7 +63,7 @@ def test_a_query_adds_what_is_not_flushed_and_a_flush_counts_nothing_twice(
     store: Store, clock: FakeClock
 ) -> None:
     store.stats.enable()
-    app = store.create_app("a")
+    app = store.apps.create_app("a")
     devices = [
         store.devices.register_device(app.app_key, f"i-{i}", ("ios", "web")[i % 2]).device_id
         for i in range(5)

@@ -31,7 +31,7 @@ def test_mask_token_shows_only_the_last_six(vendor: str, token: str, masked: str
 
 
 def test_masked_tokens_are_live_first_then_newest(store: Store, clock: FakeClock) -> None:
-    app = store.create_app("shop")
+    app = store.apps.create_app("shop")
     device = store.devices.register_device(app.app_key, "i1", "android").device_id
     store.devices.set_vendor_token(app.app_key, device, "fcm", "old-token-111111")
     clock.advance(10)
@@ -103,7 +103,7 @@ def _shows(rows: list[tuple[object, ...]], text: str) -> bool:
 
 def test_migration_0005_keeps_existing_tokens_live(data_dir: Path, clock: FakeClock) -> None:
     store = Store(data_dir, clock=clock)
-    app = store.create_app("shop")
+    app = store.apps.create_app("shop")
     device = store.devices.register_device(app.app_key, "i1", "ios").device_id
     store.close()
     _as_released(data_dir, 4, [(device, "apns", "a" * 64, {})])
@@ -137,7 +137,7 @@ SECRETS = {"apns": TOKENS["apns"], "fcm": TOKENS["fcm"], "webpush": "sub-7f3a9c1
 
 def test_registered_tokens_are_sealed_on_disk(data_dir: Path, clock: FakeClock) -> None:
     store = Store(data_dir, clock=clock)
-    app = store.create_app("shop")
+    app = store.apps.create_app("shop")
     device = store.devices.register_device(app.app_key, "i1", "android").device_id
     store.devices.set_vendor_token(app.app_key, device, "apns", TOKENS["apns"])
     store.devices.set_vendor_tokens([(device, "fcm", TOKENS["fcm"]), (device, "webpush", TOKENS["webpush"])])
@@ -155,7 +155,7 @@ def test_registered_tokens_are_sealed_on_disk(data_dir: Path, clock: FakeClock) 
 
 def test_schema_6_store_with_clear_tokens_ends_sealed(data_dir: Path, clock: FakeClock) -> None:
     store = Store(data_dir, clock=clock)
-    app = store.create_app("shop")
+    app = store.apps.create_app("shop")
     phone = store.devices.register_device(app.app_key, "i1", "android").device_id
     browser = store.devices.register_device(app.app_key, "i2", "web").device_id
     store.close()
@@ -217,7 +217,7 @@ def test_schema_6_store_with_clear_tokens_ends_sealed(data_dir: Path, clock: Fak
 
 
 def test_a_dead_token_is_removed_by_its_value(store: Store) -> None:
-    app = store.create_app("shop")
+    app = store.apps.create_app("shop")
     device = store.devices.register_device(app.app_key, "i1", "android").device_id
     store.devices.set_vendor_token(app.app_key, device, "fcm", "fcm-token-one")
     store.devices.set_vendor_token(app.app_key, device, "fcm", "fcm-token-two")
@@ -237,7 +237,7 @@ def test_a_dead_token_is_removed_by_its_value(store: Store) -> None:
 
 def test_sealed_tokens_alone_still_refuse_the_wrong_master_key(data_dir: Path, clock: FakeClock) -> None:
     store = Store(data_dir, clock=clock)
-    app = store.create_app("shop")
+    app = store.apps.create_app("shop")
     device = store.devices.register_device(app.app_key, "i1", "ios").device_id
     store.devices.set_vendor_token(app.app_key, device, "apns", TOKENS["apns"])
     store.close()

@@ -36,7 +36,7 @@ def outbox(store: Store, webhook_id: str | None = None) -> list[dict[str, Any]]:
 
 
 def test_arrivals_become_events_only_for_subscribed_apps(wstore: Store) -> None:
-    shop, other = wstore.create_app("shop"), wstore.create_app("other")
+    shop, other = wstore.apps.create_app("shop"), wstore.apps.create_app("other")
     hook = wstore.webhooks.create(shop.app_key, "https://shop.example/hook", ["delivery.arrived"])
     wstore.webhooks.create(other.app_key, "https://other.example/hook", ["delivery.opened"])
     accept(wstore, shop.app_key, "m1", ["d1", "d2"])
@@ -69,7 +69,7 @@ def test_arrivals_become_events_only_for_subscribed_apps(wstore: Store) -> None:
 
 
 def test_opened_brings_the_implied_arrival_and_two_webhooks_share_the_event_id(wstore: Store) -> None:
-    app = wstore.create_app("shop")
+    app = wstore.apps.create_app("shop")
     a = wstore.webhooks.create(app.app_key, "https://a.example/", ["delivery.arrived", "delivery.opened"])
     b = wstore.webhooks.create(app.app_key, "https://b.example/", ["delivery.opened"])
     accept(wstore, app.app_key, "m1", ["d1"])
@@ -86,7 +86,7 @@ def test_opened_brings_the_implied_arrival_and_two_webhooks_share_the_event_id(w
 
 
 def test_a_rolled_back_transition_leaves_no_event(wstore: Store) -> None:
-    app = wstore.create_app("shop")
+    app = wstore.apps.create_app("shop")
     wstore.webhooks.create(app.app_key, "https://a.example/", ["delivery.failed"])
     accept(wstore, app.app_key, "m1", ["d1"])
     with pytest.raises(RuntimeError), wstore._tx():
@@ -99,7 +99,7 @@ def test_a_rolled_back_transition_leaves_no_event(wstore: Store) -> None:
 
 
 def test_expiry_token_task_and_alarm_events(wstore: Store, clock: FakeClock) -> None:
-    app = wstore.create_app("shop")
+    app = wstore.apps.create_app("shop")
     hook = wstore.webhooks.create(
         app.app_key, "https://a.example/", ["delivery.expired", "token.removed", "task.done", "alarm"]
     )
@@ -155,7 +155,7 @@ def test_expiry_token_task_and_alarm_events(wstore: Store, clock: FakeClock) -> 
 
 
 def test_batches_are_per_type_bounded_and_keep_their_delivery_id(wstore: Store, clock: FakeClock) -> None:
-    app = wstore.create_app("shop")
+    app = wstore.apps.create_app("shop")
     hook = wstore.webhooks.create(app.app_key, "https://a.example/", ["delivery.arrived", "delivery.opened"])
     wid = hook["webhook_id"]
     devices = [f"d{i:04d}" for i in range(MAX_BATCH + 20)]
@@ -195,7 +195,7 @@ def test_batches_are_per_type_bounded_and_keep_their_delivery_id(wstore: Store, 
 def test_failing_webhook_is_listed_then_gives_events_up_after_24_hours(
     wstore: Store, clock: FakeClock
 ) -> None:
-    app = wstore.create_app("shop")
+    app = wstore.apps.create_app("shop")
     wid = wstore.webhooks.create(app.app_key, "http://down.example/", ["delivery.failed"])["webhook_id"]
     accept(wstore, app.app_key, "m1", ["d1", "d2"])
     wstore.transition([("m1", "d1")], DeliveryState.FAILED, "x")
@@ -232,7 +232,7 @@ def test_failing_webhook_is_listed_then_gives_events_up_after_24_hours(
 
 
 def test_registration_limits_and_removal(wstore: Store) -> None:
-    app = wstore.create_app("shop")
+    app = wstore.apps.create_app("shop")
     created = [
         wstore.webhooks.create(app.app_key, f"https://a.example/{i}", ["alarm"])
         for i in range(MAX_WEBHOOKS_PER_APP)
@@ -243,7 +243,7 @@ def test_registration_limits_and_removal(wstore: Store) -> None:
     sealed = wstore._conn.execute("SELECT secret_enc FROM webhooks").fetchone()[0]
     assert created[0]["secret"].encode() not in bytes(sealed)  # sealed at rest
 
-    other = wstore.create_app("other")
+    other = wstore.apps.create_app("other")
     with pytest.raises(NotFound) as unknown:
         wstore.webhooks.remove(other.app_key, created[0]["webhook_id"])
     assert unknown.value.code == "unknown_webhook"
@@ -254,7 +254,7 @@ def test_registration_limits_and_removal(wstore: Store) -> None:
 def test_a_webhook_added_by_another_process_is_seen(
     wstore: Store, data_dir: Path, clock: FakeClock, store_url: str | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    app = wstore.create_app("shop")
+    app = wstore.apps.create_app("shop")
     accept(wstore, app.app_key, "m1", ["d1", "d2"])
     wstore.transition([("m1", "d1")], DeliveryState.FAILED, "before")  # the map is loaded: empty
     other = Store(data_dir, clock=clock, url=store_url)
@@ -268,7 +268,7 @@ def test_a_webhook_added_by_another_process_is_seen(
 
 
 def test_every_way_a_task_ends_is_one_task_done(wstore: Store) -> None:
-    app = wstore.create_app("shop")
+    app = wstore.apps.create_app("shop")
     hook = wstore.webhooks.create(app.app_key, "https://a.example/", ["task.done"])
 
     def task(n: int) -> None:
@@ -304,7 +304,7 @@ def test_every_way_a_task_ends_is_one_task_done(wstore: Store) -> None:
 def test_one_bridge_at_a_time_posts_a_webhook_and_a_lapsed_one_is_taken_over(
     wstore: Store, clock: FakeClock
 ) -> None:
-    app = wstore.create_app("shop")
+    app = wstore.apps.create_app("shop")
     wid = wstore.webhooks.create(app.app_key, "https://a.example/", ["delivery.arrived"])["webhook_id"]
     accept(wstore, app.app_key, "m1", ["d1"])
     wstore.transition([("m1", "d1")], DeliveryState.PUBLISHED)
@@ -326,7 +326,7 @@ def test_one_bridge_at_a_time_posts_a_webhook_and_a_lapsed_one_is_taken_over(
 
 
 def test_released_senders_let_another_bridge_send_at_once(wstore: Store) -> None:
-    app = wstore.create_app("shop")
+    app = wstore.apps.create_app("shop")
     wid = wstore.webhooks.create(app.app_key, "https://a.example/", ["delivery.arrived"])["webhook_id"]
     accept(wstore, app.app_key, "m1", ["d1"])
     wstore.transition([("m1", "d1")], DeliveryState.PUBLISHED)
