@@ -40,7 +40,7 @@ IN_FLIGHT = 64
 
 
 def _tree_cpu(root: int) -> float:
-    """CPU seconds of ``root`` and its children (PostgreSQL's backends)."""
+    """CPU seconds of ``root`` and its children (PostgreSQL's backends, serve's broker process)."""
     total = 0.0
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -166,7 +166,7 @@ def _single(args: argparse.Namespace) -> dict[str, Any]:
                 "single",
                 ready["http_url"],
                 [int(ready["mqtt_port"])],
-                {"serve": lambda: cpu_seconds(serve.pid), "postgresql": lambda: _tree_cpu(pg_pid)},
+                {"serve": lambda: _tree_cpu(serve.pid), "postgresql": lambda: _tree_cpu(pg_pid)},
             )
             return asyncio.run(_measure(setup, app, devices, args.pushes, args.broadcasts))
         finally:

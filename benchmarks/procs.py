@@ -122,6 +122,20 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def child_pids(pid: int) -> list[int]:
+    """Live processes whose parent is ``pid``."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
+                out.append(int(entry))
+    return out
+
+
 def listen_overflows() -> int | None:
     """The kernel's TcpExt ListenOverflows counter (system-wide): SYNs dropped because a
     listener's accept queue was full; each costs the client a SYN retransmission (1 s, 3 s, 7 s…)."""
@@ -249,7 +263,17 @@ class Broker:
         return rss_kb(self.pid)
 
     def cpu_seconds(self) -> float:
-        return cpu_seconds(self.pid)
+        """The whole server: ``serve`` and its broker process (mqttpush.server.DualProcessServer)."""
+        return sum(self.cpu_parts().values())
+
+    def cpu_parts(self) -> dict[str, float]:
+        """CPU seconds per process of the server: ``main``, and ``child`` for the broker process
+        ``serve`` runs on a machine with more than one core."""
+        parts = {"main": cpu_seconds(self.pid)}
+        for pid in child_pids(self.pid):
+            with contextlib.suppress(OSError):  # it ended meanwhile
+                parts["child"] = parts.get("child", 0.0) + cpu_seconds(pid)
+        return parts
 
     def stderr_tail(self) -> str:
         if self.workdir is None:

@@ -227,6 +227,7 @@ class Cpu:
     def __init__(self, broker: Broker, clients: Clients) -> None:
         self.broker, self.clients = broker, clients
         self.b0, self.c0, self.t0 = broker.cpu_seconds(), clients.cpu_seconds(), time.monotonic()
+        self.parts0 = broker.cpu_parts()
         self.m0 = machine_busy_seconds()
 
     def stop(self, rec: Recorder, prefix: str = "") -> None:
@@ -237,6 +238,10 @@ class Cpu:
         other = max(0.0, machine_busy_seconds() - self.m0 - broker - clients)
         rec.extra[prefix + "wall_s"] = wall
         rec.extra[prefix + "broker_cpu_s"] = broker
+        parts = self.broker.cpu_parts()
+        if len(parts) > 1:  # serve's two processes: API + bridge + store, and the broker
+            for name, seconds in parts.items():
+                rec.extra[f"{prefix}server_{name}_cpu_s"] = seconds - self.parts0.get(name, 0.0)
         rec.extra[prefix + "clients_cpu_s"] = clients
         rec.extra[prefix + "other_cpu_s"] = other
         rec.cpu = (100 * broker / wall, 100 * clients / wall, 100 * other / wall) if wall > 0 else None

@@ -7,6 +7,7 @@ envvar + default_map); everything else receives a finished :class:`ServerConfig`
 
 from __future__ import annotations
 
+import json
 import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -94,6 +95,10 @@ class ServerConfig:
     """HTTP connections open at once; one more gets 503 ``too_many_connections`` and is closed."""
     http_max_header_bytes: int = 64 * 1024
     """Request line and headers together, in bytes; above, 431 ``headers_too_large``."""
+    broker_process: bool | None = None
+    """``serve`` only: run the MQTT broker in a process of its own beside the one of the HTTP API,
+    bridge and store, each on a core (mqttpush.cluster.pipe); None: when the machine has more than
+    one core. Off, everything shares one process (and one core)."""
     log_level: str = "info"
     log_format: str = "text"
     """``text`` (one human line per record) or ``json`` (one JSON object a line, docs/operations.md)."""
@@ -130,3 +135,20 @@ def load_toml(path: str | Path) -> dict[str, Any]:
             raise BadRequest(f"unknown option {key!r} in {path}", code="bad_config")
         out[name] = value
     return out
+
+
+def config_to_json(config: ServerConfig) -> str:
+    """``config`` as JSON, for a process started with it (``serve``'s broker process)."""
+    return json.dumps({f.name: _plain(getattr(config, f.name)) for f in fields(ServerConfig)})
+
+
+def config_from_json(text: str) -> ServerConfig:
+    """The :class:`ServerConfig` of :func:`config_to_json`."""
+    doc: dict[str, Any] = json.loads(text)
+    paths = {f.name for f in fields(ServerConfig) if "Path" in str(f.type)}
+    values: dict[str, Any] = {k: Path(v) if k in paths and v is not None else v for k, v in doc.items()}
+    return ServerConfig(**values)
+
+
+def _plain(value: Any) -> Any:
+    return str(value) if isinstance(value, Path) else value

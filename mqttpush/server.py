@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import resource
 import socket
+import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -40,14 +42,16 @@ from mqttpush.api.connections import ConnectionLimits, guarded_protocol
 from mqttpush.api.context import ApiContext
 from mqttpush.api.limits import RateLimiter
 from mqttpush.api.metrics import MetricSources
-from mqttpush.broker import BrokerLimits, PushBroker
+from mqttpush.broker import Authenticator, BrokerLimits, PresenceHook, PushBroker
+from mqttpush.broker.counters import BrokerCounters
 from mqttpush.clock import Clock, SystemClock
 from mqttpush.cluster.link import NatsLink
 from mqttpush.cluster.node import ClusterNode
+from mqttpush.cluster.pipe import CONFIG, STOP, BridgeEnd, BrokerEnd, frame
 from mqttpush.cluster.publisher import NatsPublisher
 from mqttpush.cluster.wire import parse_servers
-from mqttpush.config import ServerConfig
-from mqttpush.errors import MqttPushError
+from mqttpush.config import ServerConfig, config_from_json, config_to_json
+from mqttpush.errors import MqttPushError, StartupError
 from mqttpush.store import Store
 from mqttpush.store.accounts import SERVICE_USERNAME
 from mqttpush.store.lock import ROLES, DataDirLock
@@ -138,6 +142,64 @@ class _Presence:
         return self._queue.qsize() + (self._retry is not None)
 
 
+def make_broker(
+    config: ServerConfig,
+    clock: Clock,
+    authenticator: Authenticator,
+    on_presence: PresenceHook,
+) -> PushBroker:
+    """The broker of ``config``: its listeners, limits and TLS, message expiry on ``clock``."""
+    return PushBroker(
+        clock=clock,  # message expiry on the same clock as the bridge
+        host=config.host,
+        port=config.mqtt_port,
+        authenticator=authenticator,
+        on_presence=on_presence,
+        connect_timeout=config.connect_timeout,
+        ws_port=config.ws_port,
+        tls=(str(config.tls_cert), str(config.tls_key)) if config.tls_cert and config.tls_key else None,
+        mqtts_port=config.mqtts_port,
+        wss_port=config.wss_port,
+        limits=BrokerLimits(
+            max_connections=config.mqtt_max_connections,
+            max_connections_per_ip=config.mqtt_max_connections_per_ip,
+            login_failures=config.login_failures,
+            login_window=config.login_window,
+            login_backoff=config.login_backoff,
+            login_backoff_max=config.login_backoff_max,
+            refusal_log_interval=config.refusal_log_interval,
+        ),
+    )
+
+
+def listener_ports(broker: PushBroker) -> dict[str, int]:
+    """Bound ports of the optional listeners that are on: ``ws_port``, ``mqtts_port``, ``wss_port``."""
+    out = {}
+    for name in ("ws", "mqtts", "wss"):
+        port = broker.listener_port(name)
+        if port is not None:
+            out[f"{name}_port"] = port
+    return out
+
+
+async def authenticate(
+    store: Store, client_id: str, username: str | None, password: str | None
+) -> Identity | None:
+    """Who an MQTT CONNECT's login is, checked against the store; None: refused."""
+    if not username or password is None:
+        return None
+    if username == SERVICE_USERNAME:
+        ok = await store.run(store.accounts.authenticate_service, username, password)
+        return ServiceIdentity(username) if ok else None
+    if client_id == username:
+        app_key = await store.run(store.devices.authenticate_device, username, password)
+        if app_key:
+            return DeviceIdentity(app_key, username)
+    if await store.run(store.apps.authenticate_app, username, password):
+        return AppIdentity(username)
+    return None
+
+
 class BrokerNode:
     """The broker with store-backed authentication and presence (``mqttpush broker``, and inside ``serve``)."""
 
@@ -146,27 +208,7 @@ class BrokerNode:
         self.presence = _Presence(store)
         self.cluster: ClusterNode | None = None
         """In a cluster (``--cluster``): the node's NATS side, told of every device coming and going."""
-        self.broker = PushBroker(
-            clock=clock or SystemClock(),  # message expiry on the same clock as the bridge
-            host=config.host,
-            port=config.mqtt_port,
-            authenticator=self._authenticate,
-            on_presence=self._device_presence,
-            connect_timeout=config.connect_timeout,
-            ws_port=config.ws_port,
-            tls=(str(config.tls_cert), str(config.tls_key)) if config.tls_cert and config.tls_key else None,
-            mqtts_port=config.mqtts_port,
-            wss_port=config.wss_port,
-            limits=BrokerLimits(
-                max_connections=config.mqtt_max_connections,
-                max_connections_per_ip=config.mqtt_max_connections_per_ip,
-                login_failures=config.login_failures,
-                login_window=config.login_window,
-                login_backoff=config.login_backoff,
-                login_backoff_max=config.login_backoff_max,
-                refusal_log_interval=config.refusal_log_interval,
-            ),
-        )
+        self.broker = make_broker(config, clock or SystemClock(), self._authenticate, self._device_presence)
         self.loops = Supervisors()
 
     @property
@@ -182,29 +224,12 @@ class BrokerNode:
 
     def listener_ports(self) -> dict[str, int]:
         """Bound ports of the optional listeners that are on: ``ws_port``, ``mqtts_port``, ``wss_port``."""
-        out = {}
-        for name in ("ws", "mqtts", "wss"):
-            port = self.broker.listener_port(name)
-            if port is not None:
-                out[f"{name}_port"] = port
-        return out
+        return listener_ports(self.broker)
 
     async def _authenticate(
         self, client_id: str, username: str | None, password: str | None
     ) -> Identity | None:
-        store = self.store
-        if not username or password is None:
-            return None
-        if username == SERVICE_USERNAME:
-            ok = await store.run(store.accounts.authenticate_service, username, password)
-            return ServiceIdentity(username) if ok else None
-        if client_id == username:
-            app_key = await store.run(store.devices.authenticate_device, username, password)
-            if app_key:
-                return DeviceIdentity(app_key, username)
-        if await store.run(store.apps.authenticate_app, username, password):
-            return AppIdentity(username)
-        return None
+        return await authenticate(self.store, client_id, username, password)
 
     def _device_presence(self, device: DeviceIdentity, online: bool) -> None:
         self.presence.put(device.device, online)
@@ -490,6 +515,10 @@ class EmbeddedServer:
     def http_url(self) -> str:
         return self.bridge.http_url
 
+    def listener_ports(self) -> dict[str, int]:
+        """Bound ports of the optional listeners that are on: ``ws_port``, ``mqtts_port``, ``wss_port``."""
+        return self.broker_node.listener_ports()
+
     async def presence_idle(self) -> None:
         """Wait until every presence change seen so far is in the store."""
         await self.broker_node.presence.idle()
@@ -514,6 +543,265 @@ class EmbeddedServer:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+def broker_process_wanted(config: ServerConfig) -> bool:
+    """Whether ``serve`` runs its broker in a process of its own (``--broker-process``; by default
+    when the machine has more than one core)."""
+    if config.broker_process is not None:
+        return config.broker_process
+    return (os.cpu_count() or 1) > 1
+
+
+class DualProcessServer:
+    """``mqttpush serve`` on two cores: the HTTP API, bridge and store in this process, the MQTT
+    broker in a child process (``python -m mqttpush.cli.broker_process``) linked to it by a socket
+    pair (mqttpush.cluster.pipe). One command and the guarantees of :class:`EmbeddedServer`:
+
+    * a 202 still means committed; a publish counts as published once the broker process has
+      handed it to the device's session;
+    * the child checks every MQTT login against this process's store, and tells it of presence,
+      receipts and MQTT API pushes;
+    * a child that dies (even ``kill -9``) is started again on the same ports: devices reconnect,
+      publishes it left unanswered go to the new one, and everything pending is re-published
+      from the store (its retained inbox died with it);
+    * this process dying closes the pair, and the child exits at once.
+    """
+
+    ready_timeout = 30.0
+    """Seconds a broker process may take to start listening."""
+
+    def __init__(self, config: ServerConfig, clock: Clock | None = None) -> None:
+        self.config = config
+        self.clock = clock or SystemClock()
+        self.lock = DataDirLock(config.data_dir, ROLES)
+        self.store = _open_store(config, self.lock, self.clock, mosquitto.password_hash)
+        self.presence = _Presence(self.store)
+        self.counts = BrokerCounters()
+        """The broker process's counters as of its last report (a second old at most)."""
+        self.link = BridgeEnd(self._client_publish, self.presence.put, self._authenticate, self._report)
+        self.bridge = BridgeNode(
+            config, self.store, self.link, self.clock, lambda: self.mqtt_port, alone=True
+        )
+        self.dispatcher, self.receipts = self.bridge.dispatcher, self.bridge.receipts
+        self.bridge.extra_loops = self._not_ready
+        self.bridge.metrics.broker = self.counts
+        self.bridge.metrics.queues["presence"] = self.presence.backlog
+        self.loops = Supervisors()
+        self._proc: asyncio.subprocess.Process | None = None
+        self._ports: dict[str, int] = {}
+        self._not_listening: list[str] = []
+        self._down: str | None = None
+        self._stopping = False
+        self.restarts = 0
+        """Broker processes started again after one died."""
+        self.restarted = asyncio.Event()
+        self.reported = asyncio.Event()
+        """Set by each report of the broker process (its counters, every second)."""
+        """Set each time a broker process that died has been replaced and the store re-published."""
+
+    @property
+    def mqtt_port(self) -> int:
+        return self._ports["port"]
+
+    @property
+    def http_port(self) -> int:
+        return self.bridge.http_port
+
+    @property
+    def http_url(self) -> str:
+        return self.bridge.http_url
+
+    @property
+    def broker_pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def listener_ports(self) -> dict[str, int]:
+        """Bound ports of the optional listeners that are on: ``ws_port``, ``mqtts_port``, ``wss_port``."""
+        return {name: port for name, port in self._ports.items() if name != "port"}
+
+    async def presence_idle(self) -> None:
+        """Wait until every presence change heard so far is in the store."""
+        await self.presence.idle()
+
+    def _client_publish(self, topic: str, payload: bytes) -> None:
+        self.bridge.on_message(topic, payload)
+
+    async def _authenticate(
+        self, client_id: str, username: str | None, password: str | None
+    ) -> Identity | None:
+        return await authenticate(self.store, client_id, username, password)
+
+    def _report(self, status: dict[str, Any]) -> None:
+        for name, value in status.get("counters", {}).items():
+            if name in BrokerCounters.__slots__ and name != "transports":
+                setattr(self.counts, name, value)
+        self._not_listening = list(status.get("not_listening", []))
+        self.reported.set()
+
+    def _not_ready(self) -> dict[str, str]:
+        if self._down is not None:
+            return self.loops.down() | {"broker": self._down}
+        down = {"broker": f"MQTT listener not listening: {', '.join(self._not_listening)}"}
+        return self.loops.down() | (down if self._not_listening else {})
+
+    async def _spawn(self) -> None:
+        """Start a broker process with this config (on the ports the first one bound) and wait
+        until it listens; StartupError with its reason if it cannot."""
+        config = dataclasses.replace(
+            self.config,
+            mqtt_port=self._ports.get("port", self.config.mqtt_port),
+            ws_port=self._ports.get("ws_port", self.config.ws_port),
+            mqtts_port=self._ports.get("mqtts_port", self.config.mqtts_port),
+            wss_port=self._ports.get("wss_port", self.config.wss_port),
+        )
+        ours, theirs = socket.socketpair()
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "mqttpush.cli.broker_process",
+                str(theirs.fileno()),
+                config.log_level,
+                config.log_format,
+                pass_fds=(theirs.fileno(),),
+                stdin=asyncio.subprocess.DEVNULL,
+            )
+        finally:
+            theirs.close()
+        await asyncio.get_running_loop().connect_accepted_socket(lambda: self.link, ours)
+        self.link.send(frame(CONFIG, config_to_json(config).encode()))
+        try:
+            self._ports = await asyncio.wait_for(asyncio.shield(self.link.ready), self.ready_timeout)
+        except BaseException as exc:
+            await self._end_process()
+            if isinstance(exc, TimeoutError):
+                raise StartupError(
+                    f"the broker process did not listen within {self.ready_timeout:g}s"
+                ) from None
+            raise
+
+    async def _end_process(self, timeout: float = 10.0) -> None:
+        """Ask the broker process to stop (its devices are disconnected), then wait for it."""
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.returncode is None:
+            self.link.send(frame(STOP))
+            try:
+                await asyncio.wait_for(proc.wait(), timeout)
+            except TimeoutError:
+                log.warning("the broker process did not stop within %gs; killed", timeout)
+                proc.kill()
+                await proc.wait()
+        self.link.close()
+
+    async def _watch(self) -> None:
+        """Start the broker process again whenever it dies (the supervisor backs off if it cannot)."""
+        while True:
+            await self.link.closed
+            if self._stopping:  # stop() ended it: wait to be cancelled with the other loops
+                await asyncio.Event().wait()
+            proc = self._proc
+            code = await proc.wait() if proc is not None else None
+            self._down = f"the broker process exited (code {code}); starting another"
+            log.error("%s", self._down)
+            # Its devices are all disconnected, and it could not say so.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.presence.idle(), 5)
+            await self.store.run(self.store.devices.reset_presence)
+            await self._spawn()
+            self.restarts += 1
+            self._down = None
+            log.info("broker process started again mqtt=%s:%d", self.config.host, self.mqtt_port)
+            # Its retained inbox died with it: everything not yet arrived is published again.
+            await self.dispatcher.recover()
+            self.restarted.set()
+
+    async def start(self) -> None:
+        raise_fd_limit()
+        await self.store.run(self.store.devices.reset_presence)
+        self.loops.start("presence", self.presence.run)
+        try:
+            await self._spawn()
+            await self.bridge.start()
+        except BaseException:
+            await self._end_process()
+            await self.loops.cancel()
+            raise
+        self.loops.start("broker_process", self._watch, self.clock.sleep)
+        log.info(
+            "started mqtt=%s:%d http=%s (broker in process %s)",
+            self.config.host,
+            self.mqtt_port,
+            self.http_url,
+            self.broker_pid,
+        )
+
+    async def stop(self) -> None:
+        await self.bridge.stop()  # publishes what it accepted: the broker process is still there
+        self._stopping = True
+        await self._end_process()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.presence.idle(), 5)
+        await self.loops.cancel()
+        self.store.close()
+        self.lock.release()
+        log.info("stopped")
+
+    async def __aenter__(self) -> DualProcessServer:
+        try:
+            await self.start()
+        except BaseException:
+            self.store.close()
+            self.lock.release()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+async def run_broker_process(fd: int) -> None:
+    """The broker process of :class:`DualProcessServer`, on the socket ``fd`` of its pair: the
+    broker of the config the parent sends, until the parent says stop or goes away."""
+    loop = asyncio.get_running_loop()
+    end = BrokerEnd()
+    await loop.connect_accepted_socket(lambda: end, socket.socket(fileno=fd))
+    try:
+        config = config_from_json((await asyncio.wait_for(end.config, 30)).decode())
+    except (TimeoutError, asyncio.CancelledError):
+        return
+    broker = make_broker(config, SystemClock(), end.authenticate, end.presence)
+    end.publish, end.clear = broker.publish_now, broker.discard_retained
+    for topic_filter in (RECEIPT_FILTER, API_PUSH_FILTER):
+        broker.tap(topic_filter, end.up)
+    raise_fd_limit()
+    try:
+        await broker.start()
+    except (MqttPushError, OSError) as exc:
+        end.failed(exc.message if isinstance(exc, MqttPushError) else str(exc))
+        end.close()
+        return
+    end.ready({"port": broker.port, **listener_ports(broker)})
+    reports = loop.create_task(_report_status(end, broker))
+    await end.stop.wait()
+    reports.cancel()
+    await broker.shutdown()
+    end.close()
+
+
+async def _report_status(end: BrokerEnd, broker: PushBroker, every: float = 1.0) -> None:
+    counters = broker.counters
+    names = [name for name in BrokerCounters.__slots__ if name != "transports"]
+    while True:
+        end.report(
+            {
+                "counters": {name: getattr(counters, name) for name in names},
+                "not_listening": broker.not_listening(),
+            }
+        )
+        await asyncio.sleep(every)
 
 
 class BrokerServer:

@@ -334,10 +334,19 @@ class PushBroker(Broker):  # type: ignore[misc]
         Done when it returns: the PUBLISH bytes are in each online subscriber's socket buffer (or
         its session's queue), so this is a coroutine only for the ``Publisher`` interface.
         """
-        self._route(topic, payload, qos, retain, math.inf if expires_at is None else expires_at)
+        self.publish_now(topic, payload, qos, retain, math.inf if expires_at is None else expires_at)
+
+    def publish_now(self, topic: str, payload: bytes, qos: int, retain: bool, expires_at: float) -> None:
+        """:meth:`publish` as a plain call (``expires_at``: ``math.inf`` for never), for a caller
+        handling a stream of them in order (``serve``'s broker process, mqttpush.cluster.pipe)."""
+        self._route(topic, payload, qos, retain, expires_at)
 
     async def clear_retained(self, topic: str) -> None:
         """Drop the retained message of ``topic`` without sending anything to subscribers."""
+        self.discard_retained(topic)
+
+    def discard_retained(self, topic: str) -> None:
+        """:meth:`clear_retained` as a plain call."""
         self._retained.discard(topic)
 
     def tap(self, topic_filter: str, callback: Tap) -> None:

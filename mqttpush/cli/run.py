@@ -421,19 +421,28 @@ def _run_until_signal(
 @mqtt_limit_options
 @bridge_options
 @metrics_option
+@click.option(
+    "--broker-process/--no-broker-process",
+    default=None,
+    envvar="MQTTPUSH_BROKER_PROCESS",
+    help="Run the MQTT broker in a second process, so API + bridge and broker each have a core"
+    " (default: on when the machine has more than one core).",
+)
 @log_level_option
 @json_option
 def serve(as_json: bool, **options: Any) -> None:
-    """Run broker, bridge and HTTP API in one process (embedded defaults)."""
-    from mqttpush.server import EmbeddedServer
+    """Run broker, bridge and HTTP API (embedded defaults; the broker in a second process on a
+    machine with more than one core)."""
+    from mqttpush.server import DualProcessServer, EmbeddedServer, broker_process_wanted
 
     config = _config(options)
+    dual = broker_process_wanted(config)
     _run_until_signal(
         check_data_dir(config.data_dir, ("broker", "bridge"), url=config.store),
-        lambda: EmbeddedServer(config),
+        lambda: DualProcessServer(config) if dual else EmbeddedServer(config),
         lambda s: {
             "mqtt_port": s.mqtt_port,
-            **s.broker_node.listener_ports(),
+            **s.listener_ports(),
             "http_port": s.http_port,
             "http_url": s.http_url,
             "data_dir": str(config.data_dir),
