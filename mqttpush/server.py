@@ -475,7 +475,21 @@ class BridgeNode:
             self._http_socket.close()
 
 
-class EmbeddedServer:
+class _Serving:
+    """What ``serve``'s two shapes share: the bridge node and its HTTP API."""
+
+    bridge: BridgeNode
+
+    @property
+    def http_port(self) -> int:
+        return self.bridge.http_port
+
+    @property
+    def http_url(self) -> str:
+        return self.bridge.http_url
+
+
+class EmbeddedServer(_Serving):
     """Everything in one process. ``async with EmbeddedServer(cfg) as s:`` then ``s.mqtt_port``, ``s.http_port``."""
 
     def __init__(self, config: ServerConfig, clock: Clock | None = None) -> None:
@@ -506,14 +520,6 @@ class EmbeddedServer:
     @property
     def mqtt_port(self) -> int:
         return self.broker.port
-
-    @property
-    def http_port(self) -> int:
-        return self.bridge.http_port
-
-    @property
-    def http_url(self) -> str:
-        return self.bridge.http_url
 
     def listener_ports(self) -> dict[str, int]:
         """Bound ports of the optional listeners that are on: ``ws_port``, ``mqtts_port``, ``wss_port``."""
@@ -553,7 +559,7 @@ def broker_process_wanted(config: ServerConfig) -> bool:
     return (os.cpu_count() or 1) > 1
 
 
-class DualProcessServer:
+class DualProcessServer(_Serving):
     """``mqttpush serve`` on two cores: the HTTP API, bridge and store in this process, the MQTT
     broker in a child process (``python -m mqttpush.cli.broker_process``) linked to it by a socket
     pair (mqttpush.cluster.pipe). One command and the guarantees of :class:`EmbeddedServer`:
@@ -596,21 +602,13 @@ class DualProcessServer:
         self.restarts = 0
         """Broker processes started again after one died."""
         self.restarted = asyncio.Event()
+        """Set each time a broker process that died has been replaced and the store re-published."""
         self.reported = asyncio.Event()
         """Set by each report of the broker process (its counters, every second)."""
-        """Set each time a broker process that died has been replaced and the store re-published."""
 
     @property
     def mqtt_port(self) -> int:
         return self._ports["port"]
-
-    @property
-    def http_port(self) -> int:
-        return self.bridge.http_port
-
-    @property
-    def http_url(self) -> str:
-        return self.bridge.http_url
 
     @property
     def broker_pid(self) -> int | None:

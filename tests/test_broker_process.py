@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from benchmarks.procs import child_pids
 from mqttpush.client import AsyncPushClient
 from mqttpush.cluster import pipe
 from mqttpush.config import ServerConfig, config_from_json, config_to_json
@@ -64,20 +65,6 @@ async def dual(tmp_path: Path) -> AsyncIterator[Dual]:
     key, secret, tokens = _fleet(data, 3)
     async with DualProcessServer(ServerConfig(data_dir=data, mqtt_port=0, http_port=0)) as server:
         yield Dual(server, key, secret, tokens)
-
-
-def _children(pid: int) -> list[int]:
-    """Processes whose parent is ``pid``."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(entry))
-    return out
 
 
 def _exits_within(pid: int, timeout: float) -> bool:
@@ -167,7 +154,7 @@ def test_kill_9_of_the_broker_process_during_10000_pushes_loses_nothing(tmp_path
     kill_after = random.Random(seed).uniform(0.5, 3.0)
     server = ServeProcess(data)
     try:
-        [broker] = _children(server.proc.pid)
+        [broker] = child_pids(server.proc.pid)
         accepted: dict[str, str] = {}
         killer = threading.Timer(kill_after, os.kill, (broker, signal.SIGKILL))
         killer.start()
@@ -201,7 +188,7 @@ async def _receive_all(
 
 def test_serve_killed_takes_its_broker_process_with_it(tmp_path: Path) -> None:
     server = ServeProcess(tmp_path / "data")
-    [broker] = _children(server.proc.pid)
+    [broker] = child_pids(server.proc.pid)
     server.proc.send_signal(signal.SIGKILL)
     server.proc.wait(10)
     assert _exits_within(broker, 10), "the broker process outlived serve"
@@ -209,7 +196,7 @@ def test_serve_killed_takes_its_broker_process_with_it(tmp_path: Path) -> None:
 
 def test_sigterm_stops_serve_and_its_broker_process(tmp_path: Path) -> None:
     server = ServeProcess(tmp_path / "data")
-    [broker] = _children(server.proc.pid)
+    [broker] = child_pids(server.proc.pid)
     assert server.stop(signal.SIGTERM) == 0
     assert _exits_within(broker, 10)
 
@@ -224,7 +211,7 @@ def test_no_broker_process_runs_everything_in_one(
 ) -> None:
     server = ServeProcess(tmp_path / "data", 0, 0, *flags, env=env)
     try:
-        assert _children(server.proc.pid) == []
+        assert child_pids(server.proc.pid) == []
     finally:
         assert server.stop(signal.SIGTERM) == 0
 
