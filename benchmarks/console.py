@@ -57,7 +57,7 @@ def seed(data_dir: Path, devices: int, big: int, small: int) -> dict[str, Any]:
     def message(targets: list[str], n: int, task: bool) -> str:
         msg_id = ids.new_msg_id()
         envelope = json.dumps({"id": msg_id, "title": f"message {n}", "body": "benchmark"}).encode()
-        store.accept_message(
+        store.messages.accept_message(
             msg_id=msg_id,
             app_key=app.app_key,
             kind="tags" if task else "devices",
@@ -71,11 +71,11 @@ def seed(data_dir: Path, devices: int, big: int, small: int) -> dict[str, Any]:
         for part in range(0, len(targets), 20_000):
             chunk = targets[part : part + 20_000]
             keys = [(msg_id, d) for d in chunk]
-            store.transition(keys, DeliveryState.PUBLISHED)
+            store.messages.transition(keys, DeliveryState.PUBLISHED)
             cut = len(chunk) * 85 // 100
-            store.transition(keys[:cut], DeliveryState.ARRIVED)
-            store.transition(keys[: cut // 4], DeliveryState.OPENED)
-            store.transition(keys[cut:], DeliveryState.FAILED, "benchmark")
+            store.messages.transition(keys[:cut], DeliveryState.ARRIVED)
+            store.messages.transition(keys[: cut // 4], DeliveryState.OPENED)
+            store.messages.transition(keys[cut:], DeliveryState.FAILED, "benchmark")
         if task:
             store.tasks.finish_task("t" + msg_id, "done")
         return msg_id

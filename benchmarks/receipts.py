@@ -1,4 +1,4 @@
-"""Receipts recorded per second (issue 14): ``Store.apply_receipts`` on a temp store, in batches
+"""Receipts recorded per second (issue 14): ``store.messages.apply_receipts`` on a temp store, in batches
 the size ``bridge.receipts.Receipts`` takes from its queue.
 
     .venv/bin/python -m benchmarks.receipts [--receipts 100000] [--json-out FILE]
@@ -34,7 +34,7 @@ def _published_store(data: Path, receipts: int, per_message: int) -> tuple[Store
     for start in range(0, receipts, per_message):
         msg_id = ids.new_msg_id()
         chunk = devices[start : start + per_message]
-        store.accept_message(
+        store.messages.accept_message(
             msg_id=msg_id,
             app_key=app.app_key,
             kind="devices",
@@ -46,7 +46,7 @@ def _published_store(data: Path, receipts: int, per_message: int) -> tuple[Store
         )
         keys.extend((msg_id, d) for d in chunk)
     for start in range(0, len(keys), 10_000):
-        store.transition(keys[start : start + 10_000], DeliveryState.PUBLISHED)
+        store.messages.transition(keys[start : start + 10_000], DeliveryState.PUBLISHED)
     return store, [(app.app_key, m, d) for m, d in keys]
 
 
@@ -60,7 +60,7 @@ def run(receipts: int, per_message: int) -> dict[str, Any]:
             started = time.perf_counter()
             cpu = time.process_time()
             for start in range(0, len(batch), _BATCH):
-                store.apply_receipts(batch[start : start + _BATCH])
+                store.messages.apply_receipts(batch[start : start + _BATCH])
             elapsed = time.perf_counter() - started
             cpu = time.process_time() - cpu
             sample = keys[:: max(1, len(keys) // 1000)]
@@ -88,7 +88,7 @@ def _arrived(store: Store, sample: list[tuple[str, str, str]]) -> int:
     the receipts were recorded, not only timed)."""
     states: dict[tuple[str, str], str] = {}
     for app_key, msg_id in dict.fromkeys((a, m) for a, m, _ in sample):
-        status = store.message_status(app_key, msg_id)
+        status = store.messages.message_status(app_key, msg_id)
         assert status is not None
         states.update(((msg_id, str(d["device_id"])), str(d["state"])) for d in status.deliveries)
     return sum(1 for _, msg_id, device_id in sample if states.get((msg_id, device_id)) == "arrived")

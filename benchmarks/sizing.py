@@ -119,7 +119,7 @@ def _pg_per_push(pushes: int) -> dict[str, Any]:
         envelope = b'{"title":"t"}'
         for i in range(pushes):
             msg_id = f"m{i:08d}"
-            store.accept_message(
+            store.messages.accept_message(
                 msg_id=msg_id,
                 app_key=app.app_key,
                 kind="devices",
@@ -130,8 +130,8 @@ def _pg_per_push(pushes: int) -> dict[str, Any]:
                 device_ids=[device],
             )
             store.apps.use_nonce(app.app_key, f"nonce-{i:012d}", 600)
-            store.transition([(msg_id, device)], DeliveryState.PUBLISHED)
-            store.apply_receipts([(app.app_key, device, msg_id, ReceiptEvent.ARRIVED)])
+            store.messages.transition([(msg_id, device)], DeliveryState.PUBLISHED)
+            store.messages.apply_receipts([(app.app_key, device, msg_id, ReceiptEvent.ARRIVED)])
         seconds = time.perf_counter() - started
         store.close()
         after = counters()

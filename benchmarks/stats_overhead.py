@@ -38,7 +38,7 @@ def _round(store: Store, app_key: str, devices: list[str], tag: str, single: int
     expires = store.clock.now() + 3600
     t0 = time.perf_counter()
     msg_id = f"L{tag}"
-    store.accept_message(
+    store.messages.accept_message(
         msg_id=msg_id,
         app_key=app_key,
         kind="devices",
@@ -48,12 +48,12 @@ def _round(store: Store, app_key: str, devices: list[str], tag: str, single: int
         expires_at=expires,
         device_ids=devices,
     )
-    store.transition([(msg_id, d) for d in devices], DeliveryState.PUBLISHED)
-    store.apply_receipts([(app_key, d, msg_id, ReceiptEvent.ARRIVED) for d in devices])
+    store.messages.transition([(msg_id, d) for d in devices], DeliveryState.PUBLISHED)
+    store.messages.apply_receipts([(app_key, d, msg_id, ReceiptEvent.ARRIVED) for d in devices])
     t1 = time.perf_counter()
     for i in range(single):
         one, device = f"S{tag}-{i}", devices[i % len(devices)]
-        store.accept_message(
+        store.messages.accept_message(
             msg_id=one,
             app_key=app_key,
             kind="devices",
@@ -63,8 +63,8 @@ def _round(store: Store, app_key: str, devices: list[str], tag: str, single: int
             expires_at=expires,
             device_ids=[device],
         )
-        store.transition([(one, device)], DeliveryState.PUBLISHED)
-        store.apply_receipts([(app_key, device, one, ReceiptEvent.ARRIVED)])
+        store.messages.transition([(one, device)], DeliveryState.PUBLISHED)
+        store.messages.apply_receipts([(app_key, device, one, ReceiptEvent.ARRIVED)])
     t2 = time.perf_counter()
     store.stats.flush()  # what the flusher does every few seconds, counted with the round
     t3 = time.perf_counter()

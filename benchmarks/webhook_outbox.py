@@ -1,4 +1,4 @@
-"""What webhooks cost the receipt path (issue 17): ``Store.apply_receipts`` of ``arrived``
+"""What webhooks cost the receipt path (issue 17): ``store.messages.apply_receipts`` of ``arrived``
 receipts on a temp store, without webhooks and with one webhook subscribed to
 ``delivery.arrived`` (every receipt then writes an outbox row in its transaction).
 
@@ -36,7 +36,7 @@ def run(receipts: int, webhook: bool) -> dict[str, Any]:
             started = time.perf_counter()
             cpu = time.process_time()
             for start in range(0, len(batch), _BATCH):
-                store.apply_receipts(batch[start : start + _BATCH])
+                store.messages.apply_receipts(batch[start : start + _BATCH])
             elapsed = time.perf_counter() - started
             cpu = time.process_time() - cpu
             events = sum(

@@ -114,7 +114,7 @@ class Dispatcher:
 
     async def expire(self) -> int:
         """Expire deliveries past their TTL and clear their retained topics; returns how many topics."""
-        inboxes, broadcasts = await self._store.run(self._store.expire_due)
+        inboxes, broadcasts = await self._store.run(self._store.messages.expire_due)
         for app_key, device_id, msg_id in inboxes:
             await self._publisher.clear_retained(topics.inbox_topic(app_key, device_id, msg_id))
         for app_key, msg_id in broadcasts:
@@ -132,7 +132,7 @@ class Dispatcher:
         """
         store = self._store
         await self.expire()
-        pending = await store.run(store.pending_deliveries)
+        pending = await store.run(store.messages.pending_deliveries)
         broadcasts = {p.msg_id: p for p in pending if p.fanout == "topic"}
         for p in broadcasts.values():
             await self._publish_broadcast(
@@ -153,7 +153,7 @@ class Dispatcher:
             if p.state is not DeliveryState.PUBLISHED:
                 # queued without a hold time: released from its hold (pacing gave it its slot)
                 unsent.setdefault((p.msg_id, p.state is DeliveryState.QUEUED), []).append(p)
-        policies = await store.run(store.message_policies, [msg_id for msg_id, _ in unsent])
+        policies = await store.run(store.messages.message_policies, [msg_id for msg_id, _ in unsent])
         settings: dict[str, dict[str, Any]] = {}
         for (msg_id, released), items in unsent.items():
             app_key, policy = policies[msg_id]
@@ -235,7 +235,7 @@ class Dispatcher:
                 elif result:  # not taken: connected to no broker node, it waits in the store
                     published.append((send.out.msg_id, device_id))
         if published:
-            moved = await self._store.run(self._store.transition, published, DeliveryState.PUBLISHED)
+            moved = await self._store.run(self._store.messages.transition, published, DeliveryState.PUBLISHED)
             if len(moved) != len(published):
                 await self._take_back(set(published) - set(moved))
             by_msg: dict[str, list[str]] = {}
@@ -256,7 +256,7 @@ class Dispatcher:
             sent: dict[str, int] = {}
             if sp.daily_cap is not None:
                 sent = await store.run(
-                    store.sent_since, {d: local_midnight(now, zones.get(d)) for d in devices}
+                    store.messages.sent_since, {d: local_midnight(now, zones.get(d)) for d in devices}
                 )
             now_ok = []
             for d in devices:
@@ -284,9 +284,9 @@ class Dispatcher:
             self._pace_next[out.msg_id] = slot
             devices = first_now
         if drops:
-            await store.run(store.drop, out.msg_id, drops, "capped")
+            await store.run(store.messages.drop, out.msg_id, drops, "capped")
         if holds:
-            await store.run(store.hold, out.msg_id, holds)
+            await store.run(store.messages.hold, out.msg_id, holds)
             if self.on_hold is not None:
                 self.on_hold()
         return tuple(devices)
@@ -322,7 +322,7 @@ class Dispatcher:
                     impossible.append(device_id)
             if impossible:
                 await self._store.run(
-                    self._store.drop, out.msg_id, impossible, "no_vendor_token", DeliveryState.FAILED
+                    self._store.messages.drop, out.msg_id, impossible, "no_vendor_token", DeliveryState.FAILED
                 )
             self._vendor_plan[out.msg_id] = forwards
             send.mqtt = tuple(mqtt)
@@ -366,7 +366,9 @@ class Dispatcher:
         moved_all: list[str] = []
         for reason, keys in by_reason.items():
             detail = f"{reason}; waiting in the MQTT inbox"
-            moved = await self._store.run(self._store.transition, keys, DeliveryState.PUBLISHED, detail)
+            moved = await self._store.run(
+                self._store.messages.transition, keys, DeliveryState.PUBLISHED, detail
+            )
             if len(moved) != len(keys):
                 await self._take_back(set(keys) - set(moved))
             moved_all += [d for _, d in moved]
@@ -377,11 +379,11 @@ class Dispatcher:
         if out.broadcast:
             return  # the TTL sweep clears the broadcast and expires its deliveries
         keys = [(out.msg_id, d) for d in out.device_ids]
-        await self._store.run(self._store.transition, keys, DeliveryState.EXPIRED, "ttl")
+        await self._store.run(self._store.messages.transition, keys, DeliveryState.EXPIRED, "ttl")
 
     async def _take_back(self, keys: set[tuple[str, str]]) -> None:
         """Deliveries cancelled, recalled or expired while their publish was in flight: clear them again."""
-        ended = await self._store.run(self._store.ended, list(keys))
+        ended = await self._store.run(self._store.messages.ended, list(keys))
         for app_key, device_id, msg_id in ended:
             await self._publisher.clear_retained(topics.inbox_topic(app_key, device_id, msg_id))
 
@@ -399,14 +401,14 @@ class Dispatcher:
                 repush.setdefault(at, []).extend((out.msg_id, d) for d in device_ids)
             by_limit.setdefault(sp.inbox_limit, []).extend(device_ids)
         for at, keys in repush.items():
-            await store.run(store.set_repush, keys, at)
+            await store.run(store.messages.set_repush, keys, at)
         if repush and self.on_hold is not None:
             self.on_hold()
         for limit, device_ids in by_limit.items():
-            overflow = await store.run(store.inbox_overflow, device_ids, limit)
+            overflow = await store.run(store.messages.inbox_overflow, device_ids, limit)
             for app_key, device_id, msg_id in overflow:
                 await self._publisher.clear_retained(topics.inbox_topic(app_key, device_id, msg_id))
-                await store.run(store.drop, msg_id, [device_id], "inbox_full")
+                await store.run(store.messages.drop, msg_id, [device_id], "inbox_full")
             if overflow:
                 log.info("inbox bound: dropped=%d", len(overflow))
 
@@ -432,7 +434,7 @@ class Dispatcher:
                 extra={"msg_id": out.msg_id, "app_key": out.app_key},
             )
             return
-        await self._store.run(self._store.publish_all, out.msg_id)
+        await self._store.run(self._store.messages.publish_all, out.msg_id)
 
 
 def _expires_at(payload: bytes) -> float | None:

@@ -101,7 +101,7 @@ class Distributor:
         if up.topic is not None:
             policy["topic"] = up.topic
         commit = functools.partial(
-            store.accept_message,
+            store.messages.accept_message,
             msg_id=msg_id,
             app_key=end.app_key,
             kind="up",

@@ -21,7 +21,7 @@ from mqttpush.envelope import RICH_FIELDS, Envelope
 from mqttpush.errors import Conflict, InvalidContent, MqttPushError, NotFound, Overloaded
 from mqttpush.models import App, BatchRequest, Content, Notification, Policy, PushRequest
 from mqttpush.store import Store
-from mqttpush.store.policy import MessageRecord
+from mqttpush.store.messages import MessageRecord
 
 log = logging.getLogger("mqttpush.intake")
 
@@ -160,7 +160,7 @@ class Intake:
         once the message is committed to the store. The same ``biz_id`` returns the same answer."""
         store = self._store
         if req.policy.biz_id is not None:
-            known = await store.run(store.find_biz_id, app.app_key, req.policy.biz_id)
+            known = await store.run(store.messages.find_biz_id, app.app_key, req.policy.biz_id)
             if known is not None:
                 return known
         self._admit()
@@ -195,7 +195,7 @@ class Intake:
         fanout = "topic" if isinstance(target, BroadcastTarget) and production else "inbox"
         try:
             await store.run(
-                store.accept_message,
+                store.messages.accept_message,
                 msg_id=msg_id,
                 app_key=app.app_key,
                 kind=target.kind,
@@ -213,7 +213,7 @@ class Intake:
             )
         except Conflict:  # the same biz_id, accepted by a concurrent request
             assert req.policy.biz_id is not None
-            known = await store.run(store.find_biz_id, app.app_key, req.policy.biz_id)
+            known = await store.run(store.messages.find_biz_id, app.app_key, req.policy.biz_id)
             if known is None:
                 raise
             return known
@@ -265,7 +265,7 @@ class Intake:
     async def activate(self, msg_id: str) -> None:
         """A scheduled (or approved) message whose time has come goes out; a series sends one occurrence."""
         store = self._store
-        rec = await store.run(store.message_record, msg_id)
+        rec = await store.run(store.messages.message_record, msg_id)
         if rec is None or rec.state not in ("scheduled", "approved"):
             return
         now = self._clock.now()
@@ -279,23 +279,23 @@ class Intake:
             except MqttPushError as exc:  # e.g. every alias unbound since: skip this one, keep the series
                 log.warning("series %s: occurrence skipped: %s", msg_id, exc.message)
             nxt = schedule.next_after(now, rec.occurrences + 1)
-            await store.run(store.set_message_state, msg_id, "scheduled" if nxt else "done", nxt)
+            await store.run(store.messages.set_message_state, msg_id, "scheduled" if nxt else "done", nxt)
             return
         payload = _restamp(rec.envelope, msg_id, now, ttl)
-        await store.run(store.activate, msg_id, payload, now + ttl)
-        devices = [] if rec.task_id else await store.run(store.accepted_devices, msg_id)
+        await store.run(store.messages.activate, msg_id, payload, now + ttl)
+        devices = [] if rec.task_id else await store.run(store.messages.accepted_devices, msg_id)
         self._dispatch(rec.app_key, msg_id, payload, devices, rec.task_id, send)
 
     async def cancel(self, app: App, msg_id: str) -> None:
         """Stop a message not yet (fully) sent: a draft, a scheduled send, a series, a running task."""
-        task_id, _ = await self._store.run(self._store.cancel_message, app.app_key, msg_id)
+        task_id, _ = await self._store.run(self._store.messages.cancel_message, app.app_key, msg_id)
         if task_id:
             self._tasks.cancelled(task_id)
 
     async def recall(self, app: App, msg_id: str, publisher: Publisher) -> int:
         """Take a message back from devices that have not opened it: its retained copy is replaced by a
         ``revoke`` envelope the device client honours. Returns how many devices were told."""
-        fanout, devices = await self._store.run(self._store.recall, app.app_key, msg_id)
+        fanout, devices = await self._store.run(self._store.messages.recall, app.app_key, msg_id)
         revoke = json.dumps(
             {
                 "id": msg_id,
@@ -332,7 +332,7 @@ class Intake:
             k: v for k, v in rec.policy.items() if k not in ("schedule", "start_at", "approval", "biz_id")
         }
         await store.run(
-            store.accept_message,
+            store.messages.accept_message,
             msg_id=child,
             app_key=rec.app_key,
             kind=target.kind,
@@ -383,7 +383,7 @@ class Intake:
             msg_id = ids.new_msg_id(now)
             payload = self._envelope(app, msg_id, body, now, ttl)
             await self._store.run(
-                self._store.accept_message,
+                self._store.messages.accept_message,
                 msg_id=msg_id,
                 app_key=app.app_key,
                 kind=target.kind,

@@ -83,7 +83,8 @@ class Receipts:
             # Coalesced: one transaction for every receipt that arrived meanwhile.
             try:
                 fanouts = await self._store.run(
-                    self._store.apply_receipts, [(r.app_key, r.device_id, r.msg_id, r.event) for r in batch]
+                    self._store.messages.apply_receipts,
+                    [(r.app_key, r.device_id, r.msg_id, r.event) for r in batch],
                 )
             except BaseException:
                 self._retry = batch

@@ -21,7 +21,7 @@ from mqttpush import topics
 from mqttpush.clock import Clock
 from mqttpush.errors import MqttPushError
 from mqttpush.store import Store
-from mqttpush.store.policy import DueDelivery
+from mqttpush.store.messages import DueDelivery
 
 
 class Scheduler:
@@ -99,7 +99,7 @@ class Scheduler:
         return out
 
     async def _release_held(self) -> None:
-        due = await self._store.run(self._store.due_held)
+        due = await self._store.run(self._store.messages.due_held)
         policies = await self._policies(due)
         by_msg: dict[str, list[DueDelivery]] = {}
         for d in due:
@@ -123,7 +123,7 @@ class Scheduler:
         for d in due:
             sp = policies[d.msg_id]
             if d.fanout == "topic":  # a broadcast is not re-pushed device by device
-                await self._store.run(self._store.mark_repushed, d.msg_id, d.device_id, None)
+                await self._store.run(self._store.messages.mark_repushed, d.msg_id, d.device_id, None)
                 continue
             count = d.repushes + 1
             envelope = json.loads(d.envelope) | {"repush": count}
@@ -143,4 +143,4 @@ class Scheduler:
             )
             more = count < sp.repush_max and sp.repush_after is not None
             nxt = self._clock.now() + sp.repush_after if more and sp.repush_after is not None else None
-            await self._store.run(self._store.mark_repushed, d.msg_id, d.device_id, nxt)
+            await self._store.run(self._store.messages.mark_repushed, d.msg_id, d.device_id, nxt)

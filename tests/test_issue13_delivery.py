@@ -162,7 +162,7 @@ def _committed_before_a_crash(data_dir: Path, clock: ManualClock, policy: dict[s
     now = clock.now()
     msg_id = ids.new_msg_id(now)
     envelope = Envelope(msg_id, app.app_key, "notification", "Hi", None, {}, now, now + policy["ttl"])
-    store.accept_message(
+    store.messages.accept_message(
         msg_id=msg_id,
         app_key=app.app_key,
         kind="devices",

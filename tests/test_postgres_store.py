@@ -42,7 +42,7 @@ def test_a_push_through_postgresql_arrives_and_its_receipt_is_stored(on_postgres
     assert not (r.data_dir / "mqttpush.db").exists()
     store = Store(r.data_dir, url=r.server.config.store)
     try:
-        status = store.message_status(r.app_key, msg_id)
+        status = store.messages.message_status(r.app_key, msg_id)
         assert status is not None
     finally:
         store.close()

@@ -123,6 +123,6 @@ def test_biz_id_survives_a_restart(data_dir: Path) -> None:
         client, got = _listen(server.url, reg["device_id"], reg["device_token"])
         assert _drain(got, {first["msg_id"]}) == [first["msg_id"]]
         client.disconnect()
-        assert len(Store(data_dir).list_messages(app.app_key, None, 10)) == 1
+        assert len(Store(data_dir).messages.list_messages(app.app_key, None, 10)) == 1
     finally:
         server.stop(signal.SIGTERM)

@@ -353,10 +353,10 @@ def create_api(ctx: ApiContext) -> FastAPI:
         return {"device_id": device_id, "aliases": doc["aliases"]}
 
     async def _status_doc(app: App, msg_id: str) -> dict[str, Any]:
-        status = await store.run(store.message_status, app.app_key, msg_id)
+        status = await store.run(store.messages.message_status, app.app_key, msg_id)
         if status is None:
             raise NotFound(f"no message {msg_id!r} in this app", code="unknown_message")
-        lifecycle = await store.run(store.message_lifecycle, msg_id)
+        lifecycle = await store.run(store.messages.message_lifecycle, msg_id)
         return {
             "msg_id": status.msg_id,
             **lifecycle,
@@ -375,7 +375,9 @@ def create_api(ctx: ApiContext) -> FastAPI:
         """Recent messages, e.g. ``?state=draft`` for what waits for approval."""
         app, _ = await guard.signed(request)
         return {
-            "messages": await store.run(store.list_messages, app.app_key, state, max(1, min(limit, 1000)))
+            "messages": await store.run(
+                store.messages.list_messages, app.app_key, state, max(1, min(limit, 1000))
+            )
         }
 
     @api.delete("/api/v1/messages/{msg_id}", openapi_extra=spec(SIGNED, scope="push"))
@@ -390,7 +392,7 @@ def create_api(ctx: ApiContext) -> FastAPI:
     async def approve_message(msg_id: str, request: Request) -> dict[str, Any]:
         app, body = await guard.signed(request)
         req = parse(ApproveRequest, body)
-        await store.run(store.approve, app.app_key, msg_id, req.approver)
+        await store.run(store.messages.approve, app.app_key, msg_id, req.approver)
         if ctx.intake.on_scheduled is not None:
             ctx.intake.on_scheduled()
         return await _status_doc(app, msg_id)

@@ -270,7 +270,7 @@ def install(api: FastAPI, ctx: ApiContext, guard: Guard) -> None:
     async def console_approve(msg_id: str, request: Request) -> dict[str, Any]:
         app, _, _ = await session_of(request, changes=True)
         req = parse(ApproveRequest, await read_body(request))
-        await store.run(store.approve, app.app_key, msg_id, req.approver)
+        await store.run(store.messages.approve, app.app_key, msg_id, req.approver)
         if ctx.intake.on_scheduled is not None:
             ctx.intake.on_scheduled()
         return await store.run(store.console.message_summary, app.app_key, msg_id)

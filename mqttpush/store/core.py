@@ -1,4 +1,6 @@
-"""What the store's query mixins may use of :class:`~mqttpush.store.store.Store` (declared once here)."""
+"""What the store's repositories may use of :class:`~mqttpush.store.store.Store` (declared once
+here), and :class:`Repository`, the base of each aggregate's queries (``store.devices``,
+``store.messages``…)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from mqttpush.models import App, DeliveryState
 from mqttpush.store.tx import Connection, Transaction
 
 if TYPE_CHECKING:
+    from mqttpush.store.devices import DeviceRepository
     from mqttpush.store.webhooks import WebhookRepository
 
 Event = tuple[str, str, str, float, str | None]
@@ -29,6 +32,10 @@ def chunks(items: Sequence[str], size: int = 500) -> Iterator[tuple[list[str], s
 
 
 class StoreCore:
+    """The store as its repositories see it: the connection, the transaction, sealing, the
+    delivery-history helpers every aggregate writes through, the app caches' invalidation, and
+    the repositories one aggregate's queries call on (webhook events, a message's devices)."""
+
     _conn: Connection
     _apps: dict[str, tuple[float, App]]
     _settings: dict[str, tuple[float, dict[str, Any]]]
@@ -37,6 +44,7 @@ class StoreCore:
     broker_hasher: Callable[[str], str] | None
     transition_listeners: list[TransitionListener]
     url: str | None
+    devices: DeviceRepository
     webhooks: WebhookRepository
 
     def _tx(self) -> Transaction:

@@ -130,7 +130,7 @@ class EndpointRepository(Repository):
         self, endpoint_id: str, msg_id: str, topic: str | None, commit_message: Callable[[], None]
     ) -> list[str]:
         """In one transaction: the endpoint is still live (else 410), ``commit_message`` stores the
-        message and its delivery (``Store.accept_message``), and a message with the same ``topic``
+        message and its delivery (``store.messages.accept_message``), and a message with the same ``topic``
         still waiting for the device is cancelled (``replaced``). Returns the replaced msg ids,
         whose retained inbox copies the caller clears."""
         now = self.clock.now()

@@ -27,7 +27,7 @@ import json
 from dataclasses import dataclass
 
 from mqttpush.store.core import Repository, chunks
-from mqttpush.store.policy import HELD_BATCH, DueDelivery
+from mqttpush.store.messages import HELD_BATCH, DueDelivery
 
 KEEP_TAKEN_SECONDS = 24 * 3600
 """How long the row of a bridge that was taken over is kept (for operators), then deleted."""

@@ -1,10 +1,15 @@
 """The store: SQLite (WAL, numbered migrations) by default, PostgreSQL with ``--store postgresql://…``.
 
-Every method here is synchronous and runs on the store's single worker thread when called
-through :meth:`Store.run`, so the event loop never blocks on SQLite and writes are
-serialized without locks. Local admin commands (``mqttpush app create``) call the methods
-directly from their own process; WAL plus a busy timeout lets them share the file with a
-running server.
+:class:`Store` is the plumbing: the engine, connection and transactions, the group-committing
+store thread, sealing, migrations, the app caches, and the delivery-history helpers. Each
+aggregate's queries are a repository attached to it (``store.apps``, ``store.devices``,
+``store.messages``, ``store.tasks``, ``store.vendors``…, one module each).
+
+Every query is synchronous and runs on the store's single worker thread when called through
+:meth:`Store.run` (``await store.run(store.devices.get_device, …)``), so the event loop never
+blocks on SQLite and writes are serialized without locks. Local admin commands (``mqttpush app
+create``) call the queries directly from their own process; WAL plus a busy timeout lets them
+share the file with a running server.
 """
 
 from __future__ import annotations
@@ -12,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import functools
-import json
 import logging
 import os
 import queue
@@ -20,7 +24,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -29,29 +33,23 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from mqttpush.clock import Clock, SystemClock
-from mqttpush.errors import BadRequest, Conflict, StoreError, StoreUnavailable
+from mqttpush.errors import BadRequest, StoreError, StoreUnavailable
 from mqttpush.models import (
-    PENDING_STATES,
     App,
     DeliveryState,
-    MessageStatus,
-    PendingDelivery,
-    ReceiptEvent,
-    advances,
 )
 from mqttpush.store import postgres as pg
 from mqttpush.store.accounts import AccountRepository
 from mqttpush.store.apps import AppRepository
 from mqttpush.store.console import ConsoleRepository
-from mqttpush.store.core import Event, Repository, TransitionListener, chunks
+from mqttpush.store.core import Event, Repository, StoreCore, TransitionListener, chunks
 from mqttpush.store.devices import DeviceRepository
 from mqttpush.store.endpoints import EndpointRepository
 from mqttpush.store.inbox import InboxRepository
 from mqttpush.store.leases import LeaseRepository
 from mqttpush.store.lock import prepare_data_dir, unwritable
-from mqttpush.store.policy import PolicyQueries
+from mqttpush.store.messages import MessageRepository
 from mqttpush.store.stats import StatsRepository
-from mqttpush.store.targeting import TargetingQueries
 from mqttpush.store.tasks import TaskRepository
 from mqttpush.store.tokens import TokenRepository
 from mqttpush.store.tx import Connection, Transaction, split_statements
@@ -64,7 +62,6 @@ T = TypeVar("T")
 
 DB_FILE = "mqttpush.db"
 KEY_FILE = "master.key"
-_PENDING = tuple(s.value for s in PENDING_STATES)
 
 
 def _migrations() -> list[tuple[int, str]]:
@@ -397,8 +394,9 @@ def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
         future.set_exception(value)
 
 
-class Store(TargetingQueries, PolicyQueries):
-    """The source of truth: apps, devices, messages, deliveries and their history."""
+class Store(StoreCore):
+    """The source of truth: apps, devices, messages, deliveries and their history, each
+    aggregate's queries in its repository (``store.messages.accept_message``…)."""
 
     def __init__(
         self,
@@ -437,6 +435,7 @@ class Store(TargetingQueries, PolicyQueries):
         self.devices = DeviceRepository(self)
         self.apps = AppRepository(self)
         self.accounts = AccountRepository(self)
+        self.messages = MessageRepository(self)
         self._worker: _GroupCommitter | None = None
         self._health = _WriteHealth()
         self.commit_stats = CommitStats()
@@ -716,71 +715,7 @@ class Store(TargetingQueries, PolicyQueries):
     def _unseal(self, sealed: bytes) -> str:
         return self._sealer.open(sealed)
 
-    # --- messages and deliveries ------------------------------------------------------------
-
-    def accept_message(
-        self,
-        *,
-        msg_id: str,
-        app_key: str,
-        kind: str,
-        target: dict[str, Any],
-        envelope: bytes,
-        policy: dict[str, Any],
-        expires_at: float,
-        device_ids: list[str],
-        fanout: str = "inbox",
-        task_id: str | None = None,
-        state: str = "active",
-        priority: int = 1,
-        next_run_at: float | None = None,
-        parent_msg_id: str | None = None,
-        check_devices: bool = False,
-    ) -> None:
-        """Commit a message, one ``accepted`` delivery per device and its task (if any), in one transaction.
-
-        Raises :class:`Conflict` (``duplicate_biz_id``) if the app already used the policy's ``biz_id``;
-        with ``check_devices``, :class:`NotFound` (``unknown_device``) unless every device is the
-        app's (checked in the same transaction: one store call for a push to a device list).
-        """
-        now = self.clock.now()
-        with self._tx():
-            if check_devices:
-                self.devices.require_known(app_key, device_ids)
-            try:
-                self._conn.execute(
-                    "INSERT INTO messages (msg_id, app_key, kind, target, envelope, policy, biz_id, created_at,"
-                    " start_at, expires_at, fanout, state, priority, next_run_at, parent_msg_id)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (
-                        msg_id,
-                        app_key,
-                        kind,
-                        json.dumps(target),
-                        envelope,
-                        json.dumps(policy),
-                        None if parent_msg_id else policy.get("biz_id"),
-                        now,
-                        policy.get("start_at"),
-                        expires_at,
-                        fanout,
-                        state,
-                        priority,
-                        next_run_at,
-                        parent_msg_id,
-                    ),
-                )
-            except (sqlite3.IntegrityError, pg.IntegrityError):
-                raise Conflict(
-                    f"biz_id {policy.get('biz_id')!r} was already used", code="duplicate_biz_id"
-                ) from None
-            self._insert_deliveries(msg_id, device_ids, now, new_message=True)
-            if task_id is not None:
-                self._conn.execute(
-                    "INSERT INTO tasks (task_id, app_key, msg_id, kind, state, created_at, updated_at)"
-                    " VALUES (?, ?, ?, ?, 'pending', ?, ?)",
-                    (task_id, app_key, msg_id, kind, now, now),
-                )
+    # --- delivery history: what the repositories write through ------------------------------
 
     def _insert_deliveries(
         self, msg_id: str, device_ids: list[str], now: float, *, new_message: bool = False
@@ -804,40 +739,6 @@ class Store(TargetingQueries, PolicyQueries):
         )
         self._events([(msg_id, d, accepted, now, None) for d in fresh])
         return fresh
-
-    def transition(
-        self, keys: Iterable[tuple[str, str]], state: DeliveryState, detail: str | None = None
-    ) -> list[tuple[str, str]]:
-        """Move deliveries ``(msg_id, device_id)`` to ``state`` where that is a step forward.
-
-        One transaction for the whole batch, one ``UPDATE … RETURNING`` per message and chunk of
-        devices (a 1,000-device push was 3,000 statements); returns the keys that moved, in order.
-        A move to ``published`` counts one attempt (a send on the MQTT channel).
-        """
-        now = self.clock.now()
-        wanted = list(dict.fromkeys(keys))
-        by_msg: dict[str, list[str]] = {}
-        for msg_id, device_id in wanted:
-            by_msg.setdefault(msg_id, []).append(device_id)
-        sources = [s.value for s in DeliveryState if advances(s, state)]
-        if not sources:
-            return []  # nothing moves into the first state
-        error = detail if state in (DeliveryState.FAILED, DeliveryState.DROPPED) else None
-        attempt = 1 if state is DeliveryState.PUBLISHED else 0
-        moved: set[tuple[str, str]] = set()
-        with self._tx():
-            for msg_id, device_ids in by_msg.items():
-                for chunk, marks in chunks(device_ids, 400):
-                    rows = self._conn.execute(
-                        "UPDATE deliveries SET state = ?, updated_at = ?, error = coalesce(?, error),"
-                        f" attempts = attempts + ? WHERE msg_id = ? AND device_id IN ({marks})"
-                        f" AND state IN ({','.join('?' * len(sources))}) RETURNING device_id",
-                        (state.value, now, error, attempt, msg_id, *chunk, *sources),
-                    ).fetchall()
-                    moved.update((msg_id, r[0]) for r in rows)
-            done = [k for k in wanted if k in moved]
-            self._events([(m, d, state.value, now, detail) for m, d in done])
-        return done
 
     def _events(self, rows: list[Event]) -> None:
         """Write delivery history rows ``(msg_id, device_id, state, at, detail)`` and show them,
@@ -865,219 +766,3 @@ class Store(TargetingQueries, PolicyQueries):
             ),
         )
         self._events([(msg_id, device_id, state.value, at, detail)])
-
-    def apply_receipt(self, app_key: str, device_id: str, msg_id: str, event: ReceiptEvent) -> str | None:
-        """Store a device's receipt. Returns the message's fanout (``inbox``: its inbox topic can be
-        cleared now; ``topic``: a broadcast), or None for a receipt that matches no delivery."""
-        return self.apply_receipts([(app_key, device_id, msg_id, event)])[0]
-
-    def apply_receipts(self, receipts: list[tuple[str, str, str, ReceiptEvent]]) -> list[str | None]:
-        """Many receipts ``(app, device, msg, event)`` in one transaction (receipts come in bursts:
-        one fsync, not one each). Returns each one's fanout, as :meth:`apply_receipt` does.
-
-        Set-based: the batch's messages and deliveries are read with a few ``IN`` queries, each
-        receipt is decided in Python in arrival order (a repeat, or ``arrived`` then ``opened`` for
-        one delivery, acts as if applied one at a time), and the moves are written with
-        ``executemany`` and ``UPDATE … IN`` per message (1,000 receipts were 4,000 statements).
-        """
-        now = self.clock.now()
-        with self._tx():
-            messages = self._receipt_messages(list(dict.fromkeys(m for _, _, m, _ in receipts)))
-            keys = [(m, d) for a, d, m, _ in receipts if m in messages and messages[m][0] == a]
-            states = self._receipt_states(list(dict.fromkeys(keys)))
-            before = dict(states)
-            events: list[Event] = []
-            fanouts = [
-                self._apply_receipt(a, d, m, e, now, messages, states, events) for a, d, m, e in receipts
-            ]
-            joined = [k for k in states if k not in before]
-            self._conn.executemany(
-                "INSERT INTO deliveries (msg_id, device_id, channel, state, updated_at) VALUES (?, ?, 'mqtt', ?, ?)",
-                [(m, d, states[m, d].value, now) for m, d in joined],
-            )
-            moved: dict[tuple[str, DeliveryState], list[str]] = {}
-            for (m, d), s in states.items():
-                if (m, d) in before and before[m, d] is not s:
-                    moved.setdefault((m, s), []).append(d)
-            self._receipt_moves(moved, now)
-            self._events(events)
-        return fanouts
-
-    def _receipt_moves(self, moved: dict[tuple[str, DeliveryState], list[str]], now: float) -> None:
-        """Write the final states: ``(msg_id, state) → device ids``. Receipts never move a delivery
-        to failed/dropped, so ``error`` is left as it is."""
-        singles = [(s.value, now, m, ds[0]) for (m, s), ds in moved.items() if len(ds) == 1]
-        self._conn.executemany(
-            "UPDATE deliveries SET state = ?, updated_at = ? WHERE msg_id = ? AND device_id = ?", singles
-        )
-        # The devices of one list push: in one UPDATE … IN (…) each costs about half a statement.
-        for (msg_id, state), device_ids in moved.items():
-            if len(device_ids) > 1:
-                for chunk, marks in chunks(device_ids, 400):
-                    self._conn.execute(
-                        f"UPDATE deliveries SET state = ?, updated_at = ? WHERE msg_id = ? AND device_id IN ({marks})",
-                        (state.value, now, msg_id, *chunk),
-                    )
-
-    def _receipt_messages(self, msg_ids: list[str]) -> dict[str, tuple[str, str, float]]:
-        """``msg_id → (app_key, fanout, expires_at)`` of those that exist."""
-        found: dict[str, tuple[str, str, float]] = {}
-        for chunk, marks in chunks(msg_ids):
-            for msg_id, app_key, fanout, expires_at in self._conn.execute(
-                f"SELECT msg_id, app_key, fanout, expires_at FROM messages WHERE msg_id IN ({marks})", chunk
-            ):
-                found[msg_id] = (str(app_key), str(fanout), float(expires_at))
-        return found
-
-    def _receipt_states(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], DeliveryState]:
-        """The current state of each delivery ``(msg_id, device_id)`` that exists."""
-        found: dict[tuple[str, str], DeliveryState] = {}
-        for i in range(0, len(keys), 400):
-            chunk = keys[i : i + 400]
-            # CROSS JOIN keeps the key list outside: one primary-key lookup per key, never a scan.
-            for msg_id, device_id, state in self._conn.execute(
-                f"SELECT d.msg_id, d.device_id, d.state FROM (VALUES {','.join(['(?, ?)'] * len(chunk))}) k"
-                " CROSS JOIN deliveries d WHERE d.msg_id = k.column1 AND d.device_id = k.column2",
-                [x for key in chunk for x in key],
-            ):
-                found[msg_id, device_id] = DeliveryState(state)
-        return found
-
-    @staticmethod
-    def _apply_receipt(
-        app_key: str,
-        device_id: str,
-        msg_id: str,
-        event: ReceiptEvent,
-        now: float,
-        messages: dict[str, tuple[str, str, float]],
-        states: dict[tuple[str, str], DeliveryState],
-        events: list[Event],
-    ) -> str | None:
-        """Decide one receipt against the batch's view: moves ``states`` and appends to ``events``
-        the history rows, in order. Returns the fanout, or None for no such delivery."""
-        msg = messages.get(msg_id)
-        if msg is None or msg[0] != app_key:
-            return None
-        fanout, expired = msg[1], msg[2] <= now
-        key = (msg_id, device_id)
-        current = states.get(key)
-        if current is None and fanout == "topic" and expired:
-            return fanout  # too late to join the broadcast
-        if current is None and fanout == "topic":
-            # A device that registered after the broadcast went out still gets it (retained): count it.
-            events.append((msg_id, device_id, DeliveryState.ACCEPTED.value, now, None))
-            events.append((msg_id, device_id, DeliveryState.PUBLISHED.value, now, "joined broadcast"))
-            current = DeliveryState.PUBLISHED
-        if current is None:
-            return None
-        if expired and current in PENDING_STATES:
-            # Past its TTL before the sweep got to it: the device did not have it in time.
-            events.append((msg_id, device_id, DeliveryState.EXPIRED.value, now, "ttl"))
-            current = DeliveryState.EXPIRED
-        else:
-            new = DeliveryState(event.value)
-            if advances(current, new):
-                # opened/dismissed imply arrival: keep the arrival time in the history too
-                if new is not DeliveryState.ARRIVED and advances(current, DeliveryState.ARRIVED):
-                    events.append((msg_id, device_id, DeliveryState.ARRIVED.value, now, "implied"))
-                events.append((msg_id, device_id, new.value, now, None))
-                current = new
-        # A receipt that moves nothing (a late "arrived" after "opened", a repeat) is no transition:
-        # the history stays a forward path.
-        states[key] = current
-        return fanout
-
-    def pending_deliveries(self) -> list[PendingDelivery]:
-        """Every undelivered, unexpired delivery of a message that is out: what the bridge re-publishes
-        at start, and whenever the broker lost its retained messages (docs/split.md). Drafts and
-        scheduled messages wait for their time; held deliveries for theirs.
-
-        A live broadcast none of whose deliveries is pending (every device had it, or there was
-        none) still comes once, with an empty ``device_id``: its retained topic is what devices
-        that register later receive, so it must be published again too.
-
-        Deliveries past their TTL are marked ``expired`` here, so none is handed out late (call
-        :meth:`expire_due` first to learn which retained topics to clear)."""
-        now = self.clock.now()
-        marks = ",".join("?" * len(_PENDING))
-        with self._tx():
-            self._expire_deliveries(now)
-            rows = self._conn.execute(
-                "SELECT d.msg_id, m.app_key, d.device_id, d.state, m.envelope, m.expires_at, m.fanout"
-                " FROM deliveries d JOIN messages m ON m.msg_id = d.msg_id"
-                f" WHERE d.state IN ({marks}) AND m.expires_at > ? AND m.state = 'active'"
-                " AND (d.state != 'queued' OR d.not_before IS NULL)"
-                " UNION ALL"
-                " SELECT m.msg_id, m.app_key, '', 'published', m.envelope, m.expires_at, m.fanout"
-                " FROM messages m WHERE m.fanout = 'topic' AND m.state = 'active' AND m.expires_at > ?"
-                " AND m.cleared_at IS NULL AND NOT EXISTS (SELECT 1 FROM deliveries d"
-                f" WHERE d.msg_id = m.msg_id AND d.state IN ({marks})) ORDER BY 1",
-                (*_PENDING, now, now, *_PENDING),
-            ).fetchall()
-        return [PendingDelivery(r[0], r[1], r[2], DeliveryState(r[3]), bytes(r[4]), r[5], r[6]) for r in rows]
-
-    def expire_due(self) -> tuple[list[tuple[str, str, str]], list[tuple[str, str]]]:
-        """Apply TTLs: pending deliveries past their message's expiry become ``expired``.
-
-        Returns what to clear: ``(app, device, msg)`` inbox topics, and ``(app, msg)`` broadcast
-        topics (each once, whether or not devices still had it pending).
-        """
-        now = self.clock.now()
-        with self._tx():
-            rows = self._expire_deliveries(now)
-            broadcasts = self._conn.execute(
-                "SELECT app_key, msg_id FROM messages WHERE fanout = 'topic' AND cleared_at IS NULL AND expires_at <= ?",
-                (now,),
-            ).fetchall()
-            self._conn.executemany(
-                "UPDATE messages SET cleared_at = ? WHERE msg_id = ?", [(now, m) for _, m in broadcasts]
-            )
-        inboxes = [(r[0], r[1], r[2]) for r in rows if r[3] != "topic"]
-        return inboxes, [(r[0], r[1]) for r in broadcasts]
-
-    def _expire_deliveries(self, now: float) -> list[tuple[str, str, str, str]]:
-        """Pending deliveries past their message's expiry become ``expired``: ``(app, device, msg, fanout)``."""
-        marks = ",".join("?" * len(_PENDING))
-        rows: list[tuple[str, str, str, str]] = self._conn.execute(
-            "SELECT m.app_key, d.device_id, d.msg_id, m.fanout FROM deliveries d"
-            " JOIN messages m ON m.msg_id = d.msg_id"
-            f" WHERE d.state IN ({marks}) AND m.expires_at <= ?",
-            (*_PENDING, now),
-        ).fetchall()
-        for _app_key, device_id, msg_id, _fanout in rows:
-            self._record(msg_id, device_id, DeliveryState.EXPIRED, now, "ttl")
-        return rows
-
-    def message_status(self, app_key: str, msg_id: str) -> MessageStatus | None:
-        msg = self._conn.execute(
-            "SELECT created_at, expires_at FROM messages WHERE msg_id = ? AND app_key = ?", (msg_id, app_key)
-        ).fetchone()
-        if msg is None:
-            return None
-        history: dict[str, list[dict[str, Any]]] = {}
-        for device_id, state, at, detail in self._conn.execute(
-            "SELECT device_id, state, at, detail FROM delivery_events WHERE msg_id = ? ORDER BY at, rowid",
-            (msg_id,),
-        ):
-            event: dict[str, Any] = {"state": state, "at": at}
-            if detail:
-                event["detail"] = detail
-            history.setdefault(device_id, []).append(event)
-        deliveries = [
-            {
-                "device_id": r[0],
-                "state": r[1],
-                "channel": r[2],
-                "attempts": r[3],
-                "error": r[4],
-                "updated_at": r[5],
-                "history": history.get(r[0], []),
-            }
-            for r in self._conn.execute(
-                "SELECT device_id, state, channel, attempts, error, updated_at FROM deliveries"
-                " WHERE msg_id = ? ORDER BY device_id",
-                (msg_id,),
-            )
-        ]
-        return MessageStatus(msg_id, app_key, msg[0], msg[1], deliveries)

@@ -99,7 +99,7 @@ class Bridge:
         payload = Envelope(msg_id, self.app_key, "notification", "t", "b", {}, now, now + ttl).encode()
         full = {"ttl": ttl} | policy
         await self.store.run(
-            self.store.accept_message,
+            self.store.messages.accept_message,
             msg_id=msg_id,
             app_key=self.app_key,
             kind="devices",
@@ -118,7 +118,7 @@ class Bridge:
             await self.dispatcher.gateway.drained()
 
     async def delivery(self, msg_id: str, device_id: str) -> dict[str, Any]:
-        status = await self.store.run(self.store.message_status, self.app_key, msg_id)
+        status = await self.store.run(self.store.messages.message_status, self.app_key, msg_id)
         assert status is not None
         (d,) = [d for d in status.deliveries if d["device_id"] == device_id]
         return dict(d)
@@ -216,7 +216,7 @@ async def test_recover_holds_an_unsent_delivery_in_quiet_hours(bridge: Bridge) -
     assert (d["state"], d["history"][-1].get("detail")) == ("queued", "quiet_hours")
 
     b.clock.advance(3600)  # 10:00 in Berlin
-    (due,) = await b.store.run(b.store.due_held)
+    (due,) = await b.store.run(b.store.messages.due_held)
     assert (due.msg_id, due.device_id) == (unsent.msg_id, device)
 
 

@@ -102,7 +102,7 @@ class Rig:
         await self.settle()
 
     async def state(self, msg_id: str, device_id: str) -> str:
-        status = await self.store.run(self.store.message_status, self.app.app_key, msg_id)
+        status = await self.store.run(self.store.messages.message_status, self.app.app_key, msg_id)
         assert status is not None
         (delivery,) = [d for d in status.deliveries if d["device_id"] == device_id]
         return str(delivery["state"])

@@ -125,7 +125,7 @@ def test_biz_id_returns_the_same_message_and_never_sends_twice(clocked: Running)
             )
             == task
         )
-    assert len(Store(r.data_dir).list_messages(r.app_key, None, 100)) == 2
+    assert len(Store(r.data_dir).messages.list_messages(r.app_key, None, 100)) == 2
 
 
 def test_cancel_a_scheduled_send(clocked: Running) -> None:
@@ -172,7 +172,7 @@ async def test_high_priority_overtakes_normal(running: Running) -> None:
         for n in ("normal", "high"):
             msg_id = f"0000000000{n}"
             await store.run(
-                store.accept_message,
+                store.messages.accept_message,
                 msg_id=msg_id,
                 app_key=r.app_key,
                 kind="devices",
@@ -270,7 +270,7 @@ def test_repush_until_opened(clocked: Running) -> None:
     r.advance(0)
     r.call(
         r.server.store.run(
-            r.server.store.apply_receipt,
+            r.server.store.messages.apply_receipt,
             r.app_key,
             a,
             msg_id,

@@ -21,6 +21,7 @@ from mqttpush.clock import ManualClock
 from mqttpush.errors import StoreUnavailable
 from mqttpush.models import App, DeliveryState, PushRequest
 from mqttpush.store import Store
+from mqttpush.store.messages import MessageRepository
 from tests.bridge.test_dispatcher_memory import START, MemoryPublisher
 
 
@@ -146,18 +147,26 @@ async def test_down_names_a_loop_waiting_to_restart_with_its_cause() -> None:
         await supervisors.cancel()
 
 
-class FullDiskStore(Store):
-    """The real store; while ``full`` is set, the ``published`` transition fails on the store
-    thread with SQLite's own error for a full disk (as the commit would)."""
-
-    full = False
+class FullDiskMessages(MessageRepository):
+    """The real message queries; while the store's ``full`` is set, the ``published`` transition
+    fails on the store thread with SQLite's own error for a full disk (as the commit would)."""
 
     def transition(self, *args: Any, **kwargs: Any) -> Any:
-        if self.full:
+        if getattr(self._store, "full", False):
             exc = sqlite3.OperationalError("database or disk is full")
             exc.sqlite_errorcode = sqlite3.SQLITE_FULL  # what sqlite3 sets on a real SQLITE_FULL
             raise exc
         return super().transition(*args, **kwargs)
+
+
+class FullDiskStore(Store):
+    """The real store, its messages' transitions failing while ``full`` is set."""
+
+    full = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.messages = FullDiskMessages(self)
 
 
 @pytest.fixture
@@ -190,7 +199,7 @@ async def test_the_dispatcher_survives_a_store_error_mid_batch_and_delivers_the_
         return str((await intake.push(app, request))["msg_id"])
 
     async def state(msg_id: str) -> DeliveryState:
-        status = await store.run(store.message_status, app.app_key, msg_id)
+        status = await store.run(store.messages.message_status, app.app_key, msg_id)
         assert status is not None
         (delivery,) = status.deliveries
         return DeliveryState(delivery["state"])

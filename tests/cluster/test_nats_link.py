@@ -200,7 +200,7 @@ class Cluster:
         try:
             out = {}
             for m in msg_ids:
-                status = store.message_status(self.app_key, m)
+                status = store.messages.message_status(self.app_key, m)
                 assert status is not None
                 for d in status.deliveries:
                     out[(m, d["device_id"])] = d["state"]

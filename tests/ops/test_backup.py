@@ -156,7 +156,7 @@ def test_backup_under_load_holds_every_push_accepted_before_it(tmp_path: Path) -
     assert cli_json("restore", str(dest), "--data-dir", str(restored))["restored"] == str(restored)
     store = Store(restored)
     try:
-        missing = [m for m in before if store.message_status(app_key, m) is None]
+        missing = [m for m in before if store.messages.message_status(app_key, m) is None]
     finally:
         store.close()
     assert not missing, f"{len(missing)} of {len(before)} pushes accepted before the backup are not in it"

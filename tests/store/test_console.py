@@ -22,7 +22,7 @@ def _app_with_devices(store: Store, n: int) -> tuple[str, list[str]]:
 
 def _push(store: Store, app_key: str, devices: list[str], title: str, *, task: bool = False) -> str:
     msg_id = ids.new_msg_id(store.clock.now())
-    store.accept_message(
+    store.messages.accept_message(
         msg_id=msg_id,
         app_key=app_key,
         kind="tags" if task else "devices",
@@ -103,8 +103,8 @@ def test_filters_ranges_and_cursors(store: Store, clock: FakeClock) -> None:
 def test_deliveries_page_with_history_and_state(store: Store) -> None:
     app_key, devices = _app_with_devices(store, 5)
     msg_id = _push(store, app_key, devices, "fan-out")
-    store.transition([(msg_id, d) for d in devices], DeliveryState.PUBLISHED)
-    store.transition([(msg_id, devices[0])], DeliveryState.ARRIVED)
+    store.messages.transition([(msg_id, d) for d in devices], DeliveryState.PUBLISHED)
+    store.messages.transition([(msg_id, devices[0])], DeliveryState.ARRIVED)
     rows: list[str] = []
     cursor = None
     while True:

@@ -15,10 +15,10 @@ def test_pending_deliveries_marks_expired_ones_expired(store: Store, clock: Fake
     accept(store, app.app_key, "m1", ["d1"], expires_at=START + 2)
     accept(store, app.app_key, "m2", ["d1"], expires_at=START + 2)
     accept(store, app.app_key, "m3", ["d1"])
-    store.transition([("m2", "d1")], DeliveryState.PUBLISHED)
+    store.messages.transition([("m2", "d1")], DeliveryState.PUBLISHED)
     clock.advance(4)  # no TTL sweep ran meanwhile
 
-    assert {p.msg_id for p in store.pending_deliveries()} == {"m3"}
+    assert {p.msg_id for p in store.messages.pending_deliveries()} == {"m3"}
     for msg_id in ("m1", "m2"):
         d = delivery(store, app.app_key, msg_id, "d1")
         assert d["state"] == "expired"
@@ -30,11 +30,11 @@ def test_receipt_after_ttl_before_the_sweep_keeps_it_expired(store: Store, clock
     published(store, app.app_key, expires_at=START + 2)
     clock.advance(4)
 
-    assert store.apply_receipt(app.app_key, "d1", "m1", ReceiptEvent.ARRIVED) == "inbox"  # clear it
+    assert store.messages.apply_receipt(app.app_key, "d1", "m1", ReceiptEvent.ARRIVED) == "inbox"  # clear it
     d = delivery(store, app.app_key, "m1", "d1")
     assert d["state"] == "expired"
     assert states(d) == ["accepted", "published", "expired"]
-    store.apply_receipt(app.app_key, "d1", "m1", ReceiptEvent.OPENED)
+    store.messages.apply_receipt(app.app_key, "d1", "m1", ReceiptEvent.OPENED)
     assert states(delivery(store, app.app_key, "m1", "d1")) == ["accepted", "published", "expired"]
 
 
@@ -47,7 +47,7 @@ def test_receipt_in_time_still_arrives(store: Store, clock: FakeClock) -> None:
 
 def test_expired_broadcast_is_not_joined_by_a_late_receipt(store: Store, clock: FakeClock) -> None:
     app = store.apps.create_app("shop")
-    store.accept_message(
+    store.messages.accept_message(
         msg_id="b1",
         app_key=app.app_key,
         kind="broadcast",
@@ -59,8 +59,8 @@ def test_expired_broadcast_is_not_joined_by_a_late_receipt(store: Store, clock: 
         fanout="topic",
     )
     clock.advance(3)
-    assert store.apply_receipt(app.app_key, "late", "b1", ReceiptEvent.ARRIVED) == "topic"
-    status = store.message_status(app.app_key, "b1")
+    assert store.messages.apply_receipt(app.app_key, "late", "b1", ReceiptEvent.ARRIVED) == "topic"
+    status = store.messages.message_status(app.app_key, "b1")
     assert status is not None and status.deliveries == []
 
 
@@ -69,7 +69,7 @@ def test_a_receipt_that_moves_nothing_is_not_in_the_history(store: Store, clock:
     app = store.apps.create_app("shop")
     published(store, app.app_key)
     receipts_a_second_apart(store, clock, app.app_key, ReceiptEvent.OPENED, ReceiptEvent.ARRIVED)
-    store.apply_receipt(app.app_key, "d1", "m1", ReceiptEvent.OPENED)  # at the same moment
+    store.messages.apply_receipt(app.app_key, "d1", "m1", ReceiptEvent.OPENED)  # at the same moment
 
     d = delivery(store, app.app_key, "m1", "d1")
     assert d["state"] == "opened"
@@ -80,7 +80,7 @@ def test_a_receipt_that_moves_nothing_is_not_in_the_history(store: Store, clock:
 def test_an_mqtt_publish_counts_one_attempt(store: Store) -> None:
     app = store.apps.create_app("shop")
     published(store, app.app_key)
-    store.transition([("m1", "d1")], DeliveryState.PUBLISHED)  # not a move: not an attempt
+    store.messages.transition([("m1", "d1")], DeliveryState.PUBLISHED)  # not a move: not an attempt
     d = delivery(store, app.app_key, "m1", "d1")
     assert (d["channel"], d["attempts"]) == ("mqtt", 1)
 

@@ -23,7 +23,7 @@ def _app_with_devices(store: Store, n: int) -> tuple[str, list[str]]:
 
 def _message(store: Store, app_key: str, devices: list[str], **kw: object) -> str:
     msg_id = ids.new_msg_id(store.clock.now())
-    store.accept_message(
+    store.messages.accept_message(
         msg_id=msg_id,
         app_key=app_key,
         kind=str(kw.pop("kind", "devices")),
@@ -75,7 +75,7 @@ def test_a_task_is_walked_by_its_holder_and_resumed_from_its_progress(store: Sto
     )  # a woke up
     # "b" repeats a batch "a" committed (idempotent) and walks on
     assert store.leases.add_task_batch(task_id, "b", LEASE, msg_id, devices[2:], devices[5]) == devices[3:]
-    assert sorted(store.accepted_devices(msg_id)) == devices  # each device once
+    assert sorted(store.messages.accepted_devices(msg_id)) == devices  # each device once
     store.tasks.finish_task(task_id, "done")
     assert store.leases.claim_task(task_id, "c", LEASE) is None
     assert store.leases.claim_tasks("c", LEASE) == []
@@ -98,14 +98,16 @@ def test_a_repush_is_claimed_once_and_fires_again_if_its_bridge_dies(store: Stor
     msg_id = _message(store, app_key, devices)
     from mqttpush.models import DeliveryState
 
-    store.transition([(msg_id, d) for d in devices], DeliveryState.PUBLISHED)
-    store.set_repush([(msg_id, d) for d in devices], clock.now() + 60)
+    store.messages.transition([(msg_id, d) for d in devices], DeliveryState.PUBLISHED)
+    store.messages.set_repush([(msg_id, d) for d in devices], clock.now() + 60)
     clock.advance(60)
     first = store.leases.claim_repushes(LEASE)
     assert sorted(d.device_id for d in first) == devices
     assert first[0].msg_id == msg_id and first[0].app_key == app_key and first[0].repushes == 0
     assert store.leases.claim_repushes(LEASE) == []
-    store.mark_repushed(msg_id, devices[0], None)  # done for devices[0]; the bridge died before devices[1]
+    store.messages.mark_repushed(
+        msg_id, devices[0], None
+    )  # done for devices[0]; the bridge died before devices[1]
     clock.advance(LEASE + 1)
     again = store.leases.claim_repushes(LEASE)
     assert [(d.device_id, d.repushes) for d in again] == [(devices[1], 0)]

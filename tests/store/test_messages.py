@@ -25,7 +25,7 @@ def accept(
 ) -> bytes:
     """Accept a message for ``devices`` (a broadcast: fanned out on its topic); its envelope."""
     envelope = json.dumps({"id": msg_id, "app": app_key, "title": title}).encode()
-    store.accept_message(
+    store.messages.accept_message(
         msg_id=msg_id,
         app_key=app_key,
         kind="broadcast" if broadcast else "devices",
@@ -44,7 +44,7 @@ def published(
 ) -> None:
     """A message accepted for one device and handed to the broker: what a receipt moves on."""
     accept(store, app_key, msg_id, [device_id], expires_at)
-    store.transition([(msg_id, device_id)], DeliveryState.PUBLISHED)
+    store.messages.transition([(msg_id, device_id)], DeliveryState.PUBLISHED)
 
 
 def receipts_a_second_apart(
@@ -58,11 +58,11 @@ def receipts_a_second_apart(
     """The device's receipts for one delivery, each one second after what came before."""
     for event in events:
         clock.advance(1)
-        store.apply_receipt(app_key, device_id, msg_id, event)
+        store.messages.apply_receipt(app_key, device_id, msg_id, event)
 
 
 def delivery(store: Store, app_key: str, msg_id: str, device_id: str) -> dict[str, Any]:
-    status = store.message_status(app_key, msg_id)
+    status = store.messages.message_status(app_key, msg_id)
     assert status is not None
     matching = [d for d in status.deliveries if d["device_id"] == device_id]
     assert len(matching) == 1
@@ -77,7 +77,7 @@ def test_accept_message_records_accepted(store: Store) -> None:
     app = store.apps.create_app("shop")
     accept(store, app.app_key, "m1", ["d1", "d2"])
 
-    status = store.message_status(app.app_key, "m1")
+    status = store.messages.message_status(app.app_key, "m1")
     assert status is not None
     assert (status.msg_id, status.app_key) == ("m1", app.app_key)
     assert status.created_at == START
@@ -94,9 +94,9 @@ def test_message_status_of_unknown_or_other_apps_message_is_none(store: Store) -
     shop = store.apps.create_app("shop")
     news = store.apps.create_app("news")
     accept(store, shop.app_key, "m1", ["d1"])
-    assert store.message_status(news.app_key, "m1") is None
-    assert store.message_status(shop.app_key, "nope") is None
-    assert store.message_status(shop.app_key, "m1") is not None
+    assert store.messages.message_status(news.app_key, "m1") is None
+    assert store.messages.message_status(shop.app_key, "nope") is None
+    assert store.messages.message_status(shop.app_key, "m1") is not None
 
 
 def test_transition_forward_moves_and_returns_moved_keys(store: Store, clock: FakeClock) -> None:
@@ -104,7 +104,7 @@ def test_transition_forward_moves_and_returns_moved_keys(store: Store, clock: Fa
     accept(store, app.app_key, "m1", ["d1", "d2"])
     t1 = clock.advance(2)
 
-    moved = store.transition(
+    moved = store.messages.transition(
         [("m1", "d1"), ("m1", "d2"), ("m1", "nobody"), ("nope", "d1")], DeliveryState.PUBLISHED
     )
 
@@ -119,15 +119,15 @@ def test_transition_forward_moves_and_returns_moved_keys(store: Store, clock: Fa
 def test_transition_to_same_or_earlier_state_does_not_move(store: Store, clock: FakeClock) -> None:
     app = store.apps.create_app("shop")
     published(store, app.app_key)
-    assert store.transition([("m1", "d1")], DeliveryState.PUBLISHED) == []
-    assert store.transition([("m1", "d1")], DeliveryState.FORWARDED) == []
+    assert store.messages.transition([("m1", "d1")], DeliveryState.PUBLISHED) == []
+    assert store.messages.transition([("m1", "d1")], DeliveryState.FORWARDED) == []
     clock.advance(1)
-    assert store.apply_receipt(app.app_key, "d1", "m1", ReceiptEvent.ARRIVED) == "inbox"
+    assert store.messages.apply_receipt(app.app_key, "d1", "m1", ReceiptEvent.ARRIVED) == "inbox"
     before = delivery(store, app.app_key, "m1", "d1")
     clock.advance(1)
 
-    assert store.transition([("m1", "d1")], DeliveryState.ACCEPTED) == []
-    assert store.transition([("m1", "d1")], DeliveryState.PUBLISHED) == []
+    assert store.messages.transition([("m1", "d1")], DeliveryState.ACCEPTED) == []
+    assert store.messages.transition([("m1", "d1")], DeliveryState.PUBLISHED) == []
 
     after = delivery(store, app.app_key, "m1", "d1")
     assert after["state"] == "arrived"
@@ -140,14 +140,16 @@ def test_transition_to_failed_records_the_reason_and_is_terminal(store: Store, c
     published(store, app.app_key)
     t = clock.advance(1)
 
-    assert store.transition([("m1", "d1")], DeliveryState.FAILED, detail="bad_token") == [("m1", "d1")]
+    assert store.messages.transition([("m1", "d1")], DeliveryState.FAILED, detail="bad_token") == [
+        ("m1", "d1")
+    ]
 
     d = delivery(store, app.app_key, "m1", "d1")
     assert d["state"] == "failed"
     assert d["error"] == "bad_token"
     assert d["history"][-1] == {"state": "failed", "at": t, "detail": "bad_token"}
     # terminal: nothing moves it again
-    assert store.transition([("m1", "d1")], DeliveryState.ARRIVED) == []
+    assert store.messages.transition([("m1", "d1")], DeliveryState.ARRIVED) == []
     assert delivery(store, app.app_key, "m1", "d1")["state"] == "failed"
 
 
@@ -155,20 +157,20 @@ def test_transition_to_cancelled_takes_pending_deliveries_out_of_pending(store: 
     app = store.apps.create_app("shop")
     accept(store, app.app_key, "m1", ["d1", "d2"])
 
-    assert store.transition([("m1", "d1")], DeliveryState.CANCELLED) == [("m1", "d1")]
+    assert store.messages.transition([("m1", "d1")], DeliveryState.CANCELLED) == [("m1", "d1")]
 
     assert delivery(store, app.app_key, "m1", "d1")["state"] == "cancelled"
-    assert {(p.msg_id, p.device_id) for p in store.pending_deliveries()} == {("m1", "d2")}
+    assert {(p.msg_id, p.device_id) for p in store.messages.pending_deliveries()} == {("m1", "d2")}
 
 
 def test_receipt_arrived_records_history_with_clock_times(store: Store, clock: FakeClock) -> None:
     app = store.apps.create_app("shop")
     accept(store, app.app_key, "m1", ["d1", "d2"])
     t1 = clock.advance(1)
-    store.transition([("m1", "d1"), ("m1", "d2")], DeliveryState.PUBLISHED)
+    store.messages.transition([("m1", "d1"), ("m1", "d2")], DeliveryState.PUBLISHED)
     t2 = clock.advance(4)
 
-    assert store.apply_receipt(app.app_key, "d1", "m1", ReceiptEvent.ARRIVED) == "inbox"
+    assert store.messages.apply_receipt(app.app_key, "d1", "m1", ReceiptEvent.ARRIVED) == "inbox"
 
     d1 = delivery(store, app.app_key, "m1", "d1")
     assert d1["state"] == "arrived"
@@ -185,10 +187,10 @@ def test_receipt_opened_from_published_implies_arrived(store: Store, clock: Fake
     app = store.apps.create_app("shop")
     accept(store, app.app_key, "m1", ["d1"])
     t1 = clock.advance(1)
-    store.transition([("m1", "d1")], DeliveryState.PUBLISHED)
+    store.messages.transition([("m1", "d1")], DeliveryState.PUBLISHED)
     t2 = clock.advance(30)
 
-    assert store.apply_receipt(app.app_key, "d1", "m1", ReceiptEvent.OPENED) == "inbox"
+    assert store.messages.apply_receipt(app.app_key, "d1", "m1", ReceiptEvent.OPENED) == "inbox"
 
     d = delivery(store, app.app_key, "m1", "d1")
     assert d["state"] == "opened"
@@ -208,9 +210,9 @@ def test_receipt_opened_after_arrived_adds_no_second_arrival(store: Store, clock
 def test_duplicate_receipt_does_not_move_backwards(store: Store, clock: FakeClock) -> None:
     app = store.apps.create_app("shop")
     accept(store, app.app_key, "m1", ["d1"])
-    store.apply_receipt(app.app_key, "d1", "m1", ReceiptEvent.OPENED)
+    store.messages.apply_receipt(app.app_key, "d1", "m1", ReceiptEvent.OPENED)
     clock.advance(1)
-    assert store.apply_receipt(app.app_key, "d1", "m1", ReceiptEvent.ARRIVED) == "inbox"
+    assert store.messages.apply_receipt(app.app_key, "d1", "m1", ReceiptEvent.ARRIVED) == "inbox"
     assert delivery(store, app.app_key, "m1", "d1")["state"] == "opened"
 
 
@@ -220,9 +222,9 @@ def test_receipt_for_another_apps_message_is_refused(store: Store) -> None:
     published(store, shop.app_key)
     before = delivery(store, shop.app_key, "m1", "d1")
 
-    assert store.apply_receipt(news.app_key, "d1", "m1", ReceiptEvent.ARRIVED) is None
-    assert store.apply_receipt(shop.app_key, "d2", "m1", ReceiptEvent.ARRIVED) is None
-    assert store.apply_receipt(shop.app_key, "d1", "nope", ReceiptEvent.ARRIVED) is None
+    assert store.messages.apply_receipt(news.app_key, "d1", "m1", ReceiptEvent.ARRIVED) is None
+    assert store.messages.apply_receipt(shop.app_key, "d2", "m1", ReceiptEvent.ARRIVED) is None
+    assert store.messages.apply_receipt(shop.app_key, "d1", "nope", ReceiptEvent.ARRIVED) is None
 
     assert delivery(store, shop.app_key, "m1", "d1") == before
 
@@ -233,11 +235,11 @@ def test_pending_deliveries_are_accepted_or_published_and_unexpired(store: Store
     env2 = accept(store, app.app_key, "m2", ["d1", "d2"])  # published / arrived
     accept(store, app.app_key, "m3", ["d1"], expires_at=START + 10)  # expires soon
     accept(store, app.app_key, "m4", ["d1"])  # opened
-    store.transition([("m2", "d1"), ("m2", "d2")], DeliveryState.PUBLISHED)
-    store.apply_receipt(app.app_key, "d2", "m2", ReceiptEvent.ARRIVED)
-    store.apply_receipt(app.app_key, "d1", "m4", ReceiptEvent.OPENED)
+    store.messages.transition([("m2", "d1"), ("m2", "d2")], DeliveryState.PUBLISHED)
+    store.messages.apply_receipt(app.app_key, "d2", "m2", ReceiptEvent.ARRIVED)
+    store.messages.apply_receipt(app.app_key, "d1", "m4", ReceiptEvent.OPENED)
 
-    pending = store.pending_deliveries()
+    pending = store.messages.pending_deliveries()
     assert {(p.msg_id, p.device_id, p.state) for p in pending} == {
         ("m1", "d1", DeliveryState.ACCEPTED),
         ("m2", "d1", DeliveryState.PUBLISHED),
@@ -245,7 +247,7 @@ def test_pending_deliveries_are_accepted_or_published_and_unexpired(store: Store
     }
 
     clock.advance(10)  # m3 is due now, even before expire_due marks it
-    pending = store.pending_deliveries()
+    pending = store.messages.pending_deliveries()
     by_key = {(p.msg_id, p.device_id): p for p in pending}
     assert set(by_key) == {("m1", "d1"), ("m2", "d1")}
     assert by_key[("m1", "d1")].payload == env1
@@ -261,14 +263,14 @@ def test_expire_due_marks_expired_and_returns_what_to_clear(store: Store, clock:
     accept(store, shop.app_key, "m1", ["d1", "d2", "d3"], expires_at=START + 100)
     accept(store, news.app_key, "m2", ["e1"], expires_at=START + 100)
     accept(store, shop.app_key, "m3", ["d1"], expires_at=START + 1000)
-    store.transition([("m1", "d2")], DeliveryState.PUBLISHED)
-    store.apply_receipt(shop.app_key, "d3", "m1", ReceiptEvent.ARRIVED)
+    store.messages.transition([("m1", "d2")], DeliveryState.PUBLISHED)
+    store.messages.apply_receipt(shop.app_key, "d3", "m1", ReceiptEvent.ARRIVED)
 
     clock.advance(99)
-    assert store.expire_due() == ([], [])
+    assert store.messages.expire_due() == ([], [])
 
     t = clock.advance(1)
-    expired, broadcasts = store.expire_due()
+    expired, broadcasts = store.messages.expire_due()
     assert broadcasts == []
     assert sorted(expired) == sorted(
         [(shop.app_key, "d1", "m1"), (shop.app_key, "d2", "m1"), (news.app_key, "e1", "m2")]
@@ -282,17 +284,17 @@ def test_expire_due_marks_expired_and_returns_what_to_clear(store: Store, clock:
     assert states(delivery(store, shop.app_key, "m1", "d2")) == ["accepted", "published", "expired"]
     assert delivery(store, shop.app_key, "m1", "d3")["state"] == "arrived"  # delivered: not expired
 
-    assert {(p.msg_id, p.device_id) for p in store.pending_deliveries()} == {("m3", "d1")}
-    assert store.expire_due() == ([], [])
+    assert {(p.msg_id, p.device_id) for p in store.messages.pending_deliveries()} == {("m3", "d1")}
+    assert store.messages.expire_due() == ([], [])
 
 
 def test_receipt_after_expiry_keeps_expired(store: Store, clock: FakeClock) -> None:
     app = store.apps.create_app("shop")
     accept(store, app.app_key, "m1", ["d1"], expires_at=START + 5)
     clock.advance(5)
-    store.expire_due()
+    store.messages.expire_due()
     clock.advance(1)
-    assert store.apply_receipt(app.app_key, "d1", "m1", ReceiptEvent.ARRIVED) == "inbox"
+    assert store.messages.apply_receipt(app.app_key, "d1", "m1", ReceiptEvent.ARRIVED) == "inbox"
     d = delivery(store, app.app_key, "m1", "d1")
     assert d["state"] == "expired"
-    assert store.transition([("m1", "d1")], DeliveryState.PUBLISHED) == []
+    assert store.messages.transition([("m1", "d1")], DeliveryState.PUBLISHED) == []

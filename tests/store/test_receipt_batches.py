@@ -93,7 +93,7 @@ def world(specs: list[MessageSpec]) -> Iterator[tuple[Store, list[str]]]:
                 accept(store, apps[spec.app], spec.msg_id, devices, broadcast=spec.broadcast, ttl=ttl)
                 for device_id, state in zip(DEVICES, spec.deliveries, strict=True):
                     if state is not None and state is not DeliveryState.ACCEPTED:
-                        store.transition([(spec.msg_id, device_id)], state)
+                        store.messages.transition([(spec.msg_id, device_id)], state)
             clock.advance(LATE)
             yield store, apps
         finally:
@@ -109,7 +109,7 @@ def receipts_of(
 def statuses(store: Store, specs: list[MessageSpec], apps: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for spec in specs:
-        status = store.message_status(apps[spec.app], spec.msg_id)
+        status = store.messages.message_status(apps[spec.app], spec.msg_id)
         assert status is not None
         out[spec.msg_id] = status.deliveries
     return out
@@ -166,8 +166,10 @@ def test_a_batch_is_the_receipts_one_at_a_time(
     with world(specs) as (batched, apps), world(specs) as (single, single_apps):
         receipts = receipts_of(choices, specs, apps)
         before = statuses(batched, specs, apps)
-        fanouts = batched.apply_receipts(receipts)
-        assert fanouts == [single.apply_receipt(*r) for r in receipts_of(choices, specs, single_apps)]
+        fanouts = batched.messages.apply_receipts(receipts)
+        assert fanouts == [
+            single.messages.apply_receipt(*r) for r in receipts_of(choices, specs, single_apps)
+        ]
         after = statuses(batched, specs, apps)
         assert after == statuses(single, specs, single_apps)
 
@@ -196,13 +198,13 @@ def test_a_large_batch_of_single_device_pushes_is_read_in_chunks(store: Store, c
     app = store.apps.create_app("a").app_key
     for i in range(1100):
         accept(store, app, f"m{i}", ["d1"])
-    store.transition([(f"m{i}", "d1") for i in range(1100)], DeliveryState.PUBLISHED)
+    store.messages.transition([(f"m{i}", "d1") for i in range(1100)], DeliveryState.PUBLISHED)
     clock.advance(1)
     arrived = [(app, "d1", f"m{i}", ReceiptEvent.ARRIVED) for i in range(1100)]
     opened = [(app, "d1", f"m{i}", ReceiptEvent.OPENED) for i in range(0, 1100, 2)]
-    assert store.apply_receipts(arrived + opened + arrived[:10]) == ["inbox"] * (1100 + 550 + 10)
+    assert store.messages.apply_receipts(arrived + opened + arrived[:10]) == ["inbox"] * (1100 + 550 + 10)
     for i in (0, 1, 398, 399, 400, 401, 998, 1099):
-        status = store.message_status(app, f"m{i}")
+        status = store.messages.message_status(app, f"m{i}")
         assert status is not None
         history = [h["state"] for h in status.deliveries[0]["history"]]
         assert history == ["accepted", "published", "arrived"] + (["opened"] if i % 2 == 0 else [])
@@ -211,10 +213,10 @@ def test_a_large_batch_of_single_device_pushes_is_read_in_chunks(store: Store, c
 def test_one_broadcast_joined_twice_in_a_batch_is_one_delivery(store: Store) -> None:
     app = store.apps.create_app("a").app_key
     accept(store, app, "b1", [], broadcast=True)
-    assert store.apply_receipts(
+    assert store.messages.apply_receipts(
         [(app, "late", "b1", ReceiptEvent.ARRIVED), (app, "late", "b1", ReceiptEvent.OPENED)]
     ) == ["topic", "topic"]
-    status = store.message_status(app, "b1")
+    status = store.messages.message_status(app, "b1")
     assert status is not None
     [delivery] = status.deliveries
     assert (delivery["device_id"], delivery["state"], delivery["channel"]) == ("late", "opened", "mqtt")

@@ -22,7 +22,7 @@ def test_flush_rolls_up_and_retention_keeps_each_granularity(store: Store, clock
         {"data": {"type": "not this one"}, "type": "notification", "id": "m"},
     ]
     for i in range(3):
-        store.accept_message(
+        store.messages.accept_message(
             msg_id=f"m{i}",
             app_key=app.app_key,
             kind="devices",
@@ -32,7 +32,7 @@ def test_flush_rolls_up_and_retention_keeps_each_granularity(store: Store, clock
             expires_at=clock.now() + 3600,
             device_ids=[device.device_id],
         )
-        store.transition([(f"m{i}", device.device_id)], DeliveryState.PUBLISHED)
+        store.messages.transition([(f"m{i}", device.device_id)], DeliveryState.PUBLISHED)
         clock.advance(70)
     assert store.stats.flush() == 6  # three minutes, each with an accepted (none) and a published (mqtt) row
     window = (start - 86400, start + 86400)
@@ -69,7 +69,7 @@ def test_a_query_adds_what_is_not_flushed_and_a_flush_counts_nothing_twice(
         for i in range(5)
     ]
     envelope = json.dumps({"id": "m", "app": app.app_key, "type": "message"}, separators=(",", ":")).encode()
-    store.accept_message(
+    store.messages.accept_message(
         msg_id="m",
         app_key=app.app_key,
         kind="devices",
@@ -79,10 +79,10 @@ def test_a_query_adds_what_is_not_flushed_and_a_flush_counts_nothing_twice(
         expires_at=clock.now() + 60,
         device_ids=devices,
     )
-    store.transition([("m", d) for d in devices[:3]], DeliveryState.PUBLISHED)
+    store.messages.transition([("m", d) for d in devices[:3]], DeliveryState.PUBLISHED)
     store.stats.flush()  # the rows before and after it are counted in two batches
     clock.advance(120)
-    store.expire_due()
+    store.messages.expire_due()
     window = (clock.now() - 3600, clock.now() + 60)
 
     def by_channel() -> dict[str, dict[str, int]]:

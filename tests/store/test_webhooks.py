@@ -41,10 +41,10 @@ def test_arrivals_become_events_only_for_subscribed_apps(wstore: Store) -> None:
     wstore.webhooks.create(other.app_key, "https://other.example/hook", ["delivery.opened"])
     accept(wstore, shop.app_key, "m1", ["d1", "d2"])
     accept(wstore, other.app_key, "m2", ["d1"])
-    wstore.transition([("m1", "d1"), ("m1", "d2"), ("m2", "d1")], DeliveryState.PUBLISHED)
+    wstore.messages.transition([("m1", "d1"), ("m1", "d2"), ("m2", "d1")], DeliveryState.PUBLISHED)
     assert outbox(wstore) == []  # accepted/published are no events
 
-    wstore.apply_receipts(
+    wstore.messages.apply_receipts(
         [
             (shop.app_key, "d1", "m1", ReceiptEvent.ARRIVED),
             (shop.app_key, "d2", "m1", ReceiptEvent.ARRIVED),
@@ -73,8 +73,8 @@ def test_opened_brings_the_implied_arrival_and_two_webhooks_share_the_event_id(w
     a = wstore.webhooks.create(app.app_key, "https://a.example/", ["delivery.arrived", "delivery.opened"])
     b = wstore.webhooks.create(app.app_key, "https://b.example/", ["delivery.opened"])
     accept(wstore, app.app_key, "m1", ["d1"])
-    wstore.transition([("m1", "d1")], DeliveryState.PUBLISHED)
-    wstore.apply_receipt(app.app_key, "d1", "m1", ReceiptEvent.OPENED)
+    wstore.messages.transition([("m1", "d1")], DeliveryState.PUBLISHED)
+    wstore.messages.apply_receipt(app.app_key, "d1", "m1", ReceiptEvent.OPENED)
 
     rows_a, rows_b = outbox(wstore, a["webhook_id"]), outbox(wstore, b["webhook_id"])
     assert [(r["type"], r["payload"].get("detail")) for r in rows_a] == [
@@ -90,11 +90,11 @@ def test_a_rolled_back_transition_leaves_no_event(wstore: Store) -> None:
     wstore.webhooks.create(app.app_key, "https://a.example/", ["delivery.failed"])
     accept(wstore, app.app_key, "m1", ["d1"])
     with pytest.raises(RuntimeError), wstore._tx():
-        wstore.transition([("m1", "d1")], DeliveryState.FAILED, "boom")
+        wstore.messages.transition([("m1", "d1")], DeliveryState.FAILED, "boom")
         assert len(outbox(wstore)) == 1
         raise RuntimeError("the caller's transaction fails after the listener ran")
     assert outbox(wstore) == []
-    wstore.transition([("m1", "d1")], DeliveryState.FAILED, "boom")
+    wstore.messages.transition([("m1", "d1")], DeliveryState.FAILED, "boom")
     assert [r["payload"]["detail"] for r in outbox(wstore)] == ["boom"]
 
 
@@ -105,7 +105,7 @@ def test_expiry_token_task_and_alarm_events(wstore: Store, clock: FakeClock) -> 
     )
     accept(wstore, app.app_key, "m1", ["d1"], expires_at=START + 5)
     clock.advance(10)
-    wstore.expire_due()
+    wstore.messages.expire_due()
 
     device = wstore.devices.register_device(app.app_key, "i1", "ios").device_id
     token = "a" * 64
@@ -115,7 +115,7 @@ def test_expiry_token_task_and_alarm_events(wstore: Store, clock: FakeClock) -> 
     wstore.vendors.record_vendor_outcomes(app.app_key, "apns", [dead])
     wstore.vendors.record_vendor_outcomes(app.app_key, "apns", [dead])  # tombstoned already: no second event
 
-    wstore.accept_message(
+    wstore.messages.accept_message(
         msg_id="m3",
         app_key=app.app_key,
         kind="tags",
@@ -160,9 +160,11 @@ def test_batches_are_per_type_bounded_and_keep_their_delivery_id(wstore: Store, 
     wid = hook["webhook_id"]
     devices = [f"d{i:04d}" for i in range(MAX_BATCH + 20)]
     accept(wstore, app.app_key, "m1", devices)
-    wstore.transition([("m1", d) for d in devices], DeliveryState.PUBLISHED)
-    wstore.apply_receipt(app.app_key, devices[0], "m1", ReceiptEvent.OPENED)  # arrived (implied), opened
-    wstore.apply_receipts([(app.app_key, d, "m1", ReceiptEvent.ARRIVED) for d in devices[1:]])
+    wstore.messages.transition([("m1", d) for d in devices], DeliveryState.PUBLISHED)
+    wstore.messages.apply_receipt(
+        app.app_key, devices[0], "m1", ReceiptEvent.OPENED
+    )  # arrived (implied), opened
+    wstore.messages.apply_receipts([(app.app_key, d, "m1", ReceiptEvent.ARRIVED) for d in devices[1:]])
     assert wstore.webhooks.outlook(wid) == (False, MAX_BATCH)
 
     first = wstore.webhooks.take_batch(wid)
@@ -198,11 +200,11 @@ def test_failing_webhook_is_listed_then_gives_events_up_after_24_hours(
     app = wstore.apps.create_app("shop")
     wid = wstore.webhooks.create(app.app_key, "http://down.example/", ["delivery.failed"])["webhook_id"]
     accept(wstore, app.app_key, "m1", ["d1", "d2"])
-    wstore.transition([("m1", "d1")], DeliveryState.FAILED, "x")
+    wstore.messages.transition([("m1", "d1")], DeliveryState.FAILED, "x")
     batch = wstore.webhooks.take_batch(wid)
     assert batch is not None
     clock.advance(60)
-    wstore.transition([("m1", "d2")], DeliveryState.FAILED, "y")  # a newer event, not in the batch
+    wstore.messages.transition([("m1", "d2")], DeliveryState.FAILED, "y")  # a newer event, not in the batch
     wstore.webhooks.failed(wid, batch.batch_id, "ConnectError: refused")
 
     (listed,) = wstore.webhooks.for_app(app.app_key)
@@ -256,14 +258,14 @@ def test_a_webhook_added_by_another_process_is_seen(
 ) -> None:
     app = wstore.apps.create_app("shop")
     accept(wstore, app.app_key, "m1", ["d1", "d2"])
-    wstore.transition([("m1", "d1")], DeliveryState.FAILED, "before")  # the map is loaded: empty
+    wstore.messages.transition([("m1", "d1")], DeliveryState.FAILED, "before")  # the map is loaded: empty
     other = Store(data_dir, clock=clock, url=store_url)
     try:
         other.webhooks.create(app.app_key, "https://a.example/", ["delivery.failed"])
     finally:
         other.close()
     monkeypatch.setattr(webhooks_module, "REFRESH_SECONDS", 0.0)  # instead of waiting 2 s
-    wstore.transition([("m1", "d2")], DeliveryState.FAILED, "after")
+    wstore.messages.transition([("m1", "d2")], DeliveryState.FAILED, "after")
     assert [r["payload"]["detail"] for r in outbox(wstore)] == ["after"]
 
 
@@ -272,7 +274,7 @@ def test_every_way_a_task_ends_is_one_task_done(wstore: Store) -> None:
     hook = wstore.webhooks.create(app.app_key, "https://a.example/", ["task.done"])
 
     def task(n: int) -> None:
-        wstore.accept_message(
+        wstore.messages.accept_message(
             msg_id=f"m{n}",
             app_key=app.app_key,
             kind="tags",
@@ -288,9 +290,9 @@ def test_every_way_a_task_ends_is_one_task_done(wstore: Store) -> None:
         task(n)
     wstore.tasks.finish_task("t0", "failed", "audience query failed")
     wstore.tasks.cancel_task(app.app_key, "t1")
-    wstore.cancel_message(app.app_key, "m2")
-    wstore.recall(app.app_key, "m3")
-    wstore.recall(app.app_key, "m0")  # its task had ended already
+    wstore.messages.cancel_message(app.app_key, "m2")
+    wstore.messages.recall(app.app_key, "m3")
+    wstore.messages.recall(app.app_key, "m0")  # its task had ended already
 
     docs = [r["payload"] for r in outbox(wstore, hook["webhook_id"])]
     assert [(d["task_id"], d["msg_id"], d["state"], d["error"]) for d in docs] == [
@@ -307,8 +309,8 @@ def test_one_bridge_at_a_time_posts_a_webhook_and_a_lapsed_one_is_taken_over(
     app = wstore.apps.create_app("shop")
     wid = wstore.webhooks.create(app.app_key, "https://a.example/", ["delivery.arrived"])["webhook_id"]
     accept(wstore, app.app_key, "m1", ["d1"])
-    wstore.transition([("m1", "d1")], DeliveryState.PUBLISHED)
-    wstore.apply_receipt(app.app_key, "d1", "m1", ReceiptEvent.ARRIVED)
+    wstore.messages.transition([("m1", "d1")], DeliveryState.PUBLISHED)
+    wstore.messages.apply_receipt(app.app_key, "d1", "m1", ReceiptEvent.ARRIVED)
 
     first = wstore.webhooks.take_batch(wid, "bridge-a")
     assert first is not None
@@ -329,8 +331,8 @@ def test_released_senders_let_another_bridge_send_at_once(wstore: Store) -> None
     app = wstore.apps.create_app("shop")
     wid = wstore.webhooks.create(app.app_key, "https://a.example/", ["delivery.arrived"])["webhook_id"]
     accept(wstore, app.app_key, "m1", ["d1"])
-    wstore.transition([("m1", "d1")], DeliveryState.PUBLISHED)
-    wstore.apply_receipt(app.app_key, "d1", "m1", ReceiptEvent.ARRIVED)
+    wstore.messages.transition([("m1", "d1")], DeliveryState.PUBLISHED)
+    wstore.messages.apply_receipt(app.app_key, "d1", "m1", ReceiptEvent.ARRIVED)
     assert wstore.webhooks.take_batch(wid, "bridge-a") is not None
     wstore.webhooks.release_senders(["bridge-z"])  # another bridge's: a keeps the webhook
     assert wstore.webhooks.take_batch(wid, "bridge-b") is None
