@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
@@ -452,8 +452,11 @@ def create_api(ctx: ApiContext) -> FastAPI:
         app, _ = await guard.signed(request)
         return {
             "configured": await store.run(store.vendors.vendors_configured, app.app_key),
-            "counters": await store.run(store.vendors.vendor_counters, app.app_key),
-            "alarms": await store.run(store.vendors.alarms, app.app_key),
+            "counters": {
+                vendor: asdict(counts)
+                for vendor, counts in (await store.run(store.vendors.vendor_counters, app.app_key)).items()
+            },
+            "alarms": [asdict(a) for a in await store.run(store.vendors.alarms, app.app_key)],
         }
 
     @api.get("/api/v1/settings", openapi_extra=spec(SIGNED))

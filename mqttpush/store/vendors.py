@@ -52,6 +52,25 @@ class VendorOutcome:
     """On failure the MQTT inbox takes over (``mqtt_else_vendor``): the delivery does not fail."""
 
 
+@dataclass(frozen=True, slots=True)
+class VendorAlarm:
+    """A vendor refused an app's credentials: the last reason, when, and how many times."""
+
+    vendor: str
+    reason: str
+    at: float
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class VendorCounters:
+    """What one vendor did for an app: forwards, tokens it declared dead, failures."""
+
+    forwarded: int
+    dropped_tokens: int
+    failed: int
+
+
 class VendorRepository(Repository):
     """``store.vendors``: each app's vendor credentials (sealed), the alarms raised when a vendor
     refuses them, the per-vendor counters, and what vendors said of deliveries."""
@@ -99,18 +118,18 @@ class VendorRepository(Repository):
             (app_key, vendor, reason, self.clock.now()),
         )
 
-    def alarms(self, app_key: str) -> list[dict[str, Any]]:
+    def alarms(self, app_key: str) -> list[VendorAlarm]:
         return [
-            {"vendor": r[0], "reason": r[1], "at": r[2], "count": r[3]}
+            VendorAlarm(r[0], r[1], r[2], r[3])
             for r in self._conn.execute(
                 "SELECT vendor, reason, at, count FROM vendor_alarms WHERE app_key = ? ORDER BY vendor",
                 (app_key,),
             )
         ]
 
-    def vendor_counters(self, app_key: str) -> dict[str, dict[str, int]]:
+    def vendor_counters(self, app_key: str) -> dict[str, VendorCounters]:
         return {
-            r[0]: {"forwarded": r[1], "dropped_tokens": r[2], "failed": r[3]}
+            r[0]: VendorCounters(r[1], r[2], r[3])
             for r in self._conn.execute(
                 "SELECT vendor, forwarded, dropped_tokens, failed FROM vendor_counters WHERE app_key = ?",
                 (app_key,),

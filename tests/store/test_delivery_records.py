@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from mqttpush.models import DeliveryState, ReceiptEvent
 from mqttpush.store.store import Store
-from mqttpush.store.vendors import VendorOutcome
+from mqttpush.store.vendors import VendorCounters, VendorOutcome
 from tests.store.fake_clock import START, FakeClock
 from tests.store.test_messages import accept, delivery, published, receipts_a_second_apart, states
 
@@ -126,8 +126,6 @@ def test_vendor_failure_with_fallback_leaves_the_delivery_for_the_inbox(store: S
     d = delivery(store, app.app_key, "m1", reg.device_id)
     assert (d["state"], d["channel"], d["attempts"], d["error"]) == ("accepted", "apns,mqtt", 1, None)
     assert store.devices.vendor_tokens(reg.device_id) == []  # a dead token still leaves the registry
-    assert store.vendors.vendor_counters(app.app_key)["apns"] == {
-        "forwarded": 0,
-        "dropped_tokens": 1,
-        "failed": 1,
-    }
+    assert store.vendors.vendor_counters(app.app_key)["apns"] == VendorCounters(
+        forwarded=0, dropped_tokens=1, failed=1
+    )
