@@ -233,9 +233,9 @@ class TaskRunner:
                 return
             after = lines[-1][0]
             values = [v for _, v in lines]
-            if info["kind"] == "aliases":
+            if info.kind == "aliases":
                 bound = await store.run(
-                    store.devices.devices_for_aliases, app_key, info["alias_type"] or "user", values
+                    store.devices.devices_for_aliases, app_key, info.alias_type or "user", values
                 )
                 device_ids = list(dict.fromkeys(d for ds in bound.values() for d in ds))
             else:

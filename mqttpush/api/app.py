@@ -211,14 +211,14 @@ def create_api(ctx: ApiContext) -> FastAPI:
     @api.get("/api/v1/tasks/{task_id}", openapi_extra=spec(SIGNED))
     async def task_status(task_id: str, request: Request) -> dict[str, Any]:
         app, _ = await guard.signed(request)
-        return await store.run(store.tasks.task_status, app.app_key, task_id)
+        return asdict(await store.run(store.tasks.task_status, app.app_key, task_id))
 
     @api.delete("/api/v1/tasks/{task_id}", openapi_extra=spec(SIGNED, scope="push"))
     async def task_cancel(task_id: str, request: Request) -> dict[str, Any]:
         app, _ = await guard.signed(request)
         await store.run(store.tasks.cancel_task, app.app_key, task_id)
         ctx.tasks.cancelled(task_id)
-        return await store.run(store.tasks.task_status, app.app_key, task_id)
+        return asdict(await store.run(store.tasks.task_status, app.app_key, task_id))
 
     @api.post("/api/v1/files", status_code=201, openapi_extra=spec(SIGNED, text_body=True, scope="push"))
     async def upload_file(request: Request, kind: str = "devices", alias_type: str = "user") -> JSONResponse:

@@ -27,6 +27,39 @@ class TaskRecord:
     expires_at: float
 
 
+@dataclass(frozen=True, slots=True)
+class FileInfo:
+    """An uploaded id file, once complete."""
+
+    file_id: str
+    kind: str
+    """``devices`` or ``aliases``."""
+    alias_type: str | None
+    lines: int
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class TaskStatus:
+    """A task's progress: its deliveries counted by how far they got."""
+
+    task_id: str
+    msg_id: str
+    kind: str
+    state: str
+    targeted: int
+    published: int
+    forwarded: int
+    arrived: int
+    opened: int
+    failed: int
+    expired: int
+    cancelled: int
+    error: str | None
+    created_at: float
+    finished_at: float | None
+
+
 _TASK_COUNTS = """
 SELECT
   count(*),
@@ -69,20 +102,14 @@ class TaskRepository(Repository):
             self._conn.execute("DELETE FROM file_lines WHERE file_id = ?", (file_id,))
             self._conn.execute("DELETE FROM files WHERE file_id = ?", (file_id,))
 
-    def file_info(self, app_key: str, file_id: str) -> dict[str, Any]:
+    def file_info(self, app_key: str, file_id: str) -> FileInfo:
         row = self._conn.execute(
             "SELECT kind, alias_type, lines, created_at FROM files WHERE file_id = ? AND app_key = ? AND state = 'ready'",
             (file_id, app_key),
         ).fetchone()
         if row is None:
             raise NotFound(f"no file {file_id!r} in this app", code="unknown_file")
-        return {
-            "file_id": file_id,
-            "kind": row[0],
-            "alias_type": row[1],
-            "lines": row[2],
-            "created_at": row[3],
-        }
+        return FileInfo(file_id, row[0], row[1], row[2], row[3])
 
     def file_values(self, file_id: str, after_line: int, limit: int) -> list[tuple[int, str]]:
         return [
@@ -178,7 +205,7 @@ class TaskRepository(Repository):
                 self._record(msg_id, device_id, DeliveryState.CANCELLED, now, "task cancelled")
         return devices
 
-    def task_status(self, app_key: str, task_id: str) -> dict[str, Any]:
+    def task_status(self, app_key: str, task_id: str) -> TaskStatus:
         row = self._conn.execute(
             "SELECT msg_id, kind, state, targeted, error, created_at, finished_at FROM tasks"
             " WHERE task_id = ? AND app_key = ?",
@@ -189,20 +216,20 @@ class TaskRepository(Repository):
         msg_id, kind, state, _targeted, error, created_at, finished_at = row
         counts = self._conn.execute(_TASK_COUNTS, (msg_id,)).fetchone()
         n = [int(c or 0) for c in counts]
-        return {
-            "task_id": task_id,
-            "msg_id": msg_id,
-            "kind": kind,
-            "state": state,
-            "targeted": n[0],
-            "published": n[1],
-            "forwarded": n[2],
-            "arrived": n[3],
-            "opened": n[4],
-            "failed": n[5],
-            "expired": n[6],
-            "cancelled": n[7],
-            "error": error,
-            "created_at": created_at,
-            "finished_at": finished_at,
-        }
+        return TaskStatus(
+            task_id=task_id,
+            msg_id=msg_id,
+            kind=kind,
+            state=state,
+            targeted=n[0],
+            published=n[1],
+            forwarded=n[2],
+            arrived=n[3],
+            opened=n[4],
+            failed=n[5],
+            expired=n[6],
+            cancelled=n[7],
+            error=error,
+            created_at=created_at,
+            finished_at=finished_at,
+        )
