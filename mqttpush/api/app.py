@@ -308,7 +308,8 @@ def create_api(ctx: ApiContext) -> FastAPI:
     async def show_device(device_id: str, request: Request) -> dict[str, Any]:
         app_key, _, _ = await guard.app_or_device(request, device_id)
         doc = await store.run(store.devices.device_doc, app_key, device_id)
-        return doc | {"vendor_tokens": await store.run(store.devices.masked_vendor_tokens, device_id)}
+        tokens = await store.run(store.devices.masked_vendor_tokens, device_id)
+        return asdict(doc) | {"vendor_tokens": [asdict(t) for t in tokens]}
 
     @api.patch("/api/v1/devices/{device_id}", openapi_extra=spec(SIGNED, BEARER, body=DeviceUpdateRequest))
     async def update_device(device_id: str, request: Request) -> dict[str, Any]:
@@ -319,7 +320,7 @@ def create_api(ctx: ApiContext) -> FastAPI:
         if "test" in changes and not by_app:
             raise Forbidden("only the app marks test devices", code="not_your_device")
         await store.run(store.devices.update_device, app_key, device_id, **changes)
-        return await store.run(store.devices.device_doc, app_key, device_id)
+        return asdict(await store.run(store.devices.device_doc, app_key, device_id))
 
     @api.post("/api/v1/devices/{device_id}/tags", openapi_extra=spec(SIGNED, BEARER, body=TagsRequest))
     async def update_tags(device_id: str, request: Request) -> dict[str, Any]:
@@ -341,7 +342,7 @@ def create_api(ctx: ApiContext) -> FastAPI:
             store.devices.bind_alias, app_key, device_id, req.alias_type, req.alias, replace=req.mode == "set"
         )
         doc = await store.run(store.devices.device_doc, app_key, device_id)
-        return {"device_id": device_id, "aliases": doc["aliases"]}
+        return {"device_id": device_id, "aliases": [asdict(a) for a in doc.aliases]}
 
     @api.delete(
         "/api/v1/devices/{device_id}/aliases/{alias_type}/{alias}", openapi_extra=spec(SIGNED, BEARER)
@@ -350,7 +351,7 @@ def create_api(ctx: ApiContext) -> FastAPI:
         app_key, _, _ = await guard.app_or_device(request, device_id)
         await store.run(store.devices.unbind_alias, app_key, device_id, alias_type, alias)
         doc = await store.run(store.devices.device_doc, app_key, device_id)
-        return {"device_id": device_id, "aliases": doc["aliases"]}
+        return {"device_id": device_id, "aliases": [asdict(a) for a in doc.aliases]}
 
     async def _status_doc(app: App, msg_id: str) -> dict[str, Any]:
         status = await store.run(store.messages.message_status, app.app_key, msg_id)
@@ -426,7 +427,7 @@ def create_api(ctx: ApiContext) -> FastAPI:
         tokens = await store.run(store.devices.vendor_tokens, device_id)
         return {
             "device_id": device_id,
-            "tokens": [{"vendor": t["vendor"], "updated_at": t["updated_at"]} for t in tokens],
+            "tokens": [{"vendor": t.vendor, "updated_at": t.updated_at} for t in tokens],
         }
 
     @api.delete("/api/v1/devices/{device_id}/tokens/{vendor}", openapi_extra=spec(SIGNED, BEARER))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hmac
 import json
 from collections.abc import Callable
+from dataclasses import asdict
 from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit
@@ -312,7 +313,9 @@ def install(api: FastAPI, ctx: ApiContext, guard: Guard) -> None:
     @api.get("/console/api/devices/{device_id}", include_in_schema=False)
     async def console_device(device_id: str, request: Request) -> dict[str, Any]:
         app, _, _ = await session_of(request, changes=False)
-        doc = await store.run(store.devices.device_doc, app.app_key, device_id)
-        doc["vendor_tokens"] = await store.run(store.devices.masked_vendor_tokens, device_id)
+        doc = asdict(await store.run(store.devices.device_doc, app.app_key, device_id))
+        doc["vendor_tokens"] = [
+            asdict(t) for t in await store.run(store.devices.masked_vendor_tokens, device_id)
+        ]
         doc["recent"] = await store.run(store.console.recent_deliveries, device_id)
         return doc

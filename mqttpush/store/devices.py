@@ -50,6 +50,55 @@ def hash_token(salt: bytes, token: str) -> bytes:
 
 
 @dataclass(frozen=True, slots=True)
+class DeviceAlias:
+    alias: str
+    alias_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceDetail:
+    """A device as the API shows it: attributes, tags, aliases, presence."""
+
+    device_id: str
+    install_id: str
+    platform: str
+    app_version: str | None
+    channel: str | None
+    locale: str | None
+    test: bool
+    online: bool
+    last_seen: float | None
+    created_at: float
+    timezone: str | None
+    tags: tuple[str, ...]
+    aliases: tuple[DeviceAlias, ...]
+    """By alias type, then alias."""
+
+
+@dataclass(frozen=True, slots=True)
+class VendorToken:
+    """A live vendor token of a device (what forwards use)."""
+
+    vendor: str
+    token: str
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class MaskedVendorToken:
+    """A vendor token as ``device show`` tells it: masked, when added and last used, and when and
+    why a vendor declared it dead."""
+
+    vendor: str
+    token: str
+    """``…`` and the last 6 characters (:func:`~mqttpush.store.vendors.mask_token`)."""
+    added_at: float
+    last_used_at: float | None
+    removed_at: float | None
+    removed_reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class DeviceRouting:
     """One device's routing facts (what ``bridge.router.route`` decides on)."""
 
@@ -192,8 +241,8 @@ class DeviceRepository(Repository):
             raise NotFound(f"no device {device_id!r}", code="unknown_device")
         return str(row[0])
 
-    def device_doc(self, app_key: str, device_id: str) -> dict[str, Any]:
-        """A device as the API shows it: attributes, tags, aliases, presence."""
+    def device_doc(self, app_key: str, device_id: str) -> DeviceDetail:
+        """A device of ``app_key`` with its tags and aliases (:class:`NotFound` for another app's)."""
         row = self._conn.execute(
             "SELECT device_id, install_id, platform, app_version, channel, locale, is_test, online, last_seen,"
             " created_at, timezone FROM devices WHERE device_id = ? AND app_key = ?",
@@ -201,30 +250,25 @@ class DeviceRepository(Repository):
         ).fetchone()
         if row is None:
             raise NotFound(f"no device {device_id!r} in this app", code="unknown_device")
-        keys = (
-            "device_id",
-            "install_id",
-            "platform",
-            "app_version",
-            "channel",
-            "locale",
-            "test",
-            "online",
-            "last_seen",
-            "created_at",
-            "timezone",
+        aliases = self._conn.execute(
+            "SELECT alias, alias_type FROM aliases WHERE device_id = ? ORDER BY alias_type, alias",
+            (device_id,),
         )
-        doc = dict(zip(keys, row, strict=True))
-        doc["test"], doc["online"] = bool(doc["test"]), bool(doc["online"])
-        doc["tags"] = self.tags_of(device_id)
-        doc["aliases"] = [
-            {"alias": a, "alias_type": t}
-            for t, a in self._conn.execute(
-                "SELECT alias_type, alias FROM aliases WHERE device_id = ? ORDER BY alias_type, alias",
-                (device_id,),
-            )
-        ]
-        return doc
+        return DeviceDetail(
+            device_id=row[0],
+            install_id=row[1],
+            platform=row[2],
+            app_version=row[3],
+            channel=row[4],
+            locale=row[5],
+            test=bool(row[6]),
+            online=bool(row[7]),
+            last_seen=row[8],
+            created_at=row[9],
+            timezone=row[10],
+            tags=tuple(self.tags_of(device_id)),
+            aliases=tuple(DeviceAlias(a, t) for a, t in aliases),
+        )
 
     def update_device(self, app_key: str, device_id: str, **attrs: Any) -> None:
         """Set attributes (``test``, ``app_version``, ``channel``, ``locale``) of a device of ``app_key``."""
@@ -485,10 +529,10 @@ class DeviceRepository(Repository):
             )
         return cur.rowcount
 
-    def vendor_tokens(self, device_id: str) -> list[dict[str, Any]]:
+    def vendor_tokens(self, device_id: str) -> list[VendorToken]:
         """A device's live tokens (the ones forwards use), newest first."""
         return [
-            {"vendor": r[0], "token": self._unseal(r[1]), "updated_at": r[2]}
+            VendorToken(r[0], self._unseal(r[1]), r[2])
             for r in self._conn.execute(
                 "SELECT vendor, token_enc, updated_at FROM vendor_tokens"
                 " WHERE device_id = ? AND removed_at IS NULL ORDER BY updated_at DESC",
@@ -496,17 +540,16 @@ class DeviceRepository(Repository):
             )
         ]
 
-    def masked_vendor_tokens(self, device_id: str) -> list[dict[str, Any]]:
-        """A device's tokens as ``device show`` tells them: masked, when added and last used, and
-        when and why a vendor declared one dead; live ones first, then newest first."""
-        keys = ("vendor", "token", "added_at", "last_used_at", "removed_at", "removed_reason")
+    def masked_vendor_tokens(self, device_id: str) -> list[MaskedVendorToken]:
+        """A device's tokens, masked, as ``device show`` tells them: live ones first, then newest first."""
         rows = self._conn.execute(
             "SELECT vendor, token_enc, updated_at, last_used_at, removed_at, removed_reason FROM vendor_tokens"
             " WHERE device_id = ? ORDER BY removed_at IS NOT NULL, updated_at DESC",
             (device_id,),
         )
         return [
-            dict(zip(keys, (r[0], mask_token(r[0], self._unseal(r[1])), *r[2:]), strict=True)) for r in rows
+            MaskedVendorToken(r[0], mask_token(r[0], self._unseal(r[1])), r[2], r[3], r[4], r[5])
+            for r in rows
         ]
 
     def route_facts(self, device_ids: list[str]) -> dict[str, DeviceRouting]:

@@ -215,4 +215,4 @@ def test_registration_refuses_a_bad_token_with_422_and_keeps_a_good_one(running:
     assert [t["vendor"] for t in resp.json()["tokens"]] == ["apns"]
     store = r.server.store
     stored = r.call(store.run(store.devices.vendor_tokens, device_id))
-    assert [(t["vendor"], t["token"]) for t in stored] == [("apns", APNS_32)]  # stored normalised
+    assert [(t.vendor, t.token) for t in stored] == [("apns", APNS_32)]  # stored normalised

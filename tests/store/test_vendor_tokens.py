@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from mqttpush.errors import StoreError
+from mqttpush.store.devices import MaskedVendorToken
 from mqttpush.store.store import DB_FILE, KEY_FILE, Store, _migrations
 from mqttpush.store.vendors import mask_token
 from tests.store.fake_clock import START, FakeClock
@@ -36,11 +37,11 @@ def test_masked_tokens_are_live_first_then_newest(store: Store, clock: FakeClock
     store.devices.set_vendor_token(app.app_key, device, "fcm", "old-token-111111")
     clock.advance(10)
     store.devices.set_vendor_token(app.app_key, device, "fcm", "new-token-222222")
-    assert [(t["token"], t["added_at"]) for t in store.devices.masked_vendor_tokens(device)] == [
+    assert [(t.token, t.added_at) for t in store.devices.masked_vendor_tokens(device)] == [
         ("…222222", START + 10),
         ("…111111", START),
     ]
-    assert store.devices.vendor_tokens(device)[0]["token"] == "new-token-222222"
+    assert store.devices.vendor_tokens(device)[0].token == "new-token-222222"
 
 
 def _as_released(data_dir: Path, version: int, tokens: list[tuple[str, str, str, dict[str, object]]]) -> None:
@@ -111,16 +112,16 @@ def test_migration_0005_keeps_existing_tokens_live(data_dir: Path, clock: FakeCl
     again = Store(data_dir, clock=clock)
     try:
         assert again.schema_version() >= 5
-        assert [t["token"] for t in again.devices.vendor_tokens(device)] == ["a" * 64]
+        assert [t.token for t in again.devices.vendor_tokens(device)] == ["a" * 64]
         assert again.devices.masked_vendor_tokens(device) == [
-            {
-                "vendor": "apns",
-                "token": "…aaaaaa",
-                "added_at": START,
-                "last_used_at": None,
-                "removed_at": None,
-                "removed_reason": None,
-            }
+            MaskedVendorToken(
+                vendor="apns",
+                token="…aaaaaa",
+                added_at=START,
+                last_used_at=None,
+                removed_at=None,
+                removed_reason=None,
+            )
         ]
         assert again.devices.route_facts([device])[device].tokens == (("apns", "a" * 64),)
     finally:
@@ -143,7 +144,7 @@ def test_registered_tokens_are_sealed_on_disk(data_dir: Path, clock: FakeClock) 
     store.devices.set_vendor_tokens([(device, "fcm", TOKENS["fcm"]), (device, "webpush", TOKENS["webpush"])])
     stored = _stored_bytes(data_dir)
     rows = _raw_rows(data_dir)
-    assert {t["vendor"]: t["token"] for t in store.devices.vendor_tokens(device)} == TOKENS
+    assert {t.vendor: t.token for t in store.devices.vendor_tokens(device)} == TOKENS
     store.close()
 
     assert len(rows) == 3
@@ -179,32 +180,32 @@ def test_schema_6_store_with_clear_tokens_ends_sealed(data_dir: Path, clock: Fak
         assert facts[phone].tokens == (("fcm", TOKENS["fcm"]), ("apns", TOKENS["apns"]))
         assert facts[browser].tokens == (("webpush", TOKENS["webpush"]),)
         assert again.devices.masked_vendor_tokens(phone) == [
-            {
-                "vendor": "fcm",
-                "token": "…9_Qm4x",
-                "added_at": START + 5,
-                "last_used_at": START + 6,
-                "removed_at": None,
-                "removed_reason": None,
-            },
-            {
-                "vendor": "apns",
-                "token": "…c0ffee",
-                "added_at": START,
-                "last_used_at": None,
-                "removed_at": None,
-                "removed_reason": None,
-            },
-            {
-                "vendor": "fcm",
-                "token": "…Kd83hQ",
-                "added_at": START,
-                "last_used_at": None,
-                "removed_at": START + 1,
-                "removed_reason": "Unregistered",
-            },
+            MaskedVendorToken(
+                vendor="fcm",
+                token="…9_Qm4x",
+                added_at=START + 5,
+                last_used_at=START + 6,
+                removed_at=None,
+                removed_reason=None,
+            ),
+            MaskedVendorToken(
+                vendor="apns",
+                token="…c0ffee",
+                added_at=START,
+                last_used_at=None,
+                removed_at=None,
+                removed_reason=None,
+            ),
+            MaskedVendorToken(
+                vendor="fcm",
+                token="…Kd83hQ",
+                added_at=START,
+                last_used_at=None,
+                removed_at=START + 1,
+                removed_reason="Unregistered",
+            ),
         ]
-        assert [t["token"] for t in again.devices.masked_vendor_tokens(browser)] == ["…9c1e5b"]
+        assert [t.token for t in again.devices.masked_vendor_tokens(browser)] == ["…9c1e5b"]
         rows = _raw_rows(data_dir)
     finally:
         again.close()
@@ -222,13 +223,13 @@ def test_a_dead_token_is_removed_by_its_value(store: Store) -> None:
     store.devices.set_vendor_token(app.app_key, device, "fcm", "fcm-token-one")
     store.devices.set_vendor_token(app.app_key, device, "fcm", "fcm-token-two")
     store.devices.set_vendor_token(app.app_key, device, "fcm", "fcm-token-one")  # again: still one row
-    assert sorted(t["token"] for t in store.devices.vendor_tokens(device)) == [
+    assert sorted(t.token for t in store.devices.vendor_tokens(device)) == [
         "fcm-token-one",
         "fcm-token-two",
     ]
 
     assert store.devices.remove_vendor_token(device, "fcm", "fcm-token-one") == 1
-    assert [t["token"] for t in store.devices.vendor_tokens(device)] == ["fcm-token-two"]
+    assert [t.token for t in store.devices.vendor_tokens(device)] == ["fcm-token-two"]
     assert store.devices.remove_vendor_token(device, "fcm", "fcm-token-one") == 0
     assert (
         store.devices.remove_vendor_token(device, "apns", "fcm-token-two") == 0
