@@ -40,7 +40,7 @@ def run(receipts: int, webhook: bool) -> dict[str, Any]:
             elapsed = time.perf_counter() - started
             cpu = time.process_time() - cpu
             events = sum(
-                w["backlog"] for a in store.apps.list_apps() for w in store.webhooks.for_app(a["app_key"])
+                w["backlog"] for a in store.apps.list_apps() for w in store.webhooks.for_app(a.app_key)
             )
         finally:
             store.close()

@@ -302,7 +302,8 @@ def create_api(ctx: ApiContext) -> FastAPI:
     @api.get("/api/v1/templates", openapi_extra=spec(SIGNED))
     async def list_templates(request: Request) -> dict[str, Any]:
         app, _ = await guard.signed(request)
-        return {"templates": await store.run(store.apps.list_templates, app.app_key)}
+        templates = await store.run(store.apps.list_templates, app.app_key)
+        return {"templates": [{"name": t.name, **t.template, "updated_at": t.updated_at} for t in templates]}
 
     @api.get("/api/v1/devices/{device_id}", openapi_extra=spec(SIGNED, BEARER))
     async def show_device(device_id: str, request: Request) -> dict[str, Any]:

@@ -7,6 +7,7 @@ through the signed HTTP API.
 from __future__ import annotations
 
 import re
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -52,9 +53,9 @@ def app_list(data_dir: Path, as_json: bool) -> None:
 
     def human() -> None:
         for a in apps:
-            click.echo(f"{a['app_key']}  {a['name']}  devices={a['devices']}")
+            click.echo(f"{a.app_key}  {a.name}  devices={a.devices}")
 
-    emit({"apps": apps}, as_json, human)
+    emit({"apps": [asdict(a) for a in apps]}, as_json, human)
 
 
 @app.group("vendor")

@@ -306,7 +306,7 @@ def check_vendors(report: Report, data_dir: Path) -> None:
         if not apps:
             report.add("vendors", "ok", "no apps yet")
         for app in apps:
-            app_key = app["app_key"]
+            app_key = app.app_key
             vendors = store.vendors.vendors_configured(app_key)
             if not vendors:
                 report.add(f"vendors {app_key}", "ok", "no vendor configured (MQTT only)")

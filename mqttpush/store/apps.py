@@ -6,12 +6,33 @@ from __future__ import annotations
 import hmac
 import json
 import secrets
+from dataclasses import dataclass
 from typing import Any
 
 from mqttpush import ids
 from mqttpush.errors import NotFound
 from mqttpush.models import App
 from mqttpush.store.core import Repository
+
+
+@dataclass(frozen=True, slots=True)
+class AppSummary:
+    """One line of ``app list``: an app and how many devices it has."""
+
+    app_key: str
+    name: str
+    created_at: float
+    devices: int
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    """A stored message template (``notification``, ``data``…, as ``PUT /api/v1/templates/{name}``
+    took it) under its name."""
+
+    name: str
+    template: dict[str, Any]
+    updated_at: float
 
 
 class AppRepository(Repository):
@@ -67,12 +88,12 @@ class AppRepository(Repository):
             hmac.compare_digest(s.encode(), secret.encode()) for s in app.secrets_at(self.clock.now())
         )
 
-    def list_apps(self) -> list[dict[str, Any]]:
+    def list_apps(self) -> list[AppSummary]:
         rows = self._conn.execute(
             "SELECT a.app_key, a.name, a.created_at, (SELECT count(*) FROM devices d WHERE d.app_key = a.app_key)"
             " FROM apps a ORDER BY a.created_at"
         )
-        return [{"app_key": r[0], "name": r[1], "created_at": r[2], "devices": r[3]} for r in rows]
+        return [AppSummary(r[0], r[1], r[2], r[3]) for r in rows]
 
     def use_nonce(self, app_key: str, nonce: str, window: float) -> bool:
         """Record a request nonce; False if it was already used within the window (a replay)."""
@@ -134,9 +155,9 @@ class AppRepository(Repository):
         result: dict[str, Any] = json.loads(row[0])
         return result
 
-    def list_templates(self, app_key: str) -> list[dict[str, Any]]:
+    def list_templates(self, app_key: str) -> list[Template]:
         return [
-            {"name": r[0], **json.loads(r[1]), "updated_at": r[2]}
+            Template(r[0], json.loads(r[1]), r[2])
             for r in self._conn.execute(
                 "SELECT name, template, updated_at FROM templates WHERE app_key = ? ORDER BY name", (app_key,)
             )

@@ -102,7 +102,7 @@ def test_restore_refuses_a_non_empty_data_dir_unless_forced(tmp_path: Path) -> N
     assert not (other / f"{DB_FILE}-wal").exists()
     store = Store(other)
     try:
-        assert [a["app_key"] for a in store.apps.list_apps()] == [app_key]
+        assert [a.app_key for a in store.apps.list_apps()] == [app_key]
     finally:
         store.close()
 

@@ -91,11 +91,11 @@ def test_list_apps_counts_devices(store: Store, clock: FakeClock) -> None:
     store.devices.register_device(news.app_key, "install-0", "ios")
 
     listed = store.apps.list_apps()
-    assert [a["app_key"] for a in listed] == [shop.app_key, news.app_key, empty.app_key]
-    counts = {a["app_key"]: a["devices"] for a in listed}
+    assert [a.app_key for a in listed] == [shop.app_key, news.app_key, empty.app_key]
+    counts = {a.app_key: a.devices for a in listed}
     assert counts == {shop.app_key: 3, news.app_key: 1, empty.app_key: 0}
-    assert listed[0]["name"] == "shop"
-    assert listed[0]["created_at"] == listed[1]["created_at"] - 1
+    assert listed[0].name == "shop"
+    assert listed[0].created_at == listed[1].created_at - 1
 
 
 # --- nonces -----------------------------------------------------------------------------------

@@ -22,8 +22,8 @@ def test_two_stores_on_one_dir_can_both_write_interleaved(data_dir: Path, clock:
             made.append(server.apps.create_app(f"server-{i}").app_key)
             made.append(cli.apps.create_app(f"cli-{i}").app_key)
             server.devices.register_device(made[-1], "install-1", "android")
-        assert {a["app_key"] for a in server.apps.list_apps()} == set(made)
-        assert {a["app_key"] for a in cli.apps.list_apps()} == set(made)
+        assert {a.app_key for a in server.apps.list_apps()} == set(made)
+        assert {a.app_key for a in cli.apps.list_apps()} == set(made)
         for key in made:
             assert server.apps.get_app(key) is not None
             assert cli.apps.get_app(key) is not None
@@ -58,10 +58,10 @@ def test_two_stores_on_one_dir_can_write_at_the_same_time(data_dir: Path, clock:
             t.join(timeout=15)
         assert not any(t.is_alive() for t in threads)
         assert errors == []
-        listed = {a["app_key"]: a for a in cli.apps.list_apps()}
+        listed = {a.app_key: a for a in cli.apps.list_apps()}
         assert set(listed) == {shared_app, *keys["server"], *keys["cli"]}
         assert len(listed) == 2 * N + 1
-        assert listed[shared_app]["devices"] == 2 * N
+        assert listed[shared_app].devices == 2 * N
     finally:
         cli.close()
         server.close()

@@ -51,7 +51,7 @@ def test_reopening_the_same_dir_is_idempotent(data_dir: Path, clock: FakeClock) 
     try:
         assert again.schema_version() == highest_migration()
         assert again.apps.get_app(app.app_key) == app
-        assert [a["app_key"] for a in again.apps.list_apps()] == [app.app_key]
+        assert [a.app_key for a in again.apps.list_apps()] == [app.app_key]
     finally:
         again.close()
 
