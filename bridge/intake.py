@@ -162,7 +162,7 @@ class Intake:
         if req.policy.biz_id is not None:
             known = await store.run(store.messages.find_biz_id, app.app_key, req.policy.biz_id)
             if known is not None:
-                return known
+                return _answer(known.msg_id, known.task_id)
         self._admit()
         target = parse_target(req.target)
         ttl = self._ttl(req.policy)
@@ -216,8 +216,8 @@ class Intake:
             known = await store.run(store.messages.find_biz_id, app.app_key, req.policy.biz_id)
             if known is None:
                 raise
-            return known
-        result = {"task_id": task_id, "msg_id": msg_id} if task_id else {"msg_id": msg_id}
+            return _answer(known.msg_id, known.task_id)
+        result = _answer(msg_id, task_id)
         if state == "active":
             self._dispatch(app.app_key, msg_id, payload, device_ids, task_id, send)
         elif self.on_scheduled is not None:
@@ -404,3 +404,8 @@ def _restamp(envelope: bytes, msg_id: str, sent_at: float, ttl: int) -> bytes:
     doc = json.loads(envelope)
     doc.update(id=msg_id, sent_at=sent_at, expires_at=sent_at + ttl)
     return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _answer(msg_id: str, task_id: str | None) -> dict[str, str]:
+    """What an accepted push answers: ``{"msg_id"}``, or ``{"task_id", "msg_id"}`` for a group send."""
+    return {"task_id": task_id, "msg_id": msg_id} if task_id else {"msg_id": msg_id}

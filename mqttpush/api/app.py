@@ -51,6 +51,7 @@ from mqttpush.models import (
     TemplateRequest,
     VendorTokenRequest,
 )
+from mqttpush.store.messages import MessageLifecycle
 
 log = logging.getLogger("mqttpush.api")
 M = TypeVar("M", bound=BaseModel)
@@ -65,6 +66,11 @@ FILE_BATCH = 5000
 class _Lines:
     count: int
     digest: str
+
+
+def _lifecycle_doc(lifecycle: MessageLifecycle) -> dict[str, Any]:
+    """A message's lifecycle as the message status shows it (priority by name)."""
+    return asdict(lifecycle) | {"priority": "high" if lifecycle.priority == 0 else "normal"}
 
 
 def create_api(ctx: ApiContext) -> FastAPI:
@@ -361,7 +367,7 @@ def create_api(ctx: ApiContext) -> FastAPI:
         lifecycle = await store.run(store.messages.message_lifecycle, msg_id)
         return {
             "msg_id": status.msg_id,
-            **lifecycle,
+            **(_lifecycle_doc(lifecycle) if lifecycle is not None else {}),
             "created_at": status.created_at,
             "expires_at": status.expires_at,
             "deliveries": status.deliveries,
@@ -377,9 +383,12 @@ def create_api(ctx: ApiContext) -> FastAPI:
         """Recent messages, e.g. ``?state=draft`` for what waits for approval."""
         app, _ = await guard.signed(request)
         return {
-            "messages": await store.run(
-                store.messages.list_messages, app.app_key, state, max(1, min(limit, 1000))
-            )
+            "messages": [
+                asdict(m)
+                for m in await store.run(
+                    store.messages.list_messages, app.app_key, state, max(1, min(limit, 1000))
+                )
+            ]
         }
 
     @api.delete("/api/v1/messages/{msg_id}", openapi_extra=spec(SIGNED, scope="push"))

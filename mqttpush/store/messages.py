@@ -58,6 +58,45 @@ class DueDelivery:
     repushes: int
 
 
+@dataclass(frozen=True, slots=True)
+class KnownPush:
+    """The push an idempotency key (``biz_id``) already named: its message, and its task if it
+    was a group send."""
+
+    msg_id: str
+    task_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class MessageSummary:
+    """One message in a listing (``GET /api/v1/messages``)."""
+
+    msg_id: str
+    kind: str
+    state: str
+    created_at: float
+    next_run_at: float | None
+    approved_by: str | None
+    parent_msg_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class MessageLifecycle:
+    """Where a message is in its life: state, approval, schedule, the series it belongs to."""
+
+    state: str
+    priority: int
+    """0 high, 1 normal."""
+    approved_by: str | None
+    approved_at: float | None
+    next_run_at: float | None
+    parent_msg_id: str | None
+    biz_id: str | None
+    start_at: float | None
+    occurrences: tuple[str, ...]
+    """The messages a recurring schedule sent, oldest first."""
+
+
 class MessageRepository(Repository):
     """``store.messages``: every query of one message and its deliveries."""
 
@@ -393,8 +432,8 @@ class MessageRepository(Repository):
 
     # --- lifecycle, idempotency, listings ----------------------------------------------------
 
-    def find_biz_id(self, app_key: str, biz_id: str) -> dict[str, str] | None:
-        """The answer already given for an idempotency key: ``{"msg_id"}`` or ``{"task_id", "msg_id"}``."""
+    def find_biz_id(self, app_key: str, biz_id: str) -> KnownPush | None:
+        """The push an idempotency key already named, if any."""
         row = self._conn.execute(
             "SELECT m.msg_id, t.task_id FROM messages m LEFT JOIN tasks t ON t.msg_id = m.msg_id"
             " WHERE m.app_key = ? AND m.biz_id = ?",
@@ -402,7 +441,7 @@ class MessageRepository(Repository):
         ).fetchone()
         if row is None:
             return None
-        return {"task_id": row[1], "msg_id": row[0]} if row[1] else {"msg_id": row[0]}
+        return KnownPush(row[0], row[1])
 
     def message_record(self, msg_id: str) -> MessageRecord | None:
         row = self._conn.execute(
@@ -430,15 +469,14 @@ class MessageRepository(Repository):
             row[12],
         )
 
-    def list_messages(self, app_key: str, state: str | None, limit: int) -> list[dict[str, Any]]:
+    def list_messages(self, app_key: str, state: str | None, limit: int) -> list[MessageSummary]:
         where, args = ("AND state = ?", [state]) if state else ("", [])
         rows = self._conn.execute(
             "SELECT msg_id, kind, state, created_at, next_run_at, approved_by, parent_msg_id FROM messages"
             f" WHERE app_key = ? {where} ORDER BY created_at DESC LIMIT ?",
             (app_key, *args, limit),
         )
-        keys = ("msg_id", "kind", "state", "created_at", "next_run_at", "approved_by", "parent_msg_id")
-        return [dict(zip(keys, r, strict=True)) for r in rows]
+        return [MessageSummary(r[0], r[1], r[2], r[3], r[4], r[5], r[6]) for r in rows]
 
     def message_policies(self, msg_ids: list[str]) -> dict[str, tuple[str, dict[str, Any]]]:
         """``msg_id -> (app_key, policy)`` for many messages (the bridge re-checks them at start)."""
@@ -516,32 +554,28 @@ class MessageRepository(Repository):
             )
         return "approved"
 
-    def message_lifecycle(self, msg_id: str) -> dict[str, Any]:
+    def message_lifecycle(self, msg_id: str) -> MessageLifecycle | None:
         row = self._conn.execute(
             "SELECT state, priority, approved_by, approved_at, next_run_at, parent_msg_id, biz_id, start_at"
             " FROM messages WHERE msg_id = ?",
             (msg_id,),
         ).fetchone()
-        keys = (
-            "state",
-            "priority",
-            "approved_by",
-            "approved_at",
-            "next_run_at",
-            "parent_msg_id",
-            "biz_id",
-            "start_at",
+        if row is None:
+            return None
+        occurrences = self._conn.execute(
+            "SELECT msg_id FROM messages WHERE parent_msg_id = ? ORDER BY created_at", (msg_id,)
         )
-        doc = dict(zip(keys, row, strict=True)) if row else {}
-        if doc:
-            doc["priority"] = "high" if doc["priority"] == 0 else "normal"
-            doc["occurrences"] = [
-                r[0]
-                for r in self._conn.execute(
-                    "SELECT msg_id FROM messages WHERE parent_msg_id = ? ORDER BY created_at", (msg_id,)
-                )
-            ]
-        return doc
+        return MessageLifecycle(
+            state=row[0],
+            priority=row[1],
+            approved_by=row[2],
+            approved_at=row[3],
+            next_run_at=row[4],
+            parent_msg_id=row[5],
+            biz_id=row[6],
+            start_at=row[7],
+            occurrences=tuple(r[0] for r in occurrences),
+        )
 
     def cancel_message(self, app_key: str, msg_id: str) -> tuple[str, list[str]]:
         """Stop a message that has not gone out (draft, scheduled, a series, a running task):
