@@ -193,7 +193,7 @@ class EndpointRepository(Repository):
 
     def _cancel(self, msg_ids: list[str], device_id: str, why: str, now: float) -> None:
         for msg_id in msg_ids:
-            self._store._record(msg_id, device_id, DeliveryState.CANCELLED, now, why)
+            self._record(msg_id, device_id, DeliveryState.CANCELLED, now, why)
             self._conn.execute(
                 "UPDATE messages SET state = 'cancelled', next_run_at = NULL WHERE msg_id = ?", (msg_id,)
             )

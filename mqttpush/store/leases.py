@@ -158,7 +158,7 @@ class LeaseRepository(Repository):
             ).fetchone()
             if held is None:
                 return None
-            fresh = self._store._insert_deliveries(msg_id, device_ids, now) if device_ids else []
+            fresh = self._insert_deliveries(msg_id, device_ids, now) if device_ids else []
             if fresh:
                 conn.execute(
                     "UPDATE tasks SET targeted = targeted + ? WHERE task_id = ?", (len(fresh), task_id)
