@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import logging
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
@@ -23,18 +22,29 @@ from bridge.targets import ALIAS_RE, ALIAS_TYPE_RE, TAG_RE
 from mqttpush import __version__, ids, topics
 from mqttpush.api import console, cors, metrics, quick, webhooks, webpush
 from mqttpush.api import stats as stats_routes
-from mqttpush.api.common import BEARER, KEY_ONLY, SIGNED, complete_openapi, error, parse, read_body, spec
+from mqttpush.api.common import (
+    BEARER,
+    KEY_ONLY,
+    SIGNED,
+    Incoming,
+    complete_openapi,
+    crash_response,
+    error,
+    error_response,
+    parse,
+    read_body,
+    spec,
+)
 from mqttpush.api.context import ApiContext
 from mqttpush.api.guard import Guard
+from mqttpush.api.hotpath import HotApi
 from mqttpush.clock import zone
 from mqttpush.errors import (
     Forbidden,
     InvalidContent,
     MqttPushError,
     NotFound,
-    Overloaded,
     PayloadTooLarge,
-    RateLimited,
     StoreUnavailable,
 )
 from mqttpush.models import (
@@ -53,7 +63,6 @@ from mqttpush.models import (
 )
 from mqttpush.store.messages import MessageLifecycle
 
-log = logging.getLogger("mqttpush.api")
 M = TypeVar("M", bound=BaseModel)
 
 MAX_BODY_BYTES = 1 << 20
@@ -73,10 +82,11 @@ def _lifecycle_doc(lifecycle: MessageLifecycle) -> dict[str, Any]:
     return asdict(lifecycle) | {"priority": "high" if lifecycle.priority == 0 else "normal"}
 
 
-def create_api(ctx: ApiContext) -> FastAPI:
-    """Build the FastAPI app over one store and bridge."""
+def create_api(ctx: ApiContext, *, hot_path: bool = True) -> FastAPI:
+    """Build the FastAPI app over one store and bridge; with ``hot_path`` (the default) the push
+    routes are answered in front of FastAPI (:mod:`mqttpush.api.hotpath`), the same way."""
     # No redirect from /path/ to /path: every answer is the JSON of docs/api.md, a 404 here.
-    api = FastAPI(
+    api = HotApi(
         title="mqttpush",
         version=__version__,
         description="Push notifications over MQTT.",
@@ -97,10 +107,7 @@ def create_api(ctx: ApiContext) -> FastAPI:
 
     @api.exception_handler(MqttPushError)
     async def _on_error(request: Request, exc: MqttPushError) -> JSONResponse:
-        response = error(exc.status, exc.code, exc.message)
-        if isinstance(exc, Overloaded | StoreUnavailable | RateLimited):
-            response.headers["Retry-After"] = str(exc.retry_after)
-        return response
+        return error_response(exc)
 
     @api.exception_handler(RequestValidationError)
     async def _on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -125,8 +132,7 @@ def create_api(ctx: ApiContext) -> FastAPI:
 
     @api.exception_handler(Exception)
     async def _on_crash(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error path=%s", request.url.path)
-        return error(500, "internal_error", "internal error; the request may not have been applied")
+        return crash_response(request.url.path)
 
     def _device_doc(request: Request, device: Device) -> dict[str, Any]:
         return {
@@ -200,19 +206,30 @@ def create_api(ctx: ApiContext) -> FastAPI:
     async def device_me(request: Request) -> dict[str, Any]:
         return _device_doc(request, await guard.device(request))
 
-    @api.post("/api/v1/push", status_code=202, openapi_extra=spec(SIGNED, body=PushRequest, scope="push"))
-    async def push(request: Request) -> JSONResponse:
+    # The two push routes are hot (mqttpush/api/hotpath.py): each endpoint calls its handler, which
+    # the hot path calls directly.
+    async def accept_push(request: Incoming, params: dict[str, Any]) -> JSONResponse:
         app, body = await guard.signed(request)
         result = await ctx.intake.push(app, parse(PushRequest, body))
         return JSONResponse(result, status_code=202)
+
+    async def accept_batch(request: Incoming, params: dict[str, Any]) -> JSONResponse:
+        app, body = await guard.signed(request)
+        msg_ids = await ctx.intake.push_batch(app, parse(BatchRequest, body))
+        return JSONResponse({"msg_ids": msg_ids}, status_code=202)
+
+    @api.post("/api/v1/push", status_code=202, openapi_extra=spec(SIGNED, body=PushRequest, scope="push"))
+    async def push(request: Request) -> JSONResponse:
+        return await accept_push(request, request.path_params)
 
     @api.post(
         "/api/v1/push/batch", status_code=202, openapi_extra=spec(SIGNED, body=BatchRequest, scope="push")
     )
     async def push_batch(request: Request) -> JSONResponse:
-        app, body = await guard.signed(request)
-        msg_ids = await ctx.intake.push_batch(app, parse(BatchRequest, body))
-        return JSONResponse({"msg_ids": msg_ids}, status_code=202)
+        return await accept_batch(request, request.path_params)
+
+    api.hot(push, accept_push)
+    api.hot(push_batch, accept_batch)
 
     @api.get("/api/v1/tasks/{task_id}", openapi_extra=spec(SIGNED))
     async def task_status(task_id: str, request: Request) -> dict[str, Any]:
@@ -486,10 +503,12 @@ def create_api(ctx: ApiContext) -> FastAPI:
 
     # Route modules (mqttpush/api/<name>.py): each adds its routes with install(api, ctx, guard).
     console.install(api, ctx, guard)
-    metrics.install(api, ctx, guard)
+    http_counts = metrics.install(api, ctx, guard)
     webpush.install(api, ctx, guard)
     quick.install(api, ctx, guard)
     webhooks.install(api, ctx, guard)
     stats_routes.install(api, ctx, guard)
     cors.install(api, ctx, guard)
+    if hot_path:
+        api.open_hot_path(http_counts)
     return api

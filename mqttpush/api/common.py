@@ -3,15 +3,26 @@ the OpenAPI declarations (security schemes, body models, error responses)."""
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+import logging
+import re
+from collections.abc import AsyncGenerator
+from typing import Any, Protocol, TypeVar
 
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import models_json_schema
-from starlette.requests import Request
+from starlette.datastructures import Headers
+from starlette.types import Scope
 
 from mqttpush import signing
-from mqttpush.errors import PayloadTooLarge, UnsupportedMediaType
+from mqttpush.errors import (
+    MqttPushError,
+    Overloaded,
+    PayloadTooLarge,
+    RateLimited,
+    StoreUnavailable,
+    UnsupportedMediaType,
+)
 from mqttpush.models import (
     AliasRequest,
     ApproveRequest,
@@ -27,13 +38,46 @@ from mqttpush.models import (
     validate_request,
 )
 
+log = logging.getLogger("mqttpush.api")
 M = TypeVar("M", bound=BaseModel)
 
 MAX_BODY_BYTES = 1 << 20
 
 
+class Incoming(Protocol):
+    """What the guard and the body readers read of a request: a Starlette ``Request`` in the
+    FastAPI routes, a ``hotpath.Call`` (the ASGI scope and ``receive``, no more) on the hot path."""
+
+    @property
+    def scope(self) -> Scope: ...
+
+    @property
+    def method(self) -> str: ...
+
+    @property
+    def headers(self) -> Headers: ...
+
+    async def body(self) -> bytes: ...
+
+    def stream(self) -> AsyncGenerator[bytes, None]: ...
+
+
 def error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+def error_response(exc: MqttPushError) -> JSONResponse:
+    """The answer to a refusal: its status and code, and ``Retry-After`` where waiting helps."""
+    response = error(exc.status, exc.code, exc.message)
+    if isinstance(exc, Overloaded | StoreUnavailable | RateLimited):
+        response.headers["Retry-After"] = str(exc.retry_after)
+    return response
+
+
+def crash_response(path: str) -> JSONResponse:
+    """The answer to a bug (call it where the exception is caught: it logs the traceback)."""
+    log.exception("unhandled error path=%s", path)
+    return error(500, "internal_error", "internal error; the request may not have been applied")
 
 
 def is_json(content_type: str) -> bool:
@@ -42,7 +86,7 @@ def is_json(content_type: str) -> bool:
     return kind == "application" and (subtype == "json" or subtype.endswith("+json"))
 
 
-async def read_body(request: Request) -> bytes:
+async def read_body(request: Incoming) -> bytes:
     """A JSON route's body: at most MAX_BODY_BYTES, and JSON or undeclared (curl --data-binary
     without -H, or a client that sets no Content-Type)."""
     declared = request.headers.get("content-length", "")
@@ -58,7 +102,21 @@ async def read_body(request: Request) -> bytes:
     return body
 
 
+# What pydantic's JSON parser reads as a number where the reference path refuses it (422
+# invalid_json_number): NaN, Infinity, and numbers beyond a double, which need a 3-digit exponent
+# or, with a shorter one, 200 digits or more. Text that merely looks so only takes the longer way.
+_NOT_FINITE = re.compile(rb"NaN|Infinity|[:,\[]\s*-?[0-9.]+[eE][+-]?[0-9]{3}|[0-9]{200}")
+
+
 def parse(model: type[M], body: bytes) -> M:
+    """``body`` as ``model``: parsed and validated in one pass by pydantic where that is sure to
+    agree; anything it refuses, and anything that may hold a non-finite number, goes the reference
+    way (:func:`parse_json_object`, :func:`validate_request`), which gives the refusal's code and message."""
+    if _NOT_FINITE.search(body) is None:
+        try:
+            return model.model_validate_json(body)
+        except ValidationError:
+            pass
     return validate_request(model, parse_json_object(body))
 
 

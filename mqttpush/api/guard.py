@@ -9,10 +9,11 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from starlette.datastructures import URL
 from starlette.requests import Request
 
 from mqttpush import signing
-from mqttpush.api.common import read_body, token_scope
+from mqttpush.api.common import Incoming, read_body, token_scope
 from mqttpush.api.limits import RateLimiter, retry_after
 from mqttpush.errors import AuthError, Forbidden, RateLimited, StoreUnavailable
 from mqttpush.models import App, Device
@@ -21,13 +22,13 @@ from mqttpush.store.tokens import TOKEN_PREFIX, AppToken, covers, looks_like_tok
 
 log = logging.getLogger("mqttpush.api")
 
-BodyReader = Callable[[Request], Awaitable[bytes]]
+BodyReader = Callable[[Incoming], Awaitable[bytes]]
 """How a route reads its body once the caller is known (:func:`read_body`: JSON routes)."""
 BodyCheck = Callable[[str], Awaitable[None]]
 """For a body read in pieces: called with the hex SHA-256 of the whole body once read."""
 
 
-def app_token(request: Request) -> str | None:
+def app_token(request: Incoming) -> str | None:
     """The app access token of ``Authorization: Bearer mpt_…``, if that is what the request carries
     (a device token, ``<device_id>.<secret>``, never starts with ``mpt_``)."""
     scheme, _, value = request.headers.get("authorization", "").partition(" ")
@@ -37,7 +38,7 @@ def app_token(request: Request) -> str | None:
     return None
 
 
-def _route_scope(request: Request) -> str:
+def _route_scope(request: Incoming) -> str:
     """The least token scope the matched route declares (docs/api.md, "App access tokens")."""
     route = request.scope.get("route")
     return token_scope(request.method, getattr(route, "openapi_extra", None))
@@ -53,7 +54,7 @@ class Guard:
         self.app_limiter = app_limiter
         self.ip_limiter = ip_limiter
 
-    async def app_by_key(self, request: Request) -> App:
+    async def app_by_key(self, request: Incoming) -> App:
         key = request.headers.get(signing.KEY_HEADER)
         if not key:
             raise AuthError(f"missing {signing.KEY_HEADER} header", code="unknown_app")
@@ -78,11 +79,18 @@ class Guard:
         self._limit(self.ip_limiter, host, "this client address")
 
     @staticmethod
-    def _path(request: Request) -> str:
-        path = str(request.scope.get("raw_path", request.url.path.encode()).decode("latin-1"))
-        return path + ("?" + request.url.query if request.url.query else "")
+    def _path(request: Incoming) -> str:
+        """The path and query as signed: the path as sent, the query as Starlette's URL reads it
+        (a URL is built only for a query: most signed requests have none)."""
+        scope = request.scope
+        raw = scope.get("raw_path")
+        path = raw.decode("latin-1") if raw is not None else URL(scope=scope).path
+        if not scope.get("query_string"):
+            return path
+        query = URL(scope=scope).query
+        return path + "?" + query if query else path
 
-    async def signed_headers(self, request: Request) -> tuple[App, str, str, str]:
+    async def signed_headers(self, request: Incoming) -> tuple[App, str, str, str]:
         """The body-free half of signature checking: app, fresh timestamp, well-formed nonce."""
         app = await self.app_by_key(request)
         h = request.headers
@@ -105,7 +113,9 @@ class Guard:
         ):
             raise AuthError("nonce already used", code="replayed_nonce")
 
-    def check_signature(self, app: App, request: Request, ts: str, nonce: str, sig: str, digest: str) -> None:
+    def check_signature(
+        self, app: App, request: Incoming, ts: str, nonce: str, sig: str, digest: str
+    ) -> None:
         """The current secret, or within a rotation's overlap the previous one (docs/operations.md)."""
         current, *previous = app.secrets_at(self.store.clock.now())
         for secret in previous:
@@ -118,7 +128,7 @@ class Guard:
         signing.check_signature(current, request.method, self._path(request), ts, nonce, sig, digest)
 
     async def signed(
-        self, request: Request, scope: str | None = None, *, read: BodyReader = read_body
+        self, request: Incoming, scope: str | None = None, *, read: BodyReader = read_body
     ) -> tuple[App, bytes]:
         """The app calling, by its signature or by an app token of at least ``scope`` (default:
         what the route declares), and the body as ``read`` reads it (the signature covers it)."""
@@ -151,7 +161,7 @@ class Guard:
 
         return app, check
 
-    async def token_app(self, request: Request, token: str, scope: str | None = None) -> App:
+    async def token_app(self, request: Incoming, token: str, scope: str | None = None) -> App:
         """The app of a live app token whose scope covers ``scope`` (default: the route's).
         Unknown, revoked or expired: 401 ``bad_token``; too small a scope: 403 ``insufficient_scope``.
         Counts against the app's rate limit like a signed request."""
@@ -166,7 +176,7 @@ class Guard:
         needed = scope or _route_scope(request)
         if not covers(found.scope, needed):
             raise Forbidden(
-                f"this token's scope is {found.scope}; {request.method} {request.url.path} needs {needed}",
+                f"this token's scope is {found.scope}; {request.method} {URL(scope=request.scope).path} needs {needed}",
                 code="insufficient_scope",
             )
         self.limit_app(app.app_key)

@@ -167,6 +167,12 @@ class _HttpMiddleware:
             self.counts.observe(scope["method"], route, status, time.perf_counter() - started)
 
 
+def counted(app: ASGIApp, counts: HttpCounts) -> ASGIApp:
+    """``app`` with its requests counted as the middleware counts every route's (the hot path,
+    ``mqttpush.api.hotpath``, answers in front of the middleware stack)."""
+    return _HttpMiddleware(app, counts)
+
+
 def _histogram(name: str, doc: str, labels: list[str]) -> HistogramMetricFamily:
     return HistogramMetricFamily(name, doc, labels=labels)
 
@@ -345,8 +351,9 @@ class _Collector(Collector):
         yield from (requests, seconds)
 
 
-def install(api: FastAPI, ctx: ApiContext, guard: Guard) -> None:
-    """Add ``GET /metrics`` and the HTTP request counting to ``api``."""
+def install(api: FastAPI, ctx: ApiContext, guard: Guard) -> HttpCounts:
+    """Add ``GET /metrics`` and the HTTP request counting to ``api``; returns the counts (the hot
+    path counts its answers there too)."""
     sources = ctx.metrics or MetricSources()
     registry = CollectorRegistry(auto_describe=False)
     http = HttpCounts()
@@ -368,3 +375,5 @@ def install(api: FastAPI, ctx: ApiContext, guard: Guard) -> None:
                     "GET /metrics needs Authorization: Bearer <metrics token>", code="bad_metrics_token"
                 )
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return http

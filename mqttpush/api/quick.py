@@ -12,13 +12,14 @@ import json
 import re
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Request
 from fastapi.responses import JSONResponse
 from starlette.datastructures import Headers
 
-from mqttpush.api.common import MAX_BODY_BYTES, SIGNED, spec
+from mqttpush.api.common import MAX_BODY_BYTES, SIGNED, Incoming, spec
 from mqttpush.api.context import ApiContext
 from mqttpush.api.guard import Guard
+from mqttpush.api.hotpath import HotApi
 from mqttpush.errors import BadRequest, InvalidContent, PayloadTooLarge, UnsupportedMediaType
 from mqttpush.models import PushRequest, check_json_values, validate_request
 
@@ -76,7 +77,7 @@ BODY = (
 )
 
 
-async def read_text(request: Request) -> bytes:
+async def read_text(request: Incoming) -> bytes:
     """The quick form's body: bounded, and of a text-like type (or undeclared)."""
     content_type = request.headers.get("content-type")
     if content_type is not None:
@@ -164,8 +165,9 @@ def quick_request(target: dict[str, Any], raw: bytes, headers: Headers) -> PushR
     return validate_request(PushRequest, obj)
 
 
-def install(api: FastAPI, ctx: ApiContext, guard: Guard) -> None:
-    """Add the quick-form routes (signed, or an app token of scope ``push``)."""
+def install(api: HotApi, ctx: ApiContext, guard: Guard) -> None:
+    """Add the quick-form routes (signed, or an app token of scope ``push``), hot (see
+    :mod:`mqttpush.api.hotpath`): each endpoint calls its handler, which the hot path calls directly."""
 
     def extra() -> dict[str, Any]:
         return spec(SIGNED, text_body=BODY, scope="push", headers=list(HEADERS))
@@ -174,15 +176,27 @@ def install(api: FastAPI, ctx: ApiContext, guard: Guard) -> None:
         202: {"description": 'Accepted: {"msg_id"} (device, alias) or {"task_id", "msg_id"} (tag, broadcast)'}
     }
 
-    async def quick(request: Request, target: dict[str, Any]) -> JSONResponse:
+    async def quick(request: Incoming, target: dict[str, Any]) -> JSONResponse:
         app, raw = await guard.signed(request, read=read_text)
         result = await ctx.intake.push(app, quick_request(target, raw, request.headers))
         return JSONResponse(result, status_code=202)
 
+    async def to_device(request: Incoming, params: dict[str, Any]) -> JSONResponse:
+        return await quick(request, {"devices": [params["device_id"]]})
+
+    async def to_alias(request: Incoming, params: dict[str, Any]) -> JSONResponse:
+        return await quick(request, {"alias": params["alias"], "alias_type": params["alias_type"]})
+
+    async def to_tag(request: Incoming, params: dict[str, Any]) -> JSONResponse:
+        return await quick(request, {"tags": params["expr"]})
+
+    async def to_broadcast(request: Incoming, params: dict[str, Any]) -> JSONResponse:
+        return await quick(request, {"broadcast": True})
+
     @api.post("/api/v1/push/device/{device_id}", status_code=202, openapi_extra=extra(), responses=accepted)
     async def quick_device(device_id: str, request: Request) -> JSONResponse:
         """Quick form: push the body's text to one device."""
-        return await quick(request, {"devices": [device_id]})
+        return await to_device(request, request.path_params)
 
     @api.post(
         "/api/v1/push/alias/{alias_type}/{alias:path}",
@@ -192,14 +206,19 @@ def install(api: FastAPI, ctx: ApiContext, guard: Guard) -> None:
     )
     async def quick_alias(alias_type: str, alias: str, request: Request) -> JSONResponse:
         """Quick form: push to the devices bound to an alias (URL-encode it)."""
-        return await quick(request, {"alias": alias, "alias_type": alias_type})
+        return await to_alias(request, request.path_params)
 
     @api.post("/api/v1/push/tag/{expr:path}", status_code=202, openapi_extra=extra(), responses=accepted)
     async def quick_tag(expr: str, request: Request) -> JSONResponse:
         """Quick form: push to the devices a tag expression selects (URL-encoded), as a task."""
-        return await quick(request, {"tags": expr})
+        return await to_tag(request, request.path_params)
 
     @api.post("/api/v1/push/broadcast", status_code=202, openapi_extra=extra(), responses=accepted)
     async def quick_broadcast(request: Request) -> JSONResponse:
         """Quick form: push to every device of the app, as a task."""
-        return await quick(request, {"broadcast": True})
+        return await to_broadcast(request, request.path_params)
+
+    api.hot(quick_device, to_device)
+    api.hot(quick_alias, to_alias)
+    api.hot(quick_tag, to_tag)
+    api.hot(quick_broadcast, to_broadcast)
