@@ -516,24 +516,29 @@ class Store(StoreCore):
         """Refuse, before writing anything, a file that is not this program's store: another
         program's SQLite database, one cut short, or one of a newer mqttpush. (A 0-byte file is
         a new, empty database to SQLite: it becomes a new store.)"""
-        version = self.schema_version()
-        tables = self._conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
-        if version == 0 and tables:
-            raise StoreError(
-                f"{self.path} is another program's database, not an mqttpush store", code="store_foreign"
-            )
-        known = _migrations()[-1][0]
-        if version > known:
-            raise StoreError(
-                f"{self.path} has schema {version}, newer than this mqttpush ({known})", code="schema_too_new"
-            )
         wal = self.data_dir / f"{DB_FILE}-wal"
-        # In one read transaction: its snapshot's page count, then the WAL. Frames the snapshot
-        # uses keep the WAL in place until it ends, so an empty or missing WAL means every page
-        # of the snapshot is in the file; another process writing meanwhile cannot make a whole
-        # file look cut short (it did, before the snapshot was taken first).
+        # All in one read transaction. The version and the tables from one snapshot: read apart,
+        # a process creating the store meanwhile could commit between them, and its new tables
+        # without its version looked like another program's database. Then the snapshot's page
+        # count, then the WAL: frames the snapshot uses keep the WAL in place until it ends, so
+        # an empty or missing WAL means every page of the snapshot is in the file; another
+        # process writing meanwhile cannot make a whole file look cut short.
         self._conn.execute("BEGIN")
         try:
+            version = self.schema_version()
+            tables = self._conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[
+                0
+            ]
+            if version == 0 and tables:
+                raise StoreError(
+                    f"{self.path} is another program's database, not an mqttpush store", code="store_foreign"
+                )
+            known = _migrations()[-1][0]
+            if version > known:
+                raise StoreError(
+                    f"{self.path} has schema {version}, newer than this mqttpush ({known})",
+                    code="schema_too_new",
+                )
             pages = int(self._conn.execute("PRAGMA page_count").fetchone()[0])
             page_size = int(self._conn.execute("PRAGMA page_size").fetchone()[0])
             size = self.path.stat().st_size
