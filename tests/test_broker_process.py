@@ -27,6 +27,7 @@ from mqttpush.store import Store
 from mqttpush.topics import AppIdentity, DeviceIdentity, ServiceIdentity, inbox_filter, receipt_topic
 from tests.conftest import ServeProcess
 from tests.mqtt_raw import RawClient
+from tests.pg import PgServer
 from tests.test_crash import _push_until
 
 
@@ -49,8 +50,8 @@ class Dual:
         return c
 
 
-def _fleet(data: Path, n: int) -> tuple[str, str, dict[str, str]]:
-    store = Store(data)
+def _fleet(data: Path, n: int, url: str | None = None) -> tuple[str, str, dict[str, str]]:
+    store = Store(data, url=url)
     app = store.apps.create_app("dual")
     devices = store.devices.import_devices(
         app.app_key, [{"install_id": f"i{i}", "platform": "iot"} for i in range(n)]
@@ -98,6 +99,26 @@ async def test_push_goes_through_the_broker_process_and_its_receipt_is_recorded(
         status = await api.message(msg_id)
     assert [d["state"] for d in status["deliveries"]] == ["arrived"]
     await c.disconnect()
+
+
+async def test_on_the_postgresql_store_the_broker_process_logs_devices_in_through_the_parent(
+    tmp_path: Path, pg: PgServer
+) -> None:
+    url = pg.fresh_url()
+    data = tmp_path / "data"
+    key, secret, tokens = _fleet(data, 1, url)
+    config = ServerConfig(data_dir=data, store=url, mqtt_port=0, http_port=0)
+    async with DualProcessServer(config) as server:
+        dual = Dual(server, key, secret, tokens)
+        device = next(iter(tokens))
+        c = await dual.device(device)
+        async with dual.client() as api:
+            msg_id = (await api.push({"target": {"devices": [device]}, "notification": {"title": "pg"}}))[
+                "msg_id"
+            ]
+            got = await c.next_publish(10)
+        assert got is not None and json.loads(got.payload)["id"] == msg_id
+        await c.disconnect()
 
 
 async def test_a_wrong_device_token_is_refused_by_the_broker_process(dual: Dual) -> None:
