@@ -564,8 +564,9 @@ class DualProcessServer(_Serving):
     broker in a child process (``python -m mqttpush.cli.broker_process``) linked to it by a socket
     pair (mqttpush.cluster.pipe). One command and the guarantees of :class:`EmbeddedServer`:
 
-    * a 202 still means committed; a publish counts as published once the broker process has
-      handed it to the device's session;
+    * a 202 still means committed; a publish counts as published once written to the broker
+      process (up to ``BridgeEnd.window`` ahead of what it has handled; beyond, once handled),
+      and whatever it did not hand to a session before dying is sent again (below);
     * the child checks every MQTT login against this process's store, and tells it of presence,
       receipts and MQTT API pushes;
     * a child that dies (even ``kill -9``) is started again on the same ports: devices reconnect,

@@ -173,9 +173,8 @@ class BridgeEnd(_Framed):
     handlers of what the child sends up (client publishes, presence, logins to check).
 
     One end serves the broker processes one after another (``loop.connect_accepted_socket(lambda:
-    end, sock)`` for each): publishes a process that died left unanswered go to the next one once
-    it is ``READY``, in order, and resolve when it has handled them; publishes made meanwhile wait
-    for it."""
+    end, sock)`` for each): publishes a process that died left unhandled go to the next one once
+    it is ``READY``, in order; publishes made meanwhile wait for it."""
 
     def __init__(
         self,
@@ -189,7 +188,7 @@ class BridgeEnd(_Framed):
         self._on_presence = on_presence
         self._authenticate = authenticate
         self._on_status = on_status
-        self._unanswered: collections.deque[tuple[bytes, asyncio.Future[None]]] = collections.deque()
+        self._unanswered: collections.deque[tuple[bytes, asyncio.Future[None] | None]] = collections.deque()
         self._done = 0
         """``DONE`` count of the current process already applied to ``_unanswered``."""
         self.ready: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
@@ -203,6 +202,11 @@ class BridgeEnd(_Framed):
         self._done, self._listening = 0, False
         if self.ready.done():
             self.ready = asyncio.get_running_loop().create_future()
+
+    window = 1024
+    """Publishes the process may have unhandled before a publish waits for its ``DONE``: within
+    it a publish is done once written (no round trip per message), beyond it the bridge waits for
+    the broker process, so a slow one is seen as publish lag (``--max-publish-lag``)."""
 
     def unanswered(self) -> int:
         """Publishes sent (or waiting for a process) that no process has handled yet."""
@@ -218,6 +222,12 @@ class BridgeEnd(_Framed):
         expires_at: float | None = None,
     ) -> None:
         data = encode_publish(topic, payload, qos, retain, expires_at)
+        if self._listening and len(self._unanswered) < self.window:
+            # Done once written: a process that dies before handling it gets it again from its
+            # successor (resent below), and the store re-publishes all that has not arrived.
+            self._unanswered.append((data, None))
+            self.send(data)
+            return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._unanswered.append((data, fut))
         if self._listening:
@@ -229,12 +239,6 @@ class BridgeEnd(_Framed):
         # messages with it.
         if self._listening:
             self.send(frame(CLEAR, topic.encode()))
-
-    def fail_unanswered(self, exc: BaseException) -> None:
-        while self._unanswered:
-            _data, fut = self._unanswered.popleft()
-            if not fut.done():
-                fut.set_exception(exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
@@ -253,7 +257,7 @@ class BridgeEnd(_Framed):
             while self._done < count and pending:
                 _data, fut = pending.popleft()
                 self._done += 1
-                if not fut.done():
+                if fut is not None and not fut.done():
                     fut.set_result(None)
         elif kind == PRESENCE:
             self._on_presence(body[1:].decode(), body[0] == 1)
