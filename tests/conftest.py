@@ -27,7 +27,7 @@ from bridge.vendors import check_vendor_config
 from mqttpush.client import PushClient
 from mqttpush.clock import Clock, ManualClock
 from mqttpush.config import ServerConfig
-from mqttpush.server import EmbeddedServer
+from mqttpush.server import DualProcessServer, EmbeddedServer
 from mqttpush.store import Store
 from tests.fakes.apns import FakeApns, fake_apns
 from tests.fakes.tls import tls_server
@@ -43,7 +43,7 @@ def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> d
 class Running:
     """A server running on its own event loop thread, as an outside client sees it."""
 
-    server: EmbeddedServer
+    server: EmbeddedServer | DualProcessServer
     loop: asyncio.AbstractEventLoop
     data_dir: Path
     app_key: str = ""
@@ -140,7 +140,11 @@ def _run_loop(loop: asyncio.AbstractEventLoop, started: Future[None]) -> None:
     loop.run_forever()
 
 
-def _serve(data_dir: Path, clock: Clock | None = None, **config_fields: Any) -> Iterator[Running]:
+def _serve(
+    data_dir: Path, clock: Clock | None = None, *, dual: bool = False, **config_fields: Any
+) -> Iterator[Running]:
+    """A server on its own loop thread: :class:`EmbeddedServer`, or with ``dual`` what ``serve``
+    runs on a machine with more than one core (its broker in a child process)."""
     loop = uvloop.new_event_loop()
     started: Future[None] = Future()
     thread = threading.Thread(target=_run_loop, args=(loop, started), daemon=True)
@@ -148,8 +152,8 @@ def _serve(data_dir: Path, clock: Clock | None = None, **config_fields: Any) -> 
     started.result(5)
     config = ServerConfig(data_dir=data_dir, mqtt_port=0, http_port=0, **config_fields)
 
-    async def make() -> EmbeddedServer:
-        server = EmbeddedServer(config, clock)
+    async def make() -> EmbeddedServer | DualProcessServer:
+        server = DualProcessServer(config, clock) if dual else EmbeddedServer(config, clock)
         await server.start()
         return server
 
@@ -177,6 +181,14 @@ def pg() -> Iterator[PgServer]:
 def running(tmp_path: Path) -> Iterator[Running]:
     """An embedded server with one app, on ephemeral ports, torn down after the test."""
     yield from _serve(tmp_path / "data")
+
+
+@pytest.fixture(params=["one process", "broker process"])
+def either_shape(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Running]:
+    """Like ``running``, once for each shape of ``serve``: all in one process, and the broker in
+    a second one (the default on a machine with more than one core). A module opts in by
+    defining its ``running`` fixture as this one."""
+    yield from _serve(tmp_path / "data", dual=request.param == "broker process")
 
 
 @pytest.fixture

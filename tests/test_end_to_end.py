@@ -6,7 +6,15 @@ import json
 import subprocess
 from typing import Any
 
+import pytest
+
 from tests.conftest import Running, cli, cli_json
+
+
+@pytest.fixture
+def running(either_shape: Running) -> Running:
+    """Each test against both shapes of ``serve``: all in one process, and the broker apart."""
+    return either_shape
 
 
 def _sub(r: Running, device: str, token: str, count: int = 1, wait: int = 10) -> subprocess.Popen[str]:

@@ -26,16 +26,25 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, str]:
     return make_ca(tmp_path_factory.mktemp("certs"))
 
 
-@pytest.fixture
-def listening(tmp_path: Path, certs: tuple[str, str, str]) -> Iterator[Running]:
+@pytest.fixture(params=["one process", "broker process"])
+def listening(
+    request: pytest.FixtureRequest, tmp_path: Path, certs: tuple[str, str, str]
+) -> Iterator[Running]:
+    """Every listener on, in both shapes of ``serve`` (the broker process binds them all)."""
     _, cert, key = certs
     yield from _serve(
-        tmp_path / "data", ws_port=0, mqtts_port=0, wss_port=0, tls_cert=Path(cert), tls_key=Path(key)
+        tmp_path / "data",
+        dual=request.param == "broker process",
+        ws_port=0,
+        mqtts_port=0,
+        wss_port=0,
+        tls_cert=Path(cert),
+        tls_key=Path(key),
     )
 
 
 def _ports(r: Running) -> dict[str, int]:
-    return r.server.broker_node.listener_ports()
+    return r.server.listener_ports()
 
 
 class Device:
