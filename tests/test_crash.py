@@ -95,6 +95,14 @@ async def _receive(
     return dict(zip(tokens, results, strict=True))
 
 
+def assert_each_once(accepted: dict[str, str], got: dict[str, list[str]], run: str) -> None:
+    """Every accepted msg_id reached its device, and none twice."""
+    missing = [m for m, d in accepted.items() if m not in got[d]]
+    twice = [(d, m) for d, ids in got.items() for m in set(ids) if ids.count(m) > 1]
+    assert not missing, f"{run}: {len(missing)} accepted messages lost"
+    assert not twice, f"{run}: {len(twice)} delivered twice"
+
+
 def test_kill_9_during_10000_pushes_loses_nothing(tmp_path: Path) -> None:
     data = tmp_path / "data"
     store = Store(data)
@@ -121,7 +129,4 @@ def test_kill_9_during_10000_pushes_loses_nothing(tmp_path: Path) -> None:
         got = asyncio.run(_receive(server.mqtt_port, app.app_key, tokens, accepted))
     finally:
         server.stop(signal.SIGTERM)
-    missing = [m for m, d in accepted.items() if m not in got[d]]
-    twice = [(d, m) for d, ids in got.items() for m in set(ids) if ids.count(m) > 1]
-    assert not missing, f"seed={seed} kill_after={kill_after:.2f}s: {len(missing)} accepted messages lost"
-    assert not twice, f"seed={seed}: {len(twice)} delivered twice"
+    assert_each_once(accepted, got, f"seed={seed} kill_after={kill_after:.2f}s")
