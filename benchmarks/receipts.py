@@ -90,7 +90,7 @@ def _arrived(store: Store, sample: list[tuple[str, str, str]]) -> int:
     for app_key, msg_id in dict.fromkeys((a, m) for a, m, _ in sample):
         status = store.messages.message_status(app_key, msg_id)
         assert status is not None
-        states.update(((msg_id, str(d["device_id"])), str(d["state"])) for d in status.deliveries)
+        states.update(((msg_id, str(d.device_id)), str(d.state)) for d in status.deliveries)
     return sum(1 for _, msg_id, device_id in sample if states.get((msg_id, device_id)) == "arrived")
 
 

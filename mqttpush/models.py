@@ -125,12 +125,34 @@ class PendingDelivery:
 
 
 @dataclass(frozen=True, slots=True)
+class DeliveryEvent:
+    """One entry of a delivery's history: the state it moved to, when, and why where it was said."""
+
+    state: str
+    at: float
+    detail: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryStatus:
+    """One device's delivery of a message, its history oldest first."""
+
+    device_id: str
+    state: str
+    channel: str
+    attempts: int
+    error: str | None
+    updated_at: float
+    history: tuple[DeliveryEvent, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class MessageStatus:
     msg_id: str
     app_key: str
     created_at: float
     expires_at: float
-    deliveries: list[dict[str, Any]]
+    deliveries: list[DeliveryStatus]
 
 
 # --- push requests (docs/api.md), validated at the edge, used by the bridge ------------------

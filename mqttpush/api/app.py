@@ -53,6 +53,7 @@ from mqttpush.models import (
     ApproveRequest,
     AppSettings,
     BatchRequest,
+    DeliveryStatus,
     Device,
     DeviceRegistrationRequest,
     DeviceUpdateRequest,
@@ -80,6 +81,21 @@ class _Lines:
 def _lifecycle_doc(lifecycle: MessageLifecycle) -> dict[str, Any]:
     """A message's lifecycle as the message status shows it (priority by name)."""
     return asdict(lifecycle) | {"priority": "high" if lifecycle.priority == 0 else "normal"}
+
+
+def _delivery_doc(d: DeliveryStatus) -> dict[str, Any]:
+    """A delivery as ``GET /api/v1/messages/{msg_id}`` shows it (docs/api.md)."""
+    return {
+        "device_id": d.device_id,
+        "state": d.state,
+        "channel": d.channel,
+        "attempts": d.attempts,
+        "error": d.error,
+        "updated_at": d.updated_at,
+        "history": [
+            {"state": e.state, "at": e.at, **({"detail": e.detail} if e.detail else {})} for e in d.history
+        ],
+    }
 
 
 def create_api(ctx: ApiContext, *, hot_path: bool = True) -> FastAPI:
@@ -387,7 +403,7 @@ def create_api(ctx: ApiContext, *, hot_path: bool = True) -> FastAPI:
             **(_lifecycle_doc(lifecycle) if lifecycle is not None else {}),
             "created_at": status.created_at,
             "expires_at": status.expires_at,
-            "deliveries": status.deliveries,
+            "deliveries": [_delivery_doc(d) for d in status.deliveries],
         }
 
     @api.get("/api/v1/messages/{msg_id}", openapi_extra=spec(SIGNED))

@@ -14,7 +14,9 @@ from typing import Any
 from mqttpush.errors import Conflict, NotFound
 from mqttpush.models import (
     PENDING_STATES,
+    DeliveryEvent,
     DeliveryState,
+    DeliveryStatus,
     MessageStatus,
     PendingDelivery,
     ReceiptEvent,
@@ -403,25 +405,14 @@ class MessageRepository(Repository):
         ).fetchone()
         if msg is None:
             return None
-        history: dict[str, list[dict[str, Any]]] = {}
+        history: dict[str, list[DeliveryEvent]] = {}
         for device_id, state, at, detail in self._conn.execute(
             "SELECT device_id, state, at, detail FROM delivery_events WHERE msg_id = ? ORDER BY at, rowid",
             (msg_id,),
         ):
-            event: dict[str, Any] = {"state": state, "at": at}
-            if detail:
-                event["detail"] = detail
-            history.setdefault(device_id, []).append(event)
+            history.setdefault(device_id, []).append(DeliveryEvent(state, at, detail or None))
         deliveries = [
-            {
-                "device_id": r[0],
-                "state": r[1],
-                "channel": r[2],
-                "attempts": r[3],
-                "error": r[4],
-                "updated_at": r[5],
-                "history": history.get(r[0], []),
-            }
+            DeliveryStatus(r[0], r[1], r[2], r[3], r[4], r[5], tuple(history.get(r[0], ())))
             for r in self._conn.execute(
                 "SELECT device_id, state, channel, attempts, error, updated_at FROM deliveries"
                 " WHERE msg_id = ? ORDER BY device_id",

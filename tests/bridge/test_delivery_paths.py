@@ -22,7 +22,7 @@ from bridge.vendors import VendorGateway
 from mqttpush import ids, topics
 from mqttpush.clock import ManualClock
 from mqttpush.envelope import Envelope
-from mqttpush.models import DeliveryState
+from mqttpush.models import DeliveryState, DeliveryStatus
 from mqttpush.store import Store
 
 TTL = 60.0
@@ -117,11 +117,11 @@ class Bridge:
         if self.dispatcher.gateway is not None:
             await self.dispatcher.gateway.drained()
 
-    async def delivery(self, msg_id: str, device_id: str) -> dict[str, Any]:
+    async def delivery(self, msg_id: str, device_id: str) -> DeliveryStatus:
         status = await self.store.run(self.store.messages.message_status, self.app_key, msg_id)
         assert status is not None
-        (d,) = [d for d in status.deliveries if d["device_id"] == device_id]
-        return dict(d)
+        (d,) = [d for d in status.deliveries if d.device_id == device_id]
+        return d
 
     async def vendor(self, outcome: Outcome) -> FakeVendor:
         fake = FakeVendor(outcome)
@@ -174,7 +174,7 @@ async def test_a_message_past_its_ttl_is_expired_not_published(bridge: Bridge) -
     await b.send(out)
     assert b.publisher.published == []
     d = await b.delivery(out.msg_id, device)
-    assert (d["state"], d["history"][-1].get("detail")) == ("expired", "ttl")
+    assert (d.state, d.history[-1].detail) == ("expired", "ttl")
 
 
 async def test_recover_expires_what_passed_its_ttl_instead_of_publishing_it(bridge: Bridge) -> None:
@@ -193,7 +193,7 @@ async def test_recover_expires_what_passed_its_ttl_instead_of_publishing_it(brid
     assert b.publisher.published == [(_inbox(b, device, fresh.msg_id), b.clock.now() - 4 + 600)]
     assert _inbox(b, device, sent.msg_id) not in b.publisher.retained  # cleared, not re-published
     for out in (never_sent, sent):
-        assert (await b.delivery(out.msg_id, device))["state"] == "expired"
+        assert (await b.delivery(out.msg_id, device)).state == "expired"
 
 
 # --- item 12: recovery goes through quiet hours and daily caps -------------------------------------
@@ -213,7 +213,7 @@ async def test_recover_holds_an_unsent_delivery_in_quiet_hours(bridge: Bridge) -
     # Already published: restored to its inbox as it was. Never sent: held like a first send.
     assert [t for t, _ in b.publisher.published] == [_inbox(b, device, published.msg_id)]
     d = await b.delivery(unsent.msg_id, device)
-    assert (d["state"], d["history"][-1].get("detail")) == ("queued", "quiet_hours")
+    assert (d.state, d.history[-1].detail) == ("queued", "quiet_hours")
 
     b.clock.advance(3600)  # 10:00 in Berlin
     (due,) = await b.store.run(b.store.messages.due_held)
@@ -229,7 +229,7 @@ async def test_recover_drops_an_unsent_delivery_over_the_daily_cap(bridge: Bridg
     await b.dispatcher.recover()
     await b.dispatcher.drained()
     d = await b.delivery(unsent.msg_id, device)
-    assert (d["state"], d["error"]) == ("dropped", "capped")
+    assert (d.state, d.error) == ("dropped", "capped")
     assert _inbox(b, device, unsent.msg_id) not in b.publisher.retained
 
 
@@ -239,7 +239,7 @@ async def test_recover_publishes_an_unsent_delivery_the_policy_lets_through(brid
     unsent = await b.accept([device], quiet_hours={"start": "22:00", "end": "07:00"}, daily_cap=5)
     await b.dispatcher.recover()
     await b.dispatcher.drained()
-    assert (await b.delivery(unsent.msg_id, device))["state"] == "published"
+    assert (await b.delivery(unsent.msg_id, device)).state == "published"
     assert _inbox(b, device, unsent.msg_id) in b.publisher.retained
 
 
@@ -263,9 +263,9 @@ async def test_dead_token_under_mqtt_else_vendor_leaves_the_message_in_the_inbox
     assert b.publisher.published == [(_inbox(b, device, out.msg_id), b.clock.now() + 600)]
     assert json.loads(b.publisher.retained[_inbox(b, device, out.msg_id)])["id"] == out.msg_id
     d = await b.delivery(out.msg_id, device)
-    assert (d["state"], d["channel"], d["attempts"]) == ("published", "apns,mqtt", 2)
-    assert [h["state"] for h in d["history"]] == ["accepted", "published"]
-    assert d["history"][-1]["detail"] == "apns: BadDeviceToken; waiting in the MQTT inbox"
+    assert (d.state, d.channel, d.attempts) == ("published", "apns,mqtt", 2)
+    assert [h.state for h in d.history] == ["accepted", "published"]
+    assert d.history[-1].detail == "apns: BadDeviceToken; waiting in the MQTT inbox"
     assert await b.store.run(b.store.devices.vendor_tokens, device) == []
 
 
@@ -276,7 +276,7 @@ async def test_vendor_failure_after_the_ttl_does_not_reach_the_inbox(bridge: Bri
     out = await b.accept([device], ttl=60)
     await b.send(out)
     assert b.publisher.published == []
-    assert (await b.delivery(out.msg_id, device))["state"] == "accepted"  # the TTL sweep expires it
+    assert (await b.delivery(out.msg_id, device)).state == "accepted"  # the TTL sweep expires it
 
 
 async def test_vendor_only_send_fails_after_five_attempts_showing_vendor_and_attempts(
@@ -291,6 +291,6 @@ async def test_vendor_only_send_fails_after_five_attempts_showing_vendor_and_att
     assert len(fake.sent) == 5
     assert b.publisher.published == []
     d = await b.delivery(out.msg_id, device)
-    assert (d["state"], d["channel"], d["attempts"]) == ("failed", "apns", 5)
-    assert d["error"] == "apns: gave up after 5 attempts: ServiceUnavailable"
-    assert d["history"][-1]["state"] == DeliveryState.FAILED.value
+    assert (d.state, d.channel, d.attempts) == ("failed", "apns", 5)
+    assert d.error == "apns: gave up after 5 attempts: ServiceUnavailable"
+    assert d.history[-1].state == DeliveryState.FAILED.value

@@ -104,8 +104,8 @@ class Rig:
     async def state(self, msg_id: str, device_id: str) -> str:
         status = await self.store.run(self.store.messages.message_status, self.app.app_key, msg_id)
         assert status is not None
-        (delivery,) = [d for d in status.deliveries if d["device_id"] == device_id]
-        return str(delivery["state"])
+        (delivery,) = [d for d in status.deliveries if d.device_id == device_id]
+        return str(delivery.state)
 
     def inbox(self, device_id: str, msg_id: str) -> str:
         return topics.inbox_topic(self.app.app_key, device_id, msg_id)

@@ -202,7 +202,7 @@ async def test_the_dispatcher_survives_a_store_error_mid_batch_and_delivers_the_
         status = await store.run(store.messages.message_status, app.app_key, msg_id)
         assert status is not None
         (delivery,) = status.deliveries
-        return DeliveryState(delivery["state"])
+        return DeliveryState(delivery.state)
 
     gate = GatedSleep()
     supervised = Supervised("dispatcher", dispatcher.run, gate)

@@ -203,7 +203,7 @@ class Cluster:
                 status = store.messages.message_status(self.app_key, m)
                 assert status is not None
                 for d in status.deliveries:
-                    out[(m, d["device_id"])] = d["state"]
+                    out[(m, d.device_id)] = d.state
             return out
         finally:
             store.close()

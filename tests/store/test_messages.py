@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
-from mqttpush.models import DeliveryState, ReceiptEvent
+from mqttpush.models import DeliveryEvent, DeliveryState, DeliveryStatus, ReceiptEvent
 from mqttpush.store.store import Store
 from tests.store.fake_clock import START, FakeClock
 
@@ -61,16 +60,16 @@ def receipts_a_second_apart(
         store.messages.apply_receipt(app_key, device_id, msg_id, event)
 
 
-def delivery(store: Store, app_key: str, msg_id: str, device_id: str) -> dict[str, Any]:
+def delivery(store: Store, app_key: str, msg_id: str, device_id: str) -> DeliveryStatus:
     status = store.messages.message_status(app_key, msg_id)
     assert status is not None
-    matching = [d for d in status.deliveries if d["device_id"] == device_id]
+    matching = [d for d in status.deliveries if d.device_id == device_id]
     assert len(matching) == 1
     return matching[0]
 
 
-def states(d: dict[str, Any]) -> list[str]:
-    return [e["state"] for e in d["history"]]
+def states(d: DeliveryStatus) -> list[str]:
+    return [e.state for e in d.history]
 
 
 def test_accept_message_records_accepted(store: Store) -> None:
@@ -82,12 +81,12 @@ def test_accept_message_records_accepted(store: Store) -> None:
     assert (status.msg_id, status.app_key) == ("m1", app.app_key)
     assert status.created_at == START
     assert status.expires_at == START + TTL
-    assert [d["device_id"] for d in status.deliveries] == ["d1", "d2"]
+    assert [d.device_id for d in status.deliveries] == ["d1", "d2"]
     for d in status.deliveries:
-        assert d["state"] == "accepted"
-        assert d["channel"] == "mqtt"
-        assert d["updated_at"] == START
-        assert d["history"] == [{"state": "accepted", "at": START}]
+        assert d.state == "accepted"
+        assert d.channel == "mqtt"
+        assert d.updated_at == START
+        assert d.history == (DeliveryEvent("accepted", START),)
 
 
 def test_message_status_of_unknown_or_other_apps_message_is_none(store: Store) -> None:
@@ -111,9 +110,9 @@ def test_transition_forward_moves_and_returns_moved_keys(store: Store, clock: Fa
     assert moved == [("m1", "d1"), ("m1", "d2")]
     for device_id in ("d1", "d2"):
         d = delivery(store, app.app_key, "m1", device_id)
-        assert d["state"] == "published"
-        assert d["updated_at"] == t1
-        assert d["history"] == [{"state": "accepted", "at": START}, {"state": "published", "at": t1}]
+        assert d.state == "published"
+        assert d.updated_at == t1
+        assert d.history == (DeliveryEvent("accepted", START), DeliveryEvent("published", t1))
 
 
 def test_transition_to_same_or_earlier_state_does_not_move(store: Store, clock: FakeClock) -> None:
@@ -130,7 +129,7 @@ def test_transition_to_same_or_earlier_state_does_not_move(store: Store, clock: 
     assert store.messages.transition([("m1", "d1")], DeliveryState.PUBLISHED) == []
 
     after = delivery(store, app.app_key, "m1", "d1")
-    assert after["state"] == "arrived"
+    assert after.state == "arrived"
     assert after == before
 
 
@@ -145,12 +144,12 @@ def test_transition_to_failed_records_the_reason_and_is_terminal(store: Store, c
     ]
 
     d = delivery(store, app.app_key, "m1", "d1")
-    assert d["state"] == "failed"
-    assert d["error"] == "bad_token"
-    assert d["history"][-1] == {"state": "failed", "at": t, "detail": "bad_token"}
+    assert d.state == "failed"
+    assert d.error == "bad_token"
+    assert d.history[-1] == DeliveryEvent("failed", t, "bad_token")
     # terminal: nothing moves it again
     assert store.messages.transition([("m1", "d1")], DeliveryState.ARRIVED) == []
-    assert delivery(store, app.app_key, "m1", "d1")["state"] == "failed"
+    assert delivery(store, app.app_key, "m1", "d1").state == "failed"
 
 
 def test_transition_to_cancelled_takes_pending_deliveries_out_of_pending(store: Store) -> None:
@@ -159,7 +158,7 @@ def test_transition_to_cancelled_takes_pending_deliveries_out_of_pending(store: 
 
     assert store.messages.transition([("m1", "d1")], DeliveryState.CANCELLED) == [("m1", "d1")]
 
-    assert delivery(store, app.app_key, "m1", "d1")["state"] == "cancelled"
+    assert delivery(store, app.app_key, "m1", "d1").state == "cancelled"
     assert {(p.msg_id, p.device_id) for p in store.messages.pending_deliveries()} == {("m1", "d2")}
 
 
@@ -173,14 +172,14 @@ def test_receipt_arrived_records_history_with_clock_times(store: Store, clock: F
     assert store.messages.apply_receipt(app.app_key, "d1", "m1", ReceiptEvent.ARRIVED) == "inbox"
 
     d1 = delivery(store, app.app_key, "m1", "d1")
-    assert d1["state"] == "arrived"
-    assert d1["updated_at"] == t2
-    assert d1["history"] == [
-        {"state": "accepted", "at": START},
-        {"state": "published", "at": t1},
-        {"state": "arrived", "at": t2},
-    ]
-    assert delivery(store, app.app_key, "m1", "d2")["state"] == "published"
+    assert d1.state == "arrived"
+    assert d1.updated_at == t2
+    assert d1.history == (
+        DeliveryEvent("accepted", START),
+        DeliveryEvent("published", t1),
+        DeliveryEvent("arrived", t2),
+    )
+    assert delivery(store, app.app_key, "m1", "d2").state == "published"
 
 
 def test_receipt_opened_from_published_implies_arrived(store: Store, clock: FakeClock) -> None:
@@ -193,9 +192,9 @@ def test_receipt_opened_from_published_implies_arrived(store: Store, clock: Fake
     assert store.messages.apply_receipt(app.app_key, "d1", "m1", ReceiptEvent.OPENED) == "inbox"
 
     d = delivery(store, app.app_key, "m1", "d1")
-    assert d["state"] == "opened"
+    assert d.state == "opened"
     assert states(d) == ["accepted", "published", "arrived", "opened"]
-    assert [e["at"] for e in d["history"]] == [START, t1, t2, t2]
+    assert [e.at for e in d.history] == [START, t1, t2, t2]
 
 
 def test_receipt_opened_after_arrived_adds_no_second_arrival(store: Store, clock: FakeClock) -> None:
@@ -203,7 +202,7 @@ def test_receipt_opened_after_arrived_adds_no_second_arrival(store: Store, clock
     published(store, app.app_key)
     receipts_a_second_apart(store, clock, app.app_key, ReceiptEvent.ARRIVED, ReceiptEvent.DISMISSED)
     d = delivery(store, app.app_key, "m1", "d1")
-    assert d["state"] == "dismissed"
+    assert d.state == "dismissed"
     assert states(d) == ["accepted", "published", "arrived", "dismissed"]
 
 
@@ -213,7 +212,7 @@ def test_duplicate_receipt_does_not_move_backwards(store: Store, clock: FakeCloc
     store.messages.apply_receipt(app.app_key, "d1", "m1", ReceiptEvent.OPENED)
     clock.advance(1)
     assert store.messages.apply_receipt(app.app_key, "d1", "m1", ReceiptEvent.ARRIVED) == "inbox"
-    assert delivery(store, app.app_key, "m1", "d1")["state"] == "opened"
+    assert delivery(store, app.app_key, "m1", "d1").state == "opened"
 
 
 def test_receipt_for_another_apps_message_is_refused(store: Store) -> None:
@@ -277,12 +276,12 @@ def test_expire_due_marks_expired_and_returns_what_to_clear(store: Store, clock:
     )
 
     d1 = delivery(store, shop.app_key, "m1", "d1")
-    assert d1["state"] == "expired"
-    assert d1["updated_at"] == t
+    assert d1.state == "expired"
+    assert d1.updated_at == t
     assert states(d1) == ["accepted", "expired"]
-    assert d1["history"][-1]["at"] == t
+    assert d1.history[-1].at == t
     assert states(delivery(store, shop.app_key, "m1", "d2")) == ["accepted", "published", "expired"]
-    assert delivery(store, shop.app_key, "m1", "d3")["state"] == "arrived"  # delivered: not expired
+    assert delivery(store, shop.app_key, "m1", "d3").state == "arrived"  # delivered: not expired
 
     assert {(p.msg_id, p.device_id) for p in store.messages.pending_deliveries()} == {("m3", "d1")}
     assert store.messages.expire_due() == ([], [])
@@ -296,5 +295,5 @@ def test_receipt_after_expiry_keeps_expired(store: Store, clock: FakeClock) -> N
     clock.advance(1)
     assert store.messages.apply_receipt(app.app_key, "d1", "m1", ReceiptEvent.ARRIVED) == "inbox"
     d = delivery(store, app.app_key, "m1", "d1")
-    assert d["state"] == "expired"
+    assert d.state == "expired"
     assert store.messages.transition([("m1", "d1")], DeliveryState.PUBLISHED) == []

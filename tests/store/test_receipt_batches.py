@@ -175,22 +175,20 @@ def test_a_batch_is_the_receipts_one_at_a_time(
 
     want_fanouts, want_states, want_rows = reference(specs, apps, receipts)
     assert fanouts == want_fanouts
-    got_states = {(m, d["device_id"]): DeliveryState(d["state"]) for m, ds in after.items() for d in ds}
+    got_states = {(m, d.device_id): DeliveryState(d.state) for m, ds in after.items() for d in ds}
     assert got_states == want_states
-    old = {(m, d["device_id"]): len(d["history"]) for m, ds in before.items() for d in ds}
+    old = {(m, d.device_id): len(d.history) for m, ds in before.items() for d in ds}
     got_rows = {
-        (m, d["device_id"]): [
-            (h["state"], h.get("detail")) for h in d["history"][old.get((m, d["device_id"]), 0) :]
-        ]
+        (m, d.device_id): [(h.state, h.detail) for h in d.history[old.get((m, d.device_id), 0) :]]
         for m, ds in after.items()
         for d in ds
     }
     assert {k: v for k, v in got_rows.items() if v} == want_rows
     for m, ds in after.items():
         for d in ds:
-            moved = (m, d["device_id"]) in want_rows
+            moved = (m, d.device_id) in want_rows
             # a receipt that moves nothing leaves the delivery untouched
-            assert (d["updated_at"] == batched.clock.now()) == moved or old.get((m, d["device_id"])) is None
+            assert (d.updated_at == batched.clock.now()) == moved or old.get((m, d.device_id)) is None
 
 
 def test_a_large_batch_of_single_device_pushes_is_read_in_chunks(store: Store, clock: FakeClock) -> None:
@@ -206,7 +204,7 @@ def test_a_large_batch_of_single_device_pushes_is_read_in_chunks(store: Store, c
     for i in (0, 1, 398, 399, 400, 401, 998, 1099):
         status = store.messages.message_status(app, f"m{i}")
         assert status is not None
-        history = [h["state"] for h in status.deliveries[0]["history"]]
+        history = [h.state for h in status.deliveries[0].history]
         assert history == ["accepted", "published", "arrived"] + (["opened"] if i % 2 == 0 else [])
 
 
@@ -219,8 +217,8 @@ def test_one_broadcast_joined_twice_in_a_batch_is_one_delivery(store: Store) -> 
     status = store.messages.message_status(app, "b1")
     assert status is not None
     [delivery] = status.deliveries
-    assert (delivery["device_id"], delivery["state"], delivery["channel"]) == ("late", "opened", "mqtt")
-    assert [(h["state"], h.get("detail")) for h in delivery["history"]] == [
+    assert (delivery.device_id, delivery.state, delivery.channel) == ("late", "opened", "mqtt")
+    assert [(h.state, h.detail) for h in delivery.history] == [
         ("accepted", None),
         ("published", "joined broadcast"),
         ("arrived", None),
