@@ -15,13 +15,10 @@ import json
 import os
 import platform
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.receipts import _published_store
-from bridge.receipts import _BATCH
-from mqttpush.models import ReceiptEvent
+from benchmarks.receipts import _published_store, apply_arrived
 
 
 def run(receipts: int, webhook: bool) -> dict[str, Any]:
@@ -30,15 +27,7 @@ def run(receipts: int, webhook: bool) -> dict[str, Any]:
         try:
             if webhook:
                 store.webhooks.create(keys[0][0], "http://127.0.0.1:9/hook", ["delivery.arrived"])
-            batch = [
-                (app_key, device_id, msg_id, ReceiptEvent.ARRIVED) for app_key, msg_id, device_id in keys
-            ]
-            started = time.perf_counter()
-            cpu = time.process_time()
-            for start in range(0, len(batch), _BATCH):
-                store.messages.apply_receipts(batch[start : start + _BATCH])
-            elapsed = time.perf_counter() - started
-            cpu = time.process_time() - cpu
+            elapsed, cpu = apply_arrived(store, keys)
             events = sum(
                 w["backlog"] for a in store.apps.list_apps() for w in store.webhooks.for_app(a.app_key)
             )

@@ -208,10 +208,6 @@ class BridgeEnd(_Framed):
     it a publish is done once written (no round trip per message), beyond it the bridge waits for
     the broker process, so a slow one is seen as publish lag (``--max-publish-lag``)."""
 
-    def unanswered(self) -> int:
-        """Publishes sent (or waiting for a process) that no process has handled yet."""
-        return len(self._unanswered)
-
     async def publish(
         self,
         topic: str,
