@@ -551,6 +551,10 @@ class EmbeddedServer(_Serving):
         await self.stop()
 
 
+_REPORTED_COUNTERS = tuple(name for name in BrokerCounters.__slots__ if name != "transports")
+"""The broker counters its process reports to ``serve``'s (``transports`` is a constant)."""
+
+
 def broker_process_wanted(config: ServerConfig) -> bool:
     """Whether ``serve`` runs its broker in a process of its own (``--broker-process``; by default
     when the machine has more than one core)."""
@@ -633,7 +637,7 @@ class DualProcessServer(_Serving):
 
     def _report(self, status: dict[str, Any]) -> None:
         for name, value in status.get("counters", {}).items():
-            if name in BrokerCounters.__slots__ and name != "transports":
+            if name in _REPORTED_COUNTERS:
                 setattr(self.counts, name, value)
         self._not_listening = list(status.get("not_listening", []))
         self.reported.set()
@@ -792,11 +796,10 @@ async def run_broker_process(fd: int) -> None:
 
 async def _report_status(end: BrokerEnd, broker: PushBroker, every: float = 1.0) -> None:
     counters = broker.counters
-    names = [name for name in BrokerCounters.__slots__ if name != "transports"]
     while True:
         end.report(
             {
-                "counters": {name: getattr(counters, name) for name in names},
+                "counters": {name: getattr(counters, name) for name in _REPORTED_COUNTERS},
                 "not_listening": broker.not_listening(),
             }
         )
