@@ -50,8 +50,13 @@ def new_msg_id(now: float | None = None) -> str:
 
 
 def new_secret() -> str:
-    """A new high-entropy secret (app secret, device token, service password)."""
-    return secrets.token_urlsafe(32)
+    """A new high-entropy secret (app secret, device token, service password); never starting
+    with ``-``, which command lines (argparse, getopt) take for an option: one in 64 did, and
+    ``--app-secret -x…`` was refused as a missing value."""
+    while True:
+        secret = secrets.token_urlsafe(32)
+        if not secret.startswith("-"):
+            return secret
 
 
 def is_valid_id(value: str) -> bool:
